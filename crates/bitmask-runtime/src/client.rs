@@ -1,0 +1,90 @@
+//! The client side of [`crate::server`]: a channel over a Unix socket, the
+//! interceptor that carries the trace context, and health checks.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use opentelemetry::propagation::Injector;
+use tokio::net::UnixStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+fn endpoint() -> Endpoint {
+    // The URI is required but unused: the connector below ignores it. The
+    // authority "localhost" is what grpcurl sends too.
+    Endpoint::from_static("http://localhost").connect_timeout(Duration::from_secs(5))
+}
+
+fn connector(
+    path: PathBuf,
+) -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<UnixStream>,
+    Error = std::io::Error,
+    Future = impl Future<Output = std::io::Result<TokioIo<UnixStream>>> + Send,
+> + Clone
++ Send {
+    tower::service_fn(move |_: http::Uri| {
+        let path = path.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+    })
+}
+
+/// Connects to the gRPC server on a Unix socket now.
+pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, tonic::transport::Error> {
+    endpoint().connect_with_connector(connector(path.as_ref().to_owned())).await
+}
+
+/// A channel that connects on first use and reconnects after the server
+/// restarts (the supervisor restarts crashed services).
+pub fn connect_unix_lazy(path: impl AsRef<Path>) -> Channel {
+    endpoint().connect_with_connector_lazy(connector(path.as_ref().to_owned()))
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Puts the current span's trace context into the request's metadata
+/// (W3C `traceparent`), so the server's span joins the caller's trace.
+pub fn inject_trace_context(mut request: Request<()>) -> Result<Request<()>, Status> {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
+    });
+    Ok(request)
+}
+
+/// The interceptor as a plain function pointer, to name the channel type.
+pub type TraceInterceptor = fn(Request<()>) -> Result<Request<()>, Status>;
+
+/// A channel that carries the trace context: pass it to any generated client's
+/// `with_interceptor`, or use it through [`traced`].
+pub type TracedChannel = InterceptedService<Channel, TraceInterceptor>;
+
+/// Wraps a channel so every request carries the trace context.
+pub fn traced(channel: Channel) -> TracedChannel {
+    InterceptedService::new(channel, inject_trace_context as TraceInterceptor)
+}
+
+/// Asks the standard health service about `service` ("" for the server).
+pub async fn check_health(channel: Channel, service: &str) -> Result<ServingStatus, Status> {
+    let mut client = HealthClient::new(traced(channel));
+    let reply = client.check(HealthCheckRequest { service: service.to_owned() }).await?;
+    Ok(reply.into_inner().status())
+}

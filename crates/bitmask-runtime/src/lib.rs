@@ -1,0 +1,23 @@
+//! What every bitmask service binary shares.
+//!
+//! - [`paths`]: where data and sockets live (`--home`, `--runtime-dir`) and the
+//!   per-account layout under them;
+//! - [`server`]: gRPC on a Unix socket (directory 0700, socket 0600, stale
+//!   socket replaced, peers of another uid refused) with the standard health
+//!   service and server reflection v1 and v1alpha;
+//! - [`client`]: the matching Unix-socket connector, health checks, and the
+//!   interceptor that carries the trace context in gRPC metadata;
+//! - [`shutdown`]: SIGTERM / SIGINT as a future;
+//! - [`telemetry`]: `tracing` to stderr, and OpenTelemetry traces and metrics
+//!   over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+
+pub mod args;
+pub mod client;
+pub mod paths;
+pub mod server;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use args::{CommonArgs, ServiceArgs};
+pub use paths::{AccountPaths, Paths, ServiceKind};

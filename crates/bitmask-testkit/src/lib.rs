@@ -1,0 +1,211 @@
+//! Helpers for the workspace's process-level tests.
+//!
+//! Every test builds its own [`World`]: fresh home and runtime directories
+//! (short, so socket paths fit), its own bitmaskd, free ports. Processes a
+//! test starts are killed when their handle drops, even if the test panics.
+
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    // Integration tests run from target/debug/deps/<test>-<hash>.
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let dir = if deps.ends_with("deps") { deps.parent().unwrap() } else { deps };
+    dir.to_owned()
+}
+
+/// A built binary of the workspace; panics with advice if it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is missing: build the workspace first (cargo build --workspace)", path.display());
+    path
+}
+
+/// The workspace root (where `.venv` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// grpcurl from `GRPCURL` or the venv that scripts/setup makes.
+pub fn grpcurl_path() -> PathBuf {
+    let path =
+        std::env::var_os("GRPCURL").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin/grpcurl"));
+    assert!(path.exists(), "{} is missing: run scripts/setup", path.display());
+    path
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `condition` until it holds; panics after `timeout` naming `what`.
+/// Returns how long it took.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if condition() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: "123 (name) S ...".
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) != Some('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A private installation: its own home and runtime directories.
+#[derive(Debug)]
+pub struct World {
+    dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl World {
+    pub fn new() -> Self {
+        // Under /tmp with a short name: socket paths must stay under 108 bytes.
+        let dir = tempfile::Builder::new().prefix("bm").tempdir_in("/tmp").unwrap();
+        let home = dir.path().join("home");
+        let runtime_dir = dir.path().join("run");
+        Self { dir, home, runtime_dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn with_dirs(&self, command: &mut Command) {
+        command
+            .arg("--home")
+            .arg(&self.home)
+            .arg("--runtime-dir")
+            .arg(&self.runtime_dir)
+            .env_remove("BITMASK_HOME")
+            .env_remove("BITMASK_RUNTIME_DIR")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    }
+
+    pub fn core_socket(&self) -> PathBuf {
+        self.runtime_dir.join("core.sock")
+    }
+
+    pub fn socket(&self, address: &str, service: &str) -> PathBuf {
+        self.runtime_dir.join(address).join(format!("{service}.sock"))
+    }
+
+    /// `bitmaskd` with extra arguments, not waited for.
+    pub fn spawn_bitmaskd(&self, extra: &[&str]) -> KillOnDrop {
+        let mut command = Command::new(bin("bitmaskd"));
+        self.with_dirs(&mut command);
+        command.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        KillOnDrop(command.spawn().unwrap())
+    }
+
+    /// `bitmaskd`, once its Core API answers.
+    pub fn bitmaskd(&self, extra: &[&str]) -> KillOnDrop {
+        let mut daemon = self.spawn_bitmaskd(extra);
+        wait_until(Duration::from_secs(10), "bitmaskd answers", || {
+            if let Ok(Some(status)) = daemon.0.try_wait() {
+                panic!("bitmaskd exited at start with {status}");
+            }
+            self.ctl(&["status"]).status.success()
+        });
+        daemon
+    }
+
+    /// Runs `bitmaskctl ARGS` in this world.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(bin("bitmaskctl"));
+        self.with_dirs(&mut command);
+        command.args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs `bitmaskctl --json ARGS`, which must succeed, and parses its output.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let output = self.ctl(&[&["--json"], args].concat());
+        assert!(output.status.success(), "bitmaskctl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// The status of one account's service from `bitmaskctl --json status`.
+    pub fn service_status(&self, address: &str, service: &str) -> serde_json::Value {
+        let status = self.ctl_json(&["status", address]);
+        status[0]["services"].as_array().unwrap().iter().find(|s| s["service"] == service).unwrap().clone()
+    }
+}
+
+/// `grpcurl -plaintext -unix -authority localhost SOCKET ARGS...`
+pub fn grpcurl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(grpcurl_path())
+        .args(["-plaintext", "-unix", "-authority", "localhost", "-max-time", "10"])
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The text of an output's stdout and stderr, for assertions and messages.
+pub fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// What every service binary must do on its own command line: print its
+/// name and version, refuse an invalid account with exit code 64, and exit
+/// at once with a clear message when its socket directory cannot be made.
+pub fn check_service_cli(binary: &str) {
+    let version = Command::new(bin(binary)).arg("--version").output().unwrap();
+    assert!(version.status.success());
+    assert!(text(&version).starts_with(&format!("{binary} ")), "{}", text(&version));
+
+    let world = World::new();
+    let mut command = Command::new(bin(binary));
+    world.with_dirs(&mut command);
+    let output = command.args(["--account", "not-an-address"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(64), "{}", text(&output));
+    assert!(text(&output).contains("must have the form local@domain"), "{}", text(&output));
+
+    // The runtime dir is a file: the socket directory cannot be created.
+    std::fs::write(world.path().join("file"), "").unwrap();
+    let mut command = Command::new(bin(binary));
+    command.arg("--home").arg(&world.home).arg("--runtime-dir").arg(world.path().join("file"));
+    let output = command.args(["--account", "alice@example.org"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("cannot prepare socket directory"), "{}", text(&output));
+}

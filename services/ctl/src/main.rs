@@ -1,0 +1,212 @@
+//! `bitmaskctl`: the command line over bitmaskd's Core API (`core.sock`).
+//!
+//! Exit codes: 0 success, 1 the request failed (unknown account, port in
+//! use, ...), 64 bad arguments, 69 bitmaskd is not running.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bitmask_proto::core::v1 as pb;
+use bitmask_proto::core::v1::core_client::CoreClient;
+use bitmask_runtime::CommonArgs;
+use bitmask_runtime::client::TracedChannel;
+use clap::{Parser, Subcommand, ValueEnum};
+use tonic::Code;
+
+const EXIT_USAGE: u8 = 64;
+const EXIT_UNAVAILABLE: u8 = 69;
+
+/// Control bitmask: end-to-end encrypted mail for ordinary mail clients.
+#[derive(Debug, Parser)]
+#[command(name = "bitmaskctl", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Add, list, start, stop and remove accounts
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Every account (or one) and the state of each of its services
+    Status {
+        address: Option<String>,
+        /// Print the status again whenever it changes, until interrupted
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Add an account (nothing is started)
+    Add(AddArgs),
+    /// List the accounts
+    List,
+    /// Start the account's services and wait until all are serving
+    Start { address: String },
+    /// Stop the account's services
+    Stop { address: String },
+    /// Remove a stopped account (its data stays unless --purge)
+    Remove {
+        address: String,
+        /// Delete the account's data too
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct AddArgs {
+    /// The mail address, e.g. alice@example.org
+    address: String,
+    /// IMAP port on the bind address [default: the first free from 1984]
+    #[arg(long, value_name = "N")]
+    imap_port: Option<u16>,
+    /// SMTP port on the bind address [default: the first free from 2013]
+    #[arg(long, value_name = "N")]
+    smtp_port: Option<u16>,
+    /// Address the gateways listen on
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    bind_address: String,
+    /// The provider, https://HOST:PORT
+    #[arg(long, value_name = "URL")]
+    provider: Option<String>,
+    /// Relay outgoing mail through HOST:PORT instead of the provider
+    #[arg(long, value_name = "HOST:PORT")]
+    relay: Option<String>,
+    /// How to reach the relay
+    #[arg(long, value_enum, default_value_t = RelayTlsArg::Starttls, requires = "relay")]
+    relay_tls: RelayTlsArg,
+    /// PEM file with the CA certificate to trust for the relay
+    #[arg(long, value_name = "FILE", requires = "relay")]
+    relay_ca: Option<PathBuf>,
+    /// Refuse to send to recipients whose key is unknown (default: sign only)
+    #[arg(long)]
+    encrypted_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RelayTlsArg {
+    None,
+    Starttls,
+    Tls,
+}
+
+/// A failure, with the exit code it means.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        let code = match status.code() {
+            Code::InvalidArgument => EXIT_USAGE,
+            Code::Unavailable => EXIT_UNAVAILABLE,
+            _ => 1,
+        };
+        Failure { code, message: status.message().to_owned() }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("bitmaskctl: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn connect(common: &CommonArgs) -> Result<CoreClient<TracedChannel>, Failure> {
+    let paths = common.paths().map_err(|error| Failure { code: EXIT_USAGE, message: error.to_string() })?;
+    let socket = paths.core_socket();
+    let channel = bitmask_runtime::client::connect_unix(&socket).await.map_err(|_| Failure {
+        code: EXIT_UNAVAILABLE,
+        message: format!("bitmaskd is not running (nothing answers on {}); start it with `bitmaskd`", socket.display()),
+    })?;
+    Ok(CoreClient::new(bitmask_runtime::client::traced(channel)))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let mut core = connect(&cli.common).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Account(AccountCommand::Add(args)) => {
+            let relay_ca = match args.relay_ca {
+                Some(path) => Some(std::path::absolute(&path).map_err(|error| Failure {
+                    code: EXIT_USAGE,
+                    message: format!("--relay-ca {}: {error}", path.display()),
+                })?),
+                None => None,
+            };
+            let request = pb::AddAccountRequest {
+                address: args.address,
+                imap_port: args.imap_port.map(u32::from).unwrap_or(0),
+                smtp_port: args.smtp_port.map(u32::from).unwrap_or(0),
+                provider_url: args.provider.unwrap_or_default(),
+                relay: args.relay.map(|address| pb::RelayConfig {
+                    address,
+                    tls: match args.relay_tls {
+                        RelayTlsArg::None => pb::RelayTls::None,
+                        RelayTlsArg::Starttls => pb::RelayTls::Starttls,
+                        RelayTlsArg::Tls => pb::RelayTls::Tls,
+                    }
+                    .into(),
+                    ca_file: relay_ca.map(|path| path.display().to_string()).unwrap_or_default(),
+                }),
+                encryption_policy: if args.encrypted_only {
+                    pb::EncryptionPolicy::EncryptedOnly
+                } else {
+                    pb::EncryptionPolicy::Opportunistic
+                }
+                .into(),
+                bind_address: args.bind_address,
+            };
+            let account = core.add_account(request).await?.into_inner();
+            output::account_added(&account, json);
+        }
+        Command::Account(AccountCommand::List) => {
+            let accounts = core.list_accounts(pb::ListAccountsRequest {}).await?.into_inner().accounts;
+            output::accounts(&accounts, json);
+        }
+        Command::Account(AccountCommand::Start { address }) => {
+            let request = pb::StartAccountRequest { address, passphrase: String::new() };
+            let status = core.start_account(request).await?.into_inner();
+            output::account_status(&status, "started", json);
+        }
+        Command::Account(AccountCommand::Stop { address }) => {
+            let status = core.stop_account(pb::StopAccountRequest { address }).await?.into_inner();
+            output::account_status(&status, "stopped", json);
+        }
+        Command::Account(AccountCommand::Remove { address, purge }) => {
+            core.remove_account(pb::RemoveAccountRequest { address: address.clone(), purge_data: purge }).await?;
+            output::removed(&address, purge, json);
+        }
+        Command::Status { address, watch: false } => {
+            let request = pb::GetStatusRequest { address: address.unwrap_or_default() };
+            let status = core.get_status(request).await?.into_inner();
+            output::status(&status.accounts, json);
+        }
+        Command::Status { address, watch: true } => {
+            let request = pb::WatchStatusRequest { address: address.unwrap_or_default() };
+            let mut updates = core.watch_status(request).await?.into_inner();
+            while let Some(account) = updates.message().await? {
+                output::status(std::slice::from_ref(&account), json);
+            }
+        }
+    }
+    Ok(())
+}

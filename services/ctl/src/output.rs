@@ -1,0 +1,248 @@
+//! What bitmaskctl prints: aligned tables for people, JSON for scripts.
+//!
+//! The JSON shapes are our own (below), not the protobuf messages, so enum
+//! values read as words and scripts do not depend on field numbers.
+
+#![allow(clippy::print_stdout)] // printing is this module's job
+
+use std::time::{Duration, SystemTime};
+
+use bitmask_proto::core::v1 as pb;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+struct AccountView<'a> {
+    address: &'a str,
+    imap: String,
+    smtp: String,
+    imap_port: u32,
+    smtp_port: u32,
+    bind_address: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    provider: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay: Option<&'a str>,
+    encryption_policy: &'static str,
+}
+
+impl<'a> From<&'a pb::Account> for AccountView<'a> {
+    fn from(account: &'a pb::Account) -> Self {
+        Self {
+            address: &account.address,
+            imap: format!("{}:{}", account.bind_address, account.imap_port),
+            smtp: format!("{}:{}", account.bind_address, account.smtp_port),
+            imap_port: account.imap_port,
+            smtp_port: account.smtp_port,
+            bind_address: &account.bind_address,
+            provider: &account.provider_url,
+            relay: account.relay.as_ref().map(|relay| relay.address.as_str()),
+            encryption_policy: match account.encryption_policy() {
+                pb::EncryptionPolicy::EncryptedOnly => "encrypted-only",
+                _ => "opportunistic",
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceView<'a> {
+    service: &'static str,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    restarts: u32,
+    socket: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u32>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    last_exit: &'a str,
+    /// Seconds until the next start, while backing off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_start_in: Option<f64>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct AccountStatusView<'a> {
+    address: &'a str,
+    state: &'static str,
+    imap_port: u32,
+    smtp_port: u32,
+    services: Vec<ServiceView<'a>>,
+}
+
+fn service_name(kind: pb::ServiceKind) -> &'static str {
+    match kind {
+        pb::ServiceKind::Store => "store",
+        pb::ServiceKind::Keys => "keys",
+        pb::ServiceKind::Imap => "imap",
+        pb::ServiceKind::Smtp => "smtp",
+        pb::ServiceKind::Unspecified => "unknown",
+    }
+}
+
+fn service_state(state: pb::ServiceState) -> &'static str {
+    match state {
+        pb::ServiceState::Stopped => "stopped",
+        pb::ServiceState::Starting => "starting",
+        pb::ServiceState::Serving => "serving",
+        pb::ServiceState::Backoff => "backoff",
+        pb::ServiceState::Failing => "failing",
+        pb::ServiceState::Stopping => "stopping",
+        pb::ServiceState::Unspecified => "unknown",
+    }
+}
+
+fn account_state(state: pb::AccountState) -> &'static str {
+    match state {
+        pb::AccountState::Stopped => "stopped",
+        pb::AccountState::Starting => "starting",
+        pb::AccountState::Running => "running",
+        pb::AccountState::Degraded => "degraded",
+        pb::AccountState::Stopping => "stopping",
+        pb::AccountState::Unspecified => "unknown",
+    }
+}
+
+fn seconds_until(time: &prost_types::Timestamp) -> Option<f64> {
+    let at = SystemTime::try_from(*time).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO).as_secs_f64())
+}
+
+impl<'a> From<&'a pb::AccountStatus> for AccountStatusView<'a> {
+    fn from(status: &'a pb::AccountStatus) -> Self {
+        Self {
+            address: &status.address,
+            state: account_state(status.state()),
+            imap_port: status.imap_port,
+            smtp_port: status.smtp_port,
+            services: status
+                .services
+                .iter()
+                .map(|service| ServiceView {
+                    service: service_name(service.kind()),
+                    state: service_state(service.state()),
+                    pid: (service.pid != 0).then_some(service.pid),
+                    restarts: service.restarts,
+                    socket: &service.socket,
+                    port: (service.port != 0).then_some(service.port),
+                    last_exit: &service.last_exit,
+                    next_start_in: service.next_start_time.as_ref().and_then(seconds_until),
+                    message: &service.message,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn print_json(value: &impl Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(error) => eprintln!("bitmaskctl: cannot encode JSON: {error}"),
+    }
+}
+
+/// Prints rows as columns padded to their widest cell.
+fn print_table(rows: &[Vec<String>], indent: &str) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| rows.iter().filter_map(|row| row.get(column)).map(|cell| cell.chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let mut line = String::from(indent);
+        for (column, cell) in row.iter().enumerate() {
+            if column + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[column]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+pub fn account_added(account: &pb::Account, json: bool) {
+    let view = AccountView::from(account);
+    if json {
+        return print_json(&view);
+    }
+    println!(
+        "added {} (IMAP {}, SMTP {}); start it with: bitmaskctl account start {}",
+        view.address, view.imap, view.smtp, view.address
+    );
+}
+
+pub fn accounts(accounts: &[pb::Account], json: bool) {
+    let views: Vec<AccountView> = accounts.iter().map(AccountView::from).collect();
+    if json {
+        return print_json(&views);
+    }
+    if views.is_empty() {
+        println!("no accounts; add one with: bitmaskctl account add ADDRESS");
+        return;
+    }
+    let mut rows = vec![["ADDRESS", "IMAP", "SMTP", "PROVIDER", "RELAY"].map(String::from).to_vec()];
+    for view in &views {
+        rows.push(vec![
+            view.address.to_owned(),
+            view.imap.clone(),
+            view.smtp.clone(),
+            if view.provider.is_empty() { "-".into() } else { view.provider.to_owned() },
+            view.relay.unwrap_or("-").to_owned(),
+        ]);
+    }
+    print_table(&rows, "");
+}
+
+pub fn account_status(status: &pb::AccountStatus, verb: &str, json: bool) {
+    if json {
+        return print_json(&AccountStatusView::from(status));
+    }
+    println!("{verb} {}", status.address);
+    self::status(std::slice::from_ref(status), false);
+}
+
+pub fn removed(address: &str, purged: bool, json: bool) {
+    if json {
+        return print_json(&serde_json::json!({ "address": address, "removed": true, "purged": purged }));
+    }
+    let data = if purged { "its data deleted" } else { "its data kept" };
+    println!("removed {address} ({data})");
+}
+
+pub fn status(accounts: &[pb::AccountStatus], json: bool) {
+    let views: Vec<AccountStatusView> = accounts.iter().map(AccountStatusView::from).collect();
+    if json {
+        return print_json(&views);
+    }
+    if views.is_empty() {
+        println!("no accounts; add one with: bitmaskctl account add ADDRESS");
+        return;
+    }
+    for view in &views {
+        println!("{}  {}  (IMAP port {}, SMTP port {})", view.address, view.state, view.imap_port, view.smtp_port);
+        let mut rows =
+            vec![["SERVICE", "STATE", "PID", "RESTARTS", "PORT", "SOCKET", "LAST EXIT"].map(String::from).to_vec()];
+        for service in &view.services {
+            let mut last_exit = service.last_exit.to_owned();
+            if let Some(seconds) = service.next_start_in {
+                last_exit.push_str(&format!(" (retry in {seconds:.1}s)"));
+            }
+            rows.push(vec![
+                service.service.to_owned(),
+                service.state.to_owned(),
+                service.pid.map(|pid| pid.to_string()).unwrap_or_else(|| "-".into()),
+                service.restarts.to_string(),
+                service.port.map(|port| port.to_string()).unwrap_or_else(|| "-".into()),
+                service.socket.to_owned(),
+                if last_exit.is_empty() { "-".into() } else { last_exit },
+            ]);
+        }
+        print_table(&rows, "  ");
+        for service in view.services.iter().filter(|service| !service.message.is_empty() && service.state != "serving")
+        {
+            println!("  {} log: {}", service.service, service.message.replace('\n', "\n    "));
+        }
+    }
+}
