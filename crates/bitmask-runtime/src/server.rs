@@ -120,21 +120,8 @@ impl GrpcServer {
     /// health reports each SERVING once the server runs.
     pub fn new(services: &[&'static str]) -> Result<Self, ServerError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = |builder: tonic_reflection::server::Builder<'static>| {
-            let builder = builder
-                .include_reflection_service(false)
-                .register_encoded_file_descriptor_set(bitmask_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
-            services
-                .iter()
-                .copied()
-                .chain([HEALTH_SERVICE, REFLECTION_V1, REFLECTION_V1ALPHA])
-                .fold(builder, |builder, name| builder.with_service_name(name))
-        };
-        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
-        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+        let reflection_v1 = reflection_builder(services).build_v1()?;
+        let reflection_v1alpha = reflection_builder(services).build_v1alpha()?;
 
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
@@ -181,6 +168,20 @@ impl GrpcServer {
         remove_socket_if_ours(&path, inode);
         result.map_err(ServerError::from)
     }
+}
+
+/// Reflection that advertises exactly `services` plus health and reflection.
+fn reflection_builder(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(bitmask_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    for name in services.iter().copied().chain([HEALTH_SERVICE, REFLECTION_V1, REFLECTION_V1ALPHA]) {
+        builder = builder.with_service_name(name);
+    }
+    builder
 }
 
 fn remove_socket_if_ours(path: &Path, inode: u64) {

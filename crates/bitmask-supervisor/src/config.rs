@@ -194,6 +194,14 @@ mod tests {
     }
 
     #[test]
+    fn the_deployed_example_is_valid() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/config.toml");
+        let config = Config::load(&example).unwrap();
+        assert_eq!(config.accounts.len(), 2);
+        assert_eq!(config.accounts[1].relay.as_ref().unwrap().tls, RelayTls::Tls);
+    }
+
+    #[test]
     fn missing_file_is_empty() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Config::load(&dir.path().join("none.toml")).unwrap(), Config::default());

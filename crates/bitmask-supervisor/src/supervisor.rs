@@ -574,8 +574,10 @@ async fn run_child(
         Ok(status) => ChildOutcome::Failed(process::describe_exit(status)),
         Err(error) => ChildOutcome::Failed(format!("lost the process: {error}")),
     };
-    // Starting: poll the health service until SERVING.
+    // Starting: poll the health service until SERVING, quickly at first (a
+    // service is usually up within milliseconds), then less often.
     let start_deadline = Instant::now() + options.start_timeout;
+    let mut poll_interval = Duration::from_millis(1);
     loop {
         tokio::select! {
             status = child.wait() => return exited(status),
@@ -589,7 +591,8 @@ async fn run_child(
                         "did not report SERVING within {}s", options.start_timeout.as_secs()
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(poll_interval).await;
+                poll_interval = (poll_interval * 2).min(Duration::from_millis(50));
             }
         }
     }
