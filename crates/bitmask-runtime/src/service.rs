@@ -41,14 +41,16 @@ where
         }
     };
     runtime.block_on(async move {
-        let _telemetry = crate::telemetry::init(kind.binary());
-        match serve(kind, cli.service, build).await {
+        let telemetry = crate::telemetry::init(kind.binary(), "info");
+        let code = match serve(kind, cli.service, build).await {
             Ok(()) => ExitCode::SUCCESS,
             Err((code, error)) => {
                 tracing::error!(%error, "{} failed", kind.binary());
                 ExitCode::from(code)
             }
-        }
+        };
+        telemetry.shutdown().await;
+        code
     })
 }
 

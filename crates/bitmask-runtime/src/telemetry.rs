@@ -12,6 +12,7 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -26,6 +27,15 @@ impl Telemetry {
     /// Whether spans and metrics are exported.
     pub fn exporting(&self) -> bool {
         self.tracer_provider.is_some()
+    }
+
+    /// Exports what is pending and stops the exporters. Call it at the end of
+    /// `main`, inside the runtime: the export itself needs the runtime to make
+    /// progress, so the blocking shutdown runs on a blocking thread.
+    pub async fn shutdown(self) {
+        if self.exporting() {
+            let _ = tokio::task::spawn_blocking(move || drop(self)).await;
+        }
     }
 }
 
@@ -47,13 +57,20 @@ fn otlp_configured() -> bool {
 }
 
 /// Installs the global subscriber for a binary. Call once, inside the Tokio
-/// runtime (the OTLP exporter needs it). `service_name` becomes the
-/// OpenTelemetry `service.name`, e.g. `bitmask-store`.
-pub fn init(service_name: &'static str) -> Telemetry {
+/// runtime (the OTLP exporter needs it), and [`Telemetry::shutdown`] at the
+/// end. `service_name` becomes the OpenTelemetry `service.name`, e.g.
+/// `bitmask-store`; `default_level` applies when `RUST_LOG` is not set.
+pub fn init(service_name: &'static str, default_level: &str) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    // The log filter applies to the log only: spans are exported at info
+    // level even from a quiet command line.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_filter(filter);
 
     let mut telemetry = Telemetry::default();
     let mut export_error = None;
@@ -79,11 +96,12 @@ pub fn init(service_name: &'static str) -> Telemetry {
         }
     }
 
-    let otel_layer = telemetry
-        .tracer_provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name)));
-    let registry = tracing_subscriber::registry().with(filter).with(fmt).with(otel_layer);
+    let otel_layer = telemetry.tracer_provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let registry = tracing_subscriber::registry().with(fmt).with(otel_layer);
     if registry.try_init().is_err() {
         // A subscriber exists already (tests running several servers in one process).
         return telemetry;

@@ -89,6 +89,8 @@ pub struct World {
     dir: tempfile::TempDir,
     pub home: PathBuf,
     pub runtime_dir: PathBuf,
+    /// Extra environment for every process this world starts.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for World {
@@ -103,7 +105,7 @@ impl World {
         let dir = tempfile::Builder::new().prefix("bm").tempdir_in("/tmp").unwrap();
         let home = dir.path().join("home");
         let runtime_dir = dir.path().join("run");
-        Self { dir, home, runtime_dir }
+        Self { dir, home, runtime_dir, env: Vec::new() }
     }
 
     pub fn path(&self) -> &Path {
@@ -118,7 +120,8 @@ impl World {
             .arg(&self.runtime_dir)
             .env_remove("BITMASK_HOME")
             .env_remove("BITMASK_RUNTIME_DIR")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(self.env.iter().map(|(key, value)| (key, value)));
     }
 
     pub fn core_socket(&self) -> PathBuf {

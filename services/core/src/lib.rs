@@ -181,6 +181,37 @@ fn account_status_to_pb(status: AccountStatus) -> pb::AccountStatus {
     }
 }
 
+/// Yields, on each state change, the accounts whose status changed.
+struct StatusWatcher {
+    supervisor: Supervisor,
+    changes: tokio::sync::watch::Receiver<u64>,
+    address: Option<String>,
+    last: Vec<pb::AccountStatus>,
+    first: bool,
+}
+
+impl StatusWatcher {
+    /// The next non-empty batch of changed statuses; None when bitmaskd stops.
+    async fn next_changes(&mut self) -> Option<Vec<Result<pb::AccountStatus, Status>>> {
+        loop {
+            if !std::mem::take(&mut self.first) {
+                self.changes.changed().await.ok()?;
+            }
+            let current: Vec<pb::AccountStatus> = match self.supervisor.status(self.address.as_deref()) {
+                Ok(accounts) => accounts.into_iter().map(account_status_to_pb).collect(),
+                // The account was removed while watched.
+                Err(error) => return Some(vec![Err(status_of(error))]),
+            };
+            let changed: Vec<_> =
+                current.iter().filter(|account| !self.last.contains(account)).cloned().map(Ok).collect();
+            self.last = current;
+            if !changed.is_empty() {
+                return Some(changed);
+            }
+        }
+    }
+}
+
 fn required(address: String) -> Result<String, Status> {
     if address.is_empty() { Err(Status::invalid_argument("an account address is required")) } else { Ok(address) }
 }
@@ -253,35 +284,18 @@ impl Core for CoreService {
         let address = non_empty(request.into_inner().address);
         // Fail now for an unknown account rather than stream nothing.
         self.supervisor.status(address.as_deref()).map_err(status_of)?;
-        let supervisor = self.supervisor.clone();
-        let changes = supervisor.subscribe();
-        let stream = futures::stream::unfold(
-            (supervisor, changes, address, Vec::<pb::AccountStatus>::new(), true),
-            |(supervisor, mut changes, address, mut last, first)| async move {
-                loop {
-                    if !first && changes.changed().await.is_err() {
-                        return None;
-                    }
-                    let current: Vec<pb::AccountStatus> = match supervisor.status(address.as_deref()) {
-                        Ok(accounts) => accounts.into_iter().map(account_status_to_pb).collect(),
-                        Err(error) => {
-                            return Some((vec![Err(status_of(error))], (supervisor, changes, address, last, false)));
-                        }
-                    };
-                    // Only the accounts whose status changed since the last message.
-                    let changed: Vec<Result<pb::AccountStatus, Status>> =
-                        current.iter().filter(|account| !last.contains(account)).cloned().map(Ok).collect();
-                    last = current;
-                    if !changed.is_empty() {
-                        return Some((changed, (supervisor, changes, address, last, false)));
-                    }
-                    if first {
-                        return Some((Vec::new(), (supervisor, changes, address, last, false)));
-                    }
-                }
-            },
-        );
-        let stream = futures::StreamExt::flat_map(stream, futures::stream::iter);
+        let watcher = StatusWatcher {
+            changes: self.supervisor.subscribe(),
+            supervisor: self.supervisor.clone(),
+            address,
+            last: Vec::new(),
+            first: true,
+        };
+        let stream = futures::stream::unfold(watcher, |mut watcher| async move {
+            let changed = watcher.next_changes().await?;
+            Some((futures::stream::iter(changed), watcher))
+        });
+        let stream = futures::StreamExt::flatten(stream);
         Ok(Response::new(Box::pin(stream)))
     }
 }

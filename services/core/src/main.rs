@@ -36,7 +36,13 @@ const EXIT_UNAVAILABLE: u8 = 69;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = bitmask_runtime::telemetry::init("bitmaskd");
+    let telemetry = bitmask_runtime::telemetry::init("bitmaskd", "info");
+    let code = run(cli).await;
+    telemetry.shutdown().await;
+    code
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let fail = |code: u8, error: &dyn std::fmt::Display| {
         tracing::error!(%error, "bitmaskd cannot start");
         eprintln!("bitmaskd: {error}");

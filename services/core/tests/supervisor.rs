@@ -379,3 +379,32 @@ fn the_config_survives_a_restart_of_bitmaskd() {
     let _daemon = world.bitmaskd(&[]);
     assert_eq!(world.ctl_json(&["account", "list"]), before);
 }
+
+#[test]
+fn status_watch_follows_the_account_through_start_and_stop() {
+    use std::io::BufRead as _;
+    let world = World::new();
+    let _daemon = world.bitmaskd(&[]);
+    add_account(&world, "alice@example.org");
+
+    let mut command = std::process::Command::new(bitmask_testkit::bin("bitmaskctl"));
+    command.arg("--home").arg(&world.home).arg("--runtime-dir").arg(&world.runtime_dir);
+    command.args(["status", "--watch", "alice@example.org"]).stdout(std::process::Stdio::piped());
+    let mut watch = bitmask_testkit::KillOnDrop(command.spawn().unwrap());
+    let mut lines = std::io::BufReader::new(watch.0.stdout.take().unwrap()).lines();
+    let mut wait_for_line = |wanted: &str| {
+        for line in lines.by_ref() {
+            if line.unwrap().starts_with(wanted) {
+                return;
+            }
+        }
+        panic!("bitmaskctl status --watch ended before printing {wanted:?}");
+    };
+    // The current state first, then each change.
+    wait_for_line("alice@example.org  stopped");
+    start(&world, "alice@example.org");
+    wait_for_line("alice@example.org  running");
+    world.ctl_json(&["account", "stop", "alice@example.org"]);
+    wait_for_line("alice@example.org  stopping");
+    wait_for_line("alice@example.org  stopped");
+}

@@ -14,6 +14,7 @@ use bitmask_runtime::CommonArgs;
 use bitmask_runtime::client::TracedChannel;
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic::Code;
+use tracing::Instrument as _;
 
 const EXIT_USAGE: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
@@ -121,12 +122,30 @@ impl From<tonic::Status> for Failure {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    // Quiet by default: a command line prints its results, not logs. With
+    // OTEL_EXPORTER_OTLP_ENDPOINT set, the command is the root of the trace
+    // that bitmaskd and the services continue.
+    let telemetry = bitmask_runtime::telemetry::init("bitmaskctl", "warn");
+    let span = tracing::info_span!("bitmaskctl", command = %command_name(&cli.command));
+    let result = run(cli).instrument(span).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("bitmaskctl: {}", failure.message);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Account(AccountCommand::Add(_)) => "account add",
+        Command::Account(AccountCommand::List) => "account list",
+        Command::Account(AccountCommand::Start { .. }) => "account start",
+        Command::Account(AccountCommand::Stop { .. }) => "account stop",
+        Command::Account(AccountCommand::Remove { .. }) => "account remove",
+        Command::Status { .. } => "status",
     }
 }
 
