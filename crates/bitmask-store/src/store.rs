@@ -1,0 +1,811 @@
+//! The store proper: sled trees, the write path, queries and the change log.
+//!
+//! Trees (every key and value below is a keyed hash or ciphertext, except
+//! sequence numbers and the sealed secrets record):
+//! - `meta`: `secrets` (the sealed secrets record), `sequence` (u64);
+//! - `documents`: storage key → sealed document record;
+//! - `changes`: sequence → storage key, one entry per document, at its
+//!   latest change (the replay log of `Watch`, and later of sync);
+//! - `index`: index tag ‖ encoded values ‖ storage key → ();
+//! - `counters`: counter key → sealed i64;
+//! - `schema`: schema key → sealed collection or index definition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sled::Transactional as _;
+
+use crate::crypto::{Keys, MasterKey};
+use crate::secrets::{KdfParams, SecretsRecord};
+use crate::types::*;
+
+/// Larger payloads belong in blobs.
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+pub const MAX_ID_BYTES: usize = 1024;
+
+const SECRETS: &[u8] = b"secrets";
+const SEQUENCE: &[u8] = b"sequence";
+const DOCUMENT_CONTEXT: &[u8] = b"document";
+const COUNTER_CONTEXT: &[u8] = b"counter";
+const SCHEMA_CONTEXT: &[u8] = b"schema";
+const STORAGE_KEY_LEN: usize = 32;
+
+/// What is sealed under a document's storage key.
+#[derive(Debug, Serialize, Deserialize)]
+struct DocumentRecord {
+    id: String,
+    collection: String,
+    rev: String,
+    content: Box<RawValue>,
+    deleted: bool,
+    updated_ms: u64,
+    sequence: u64,
+}
+
+impl DocumentRecord {
+    fn live(&self) -> bool {
+        !self.deleted
+    }
+
+    fn to_document(&self) -> Document {
+        Document {
+            id: self.id.clone(),
+            collection: self.collection.clone(),
+            rev: self.rev.clone(),
+            content: self.content.get().to_owned(),
+            deleted: self.deleted,
+            updated: UNIX_EPOCH + Duration::from_millis(self.updated_ms),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Schema {
+    collections: HashMap<String, CollectionDef>,
+    indexes: HashMap<String, IndexDef>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum SchemaRecord {
+    Collection(CollectionDef),
+    Index(IndexDef),
+}
+
+#[derive(Debug)]
+struct Unlocked {
+    keys: Keys,
+    schema: Schema,
+}
+
+/// One account's store. Thread-safe; every method blocks on disk I/O, so
+/// async callers run it on a blocking thread.
+#[derive(Debug)]
+pub struct Store {
+    account: String,
+    db: sled::Db,
+    meta: sled::Tree,
+    documents: sled::Tree,
+    changes: sled::Tree,
+    index: sled::Tree,
+    counters: sled::Tree,
+    schema: sled::Tree,
+    unlocked: RwLock<Option<Arc<RwLock<Unlocked>>>>,
+    /// Serializes writers: one write (or batch) at a time computes and commits.
+    writer: Mutex<()>,
+    kdf: KdfParams,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+}
+
+fn next_rev(previous: Option<&str>) -> String {
+    let generation = previous.and_then(|rev| rev.split('-').next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    let mut random = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    format!("{}-{}", generation + 1, data_encoding::HEXLOWER.encode(&random))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The smallest key greater than every key that starts with `prefix`
+/// (None: there is none).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. It starts locked, or
+    /// uninitialized if it has no secrets yet.
+    pub fn open(dir: &std::path::Path, account: &str) -> Result<Self, StoreError> {
+        Self::open_with_kdf(dir, account, KdfParams::default())
+    }
+
+    /// Like [`Store::open`], with the KDF cost for a new passphrase.
+    pub fn open_with_kdf(dir: &std::path::Path, account: &str, kdf: KdfParams) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        Ok(Self {
+            account: account.to_owned(),
+            meta: db.open_tree("meta")?,
+            documents: db.open_tree("documents")?,
+            changes: db.open_tree("changes")?,
+            index: db.open_tree("index")?,
+            counters: db.open_tree("counters")?,
+            schema: db.open_tree("schema")?,
+            db,
+            unlocked: RwLock::new(None),
+            writer: Mutex::new(()),
+            kdf,
+        })
+    }
+
+    pub fn state(&self) -> Result<StoreState, StoreError> {
+        if read(&self.unlocked).is_some() {
+            Ok(StoreState::Unlocked)
+        } else if self.meta.contains_key(SECRETS)? {
+            Ok(StoreState::Locked)
+        } else {
+            Ok(StoreState::Uninitialized)
+        }
+    }
+
+    fn secrets(&self) -> Result<SecretsRecord, StoreError> {
+        let bytes = self.meta.get(SECRETS)?.ok_or(StoreError::Uninitialized)?;
+        serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt("secrets record"))
+    }
+
+    fn save_secrets(&self, record: &SecretsRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|_| StoreError::Corrupt("secrets record"))?;
+        self.meta.insert(SECRETS, bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Creates the storage secrets under `passphrase` and unlocks. Returns the
+    /// recovery code, to be shown to the user once.
+    pub fn initialize(&self, passphrase: &str) -> Result<zeroize::Zeroizing<String>, StoreError> {
+        let _writer = lock(&self.writer);
+        if self.meta.contains_key(SECRETS)? {
+            return Err(StoreError::AlreadyInitialized);
+        }
+        let master = MasterKey::generate();
+        let (record, recovery_code) = SecretsRecord::create(&master, passphrase, self.kdf)?;
+        self.save_secrets(&record)?;
+        self.install(&master)?;
+        Ok(recovery_code)
+    }
+
+    /// Opens the secrets with the passphrase; a wrong one changes nothing.
+    pub fn unlock(&self, passphrase: &str) -> Result<(), StoreError> {
+        let master = self.secrets()?.open_with_passphrase(passphrase)?;
+        self.install(&master)
+    }
+
+    pub fn unlock_with_recovery_code(&self, code: &str) -> Result<(), StoreError> {
+        let master = self.secrets()?.open_with_recovery_code(code)?;
+        self.install(&master)
+    }
+
+    /// Forgets the keys (they are zeroized when the last reader is done).
+    pub fn lock(&self) {
+        *write(&self.unlocked) = None;
+    }
+
+    /// Re-seals the secrets under a new passphrase, proven by the old
+    /// passphrase or the recovery code.
+    pub fn change_passphrase(&self, credential: Credential<'_>, new_passphrase: &str) -> Result<(), StoreError> {
+        let _writer = lock(&self.writer);
+        let record = self.secrets()?;
+        let master = match credential {
+            Credential::Passphrase(passphrase) => record.open_with_passphrase(passphrase)?,
+            Credential::RecoveryCode(code) => record.open_with_recovery_code(code)?,
+        };
+        self.save_secrets(&record.with_passphrase(&master, new_passphrase)?)
+    }
+
+    fn install(&self, master: &MasterKey) -> Result<(), StoreError> {
+        let keys = Keys::derive(master, &self.account);
+        let mut schema = Schema::default();
+        for entry in self.schema.iter() {
+            let (key, sealed) = entry?;
+            let plain = keys.open(&key, SCHEMA_CONTEXT, &sealed).map_err(|_| StoreError::Corrupt("schema"))?;
+            match serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("schema"))? {
+                SchemaRecord::Collection(def) => schema.collections.insert(def.name.clone(), def).map(drop),
+                SchemaRecord::Index(def) => schema.indexes.insert(def.name.clone(), def).map(drop),
+            };
+        }
+        *write(&self.unlocked) = Some(Arc::new(RwLock::new(Unlocked { keys, schema })));
+        Ok(())
+    }
+
+    fn unlocked(&self) -> Result<Arc<RwLock<Unlocked>>, StoreError> {
+        match &*read(&self.unlocked) {
+            Some(unlocked) => Ok(Arc::clone(unlocked)),
+            None if self.meta.contains_key(SECRETS)? => Err(StoreError::Locked),
+            None => Err(StoreError::Uninitialized),
+        }
+    }
+
+    // --- schema ---------------------------------------------------------------
+
+    pub fn declare_collection(&self, def: CollectionDef) -> Result<(), StoreError> {
+        if def.name.is_empty() {
+            return Err(StoreError::SchemaChanged("a collection needs a name".into()));
+        }
+        let _writer = lock(&self.writer);
+        let unlocked = self.unlocked()?;
+        let mut unlocked = write(&unlocked);
+        match unlocked.schema.collections.get(&def.name) {
+            Some(existing) if *existing == def => return Ok(()),
+            Some(existing) => {
+                return Err(StoreError::SchemaChanged(format!(
+                    "collection {:?} is declared already with another policy ({:?}, local only: {})",
+                    def.name, existing.policy, existing.local_only
+                )));
+            }
+            None => {}
+        }
+        let key = unlocked.keys.schema_key("collection", &def.name);
+        let record =
+            serde_json::to_vec(&SchemaRecord::Collection(def.clone())).map_err(|_| StoreError::Corrupt("schema"))?;
+        self.schema.insert(key, unlocked.keys.seal(&key, SCHEMA_CONTEXT, &record))?;
+        self.db.flush()?;
+        unlocked.schema.collections.insert(def.name.clone(), def);
+        Ok(())
+    }
+
+    /// Declares an index and indexes the collection's existing documents.
+    pub fn declare_index(&self, def: IndexDef) -> Result<(), StoreError> {
+        if def.name.is_empty() {
+            return Err(StoreError::SchemaChanged("an index needs a name".into()));
+        }
+        if let Some(field) = def.fields.iter().find(|field| !field.is_empty() && !field.starts_with('/')) {
+            return Err(StoreError::SchemaChanged(format!("field {field:?} is not a JSON pointer (like \"/uid\")")));
+        }
+        let _writer = lock(&self.writer);
+        let unlocked = self.unlocked()?;
+        let mut unlocked = write(&unlocked);
+        if !unlocked.schema.collections.contains_key(&def.collection) {
+            return Err(StoreError::UnknownCollection(def.collection));
+        }
+        match unlocked.schema.indexes.get(&def.name) {
+            Some(existing) if *existing == def => return Ok(()),
+            Some(_) => {
+                return Err(StoreError::SchemaChanged(format!("index {:?} is declared already differently", def.name)));
+            }
+            None => {}
+        }
+        // Index what is there.
+        let mut entries = BTreeMap::new();
+        for entry in self.documents.iter() {
+            let (storage_key, sealed) = entry?;
+            let record = open_document(&unlocked.keys, &storage_key, &sealed)?;
+            if record.live() && record.collection == def.collection {
+                for key in index_keys(&unlocked.keys, &def, &record, &storage_key) {
+                    let prefix = &key[..key.len() - STORAGE_KEY_LEN];
+                    if def.unique && entries.keys().any(|other: &Vec<u8>| other.starts_with(prefix)) {
+                        return Err(StoreError::UniqueViolation { index: def.name });
+                    }
+                    entries.insert(key, ());
+                }
+            }
+        }
+        let key = unlocked.keys.schema_key("index", &def.name);
+        let record =
+            serde_json::to_vec(&SchemaRecord::Index(def.clone())).map_err(|_| StoreError::Corrupt("schema"))?;
+        let mut batch = sled::Batch::default();
+        for entry in entries.into_keys() {
+            batch.insert(entry, &[]);
+        }
+        self.index.apply_batch(batch)?;
+        self.schema.insert(key, unlocked.keys.seal(&key, SCHEMA_CONTEXT, &record))?;
+        self.db.flush()?;
+        unlocked.schema.indexes.insert(def.name.clone(), def);
+        Ok(())
+    }
+
+    pub fn schema(&self) -> Result<(Vec<CollectionDef>, Vec<IndexDef>), StoreError> {
+        let unlocked = self.unlocked()?;
+        let unlocked = read(&unlocked);
+        let mut collections: Vec<_> = unlocked.schema.collections.values().cloned().collect();
+        let mut indexes: Vec<_> = unlocked.schema.indexes.values().cloned().collect();
+        collections.sort_by(|a, b| a.name.cmp(&b.name));
+        indexes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((collections, indexes))
+    }
+
+    // --- reads ----------------------------------------------------------------
+
+    fn load(&self, keys: &Keys, storage_key: &[u8]) -> Result<Option<DocumentRecord>, StoreError> {
+        match self.documents.get(storage_key)? {
+            Some(sealed) => open_document(keys, storage_key, &sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The document, or None; tombstones only with `include_deleted`.
+    pub fn get(&self, id: &str, include_deleted: bool) -> Result<Option<Document>, StoreError> {
+        let unlocked = self.unlocked()?;
+        let unlocked = read(&unlocked);
+        let record = self.load(&unlocked.keys, &unlocked.keys.document_key(id))?;
+        Ok(record.filter(|record| include_deleted || record.live()).map(|record| record.to_document()))
+    }
+
+    /// The current sequence number (of the last committed change).
+    pub fn sequence(&self) -> Result<u64, StoreError> {
+        Ok(self.meta.get(SEQUENCE)?.map(|bytes| u64_from(&bytes)).unwrap_or(0))
+    }
+
+    /// The latest change of every document changed after `since`, in order.
+    pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let unlocked = self.unlocked()?;
+        let unlocked = read(&unlocked);
+        let mut changes = Vec::new();
+        for entry in self.changes.range(since.saturating_add(1).to_be_bytes()..) {
+            if limit != 0 && changes.len() >= limit {
+                break;
+            }
+            let (sequence, storage_key) = entry?;
+            if let Some(record) = self.load(&unlocked.keys, &storage_key)? {
+                changes.push(Change { sequence: u64_from(&sequence), document: record.to_document() });
+            }
+        }
+        Ok(changes)
+    }
+
+    pub fn query(&self, query: &Query) -> Result<QueryPage, StoreError> {
+        let unlocked = self.unlocked()?;
+        let unlocked = read(&unlocked);
+        let keys = &unlocked.keys;
+        let def =
+            unlocked.schema.indexes.get(&query.index).ok_or_else(|| StoreError::UnknownIndex(query.index.clone()))?;
+        let bound_fields = query.lower.iter().chain(&query.upper).map(|bound| bound.values.len()).max().unwrap_or(0);
+        if query.equal.len() + bound_fields > def.fields.len() {
+            return Err(StoreError::InvalidQuery(format!(
+                "index {:?} has {} fields, the query names {}",
+                def.name,
+                def.fields.len(),
+                query.equal.len() + bound_fields
+            )));
+        }
+        let mut prefix = keys.index_tag(&def.name).to_vec();
+        for value in &query.equal {
+            encode_value(keys, &def.name, value, &mut prefix);
+        }
+        let bound_key = |bound: &Bound| -> Result<Vec<u8>, StoreError> {
+            let mut key = prefix.clone();
+            for value in &bound.values {
+                if matches!(value, IndexValue::Text(_)) {
+                    return Err(StoreError::InvalidQuery(
+                        "a range needs integer or boolean values: text is indexed by keyed hash, for equality only"
+                            .into(),
+                    ));
+                }
+                encode_value(keys, &def.name, value, &mut key);
+            }
+            Ok(key)
+        };
+        let mut start = prefix.clone();
+        let mut end = prefix_end(&prefix);
+        if let Some(lower) = &query.lower {
+            let key = bound_key(lower)?;
+            start = if lower.inclusive { key } else { prefix_end(&key).unwrap_or(key) };
+        }
+        if let Some(upper) = &query.upper {
+            let key = bound_key(upper)?;
+            end = if upper.inclusive { prefix_end(&key) } else { Some(key) };
+        }
+        if let Some(token) = &query.page_token {
+            let last = data_encoding::HEXLOWER
+                .decode(token.as_bytes())
+                .map_err(|_| StoreError::InvalidQuery("malformed page token".into()))?;
+            if query.descending {
+                end = Some(last);
+            } else {
+                let mut after = last;
+                after.push(0);
+                start = after;
+            }
+        }
+        let range = match end {
+            Some(end) if end <= start => return Ok(QueryPage { documents: Vec::new(), next_page_token: None }),
+            Some(end) => self.index.range(start..end),
+            None => self.index.range(start..),
+        };
+        let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if query.descending { Box::new(range.rev()) } else { Box::new(range) };
+        let mut documents = Vec::new();
+        let mut last_key = None;
+        for entry in entries {
+            if query.limit != 0 && documents.len() >= query.limit {
+                return Ok(QueryPage {
+                    documents,
+                    next_page_token: last_key.map(|key: sled::IVec| data_encoding::HEXLOWER.encode(&key)),
+                });
+            }
+            let (key, _) = entry?;
+            let storage_key = &key[key.len().saturating_sub(STORAGE_KEY_LEN)..];
+            if let Some(record) = self.load(keys, storage_key)?.filter(DocumentRecord::live) {
+                documents.push(record.to_document());
+            }
+            last_key = Some(key);
+        }
+        Ok(QueryPage { documents, next_page_token: None })
+    }
+
+    pub fn counter(&self, name: &str) -> Result<i64, StoreError> {
+        let unlocked = self.unlocked()?;
+        let unlocked = read(&unlocked);
+        let key = unlocked.keys.counter_key(name);
+        read_counter(&unlocked.keys, &self.counters, &key)
+    }
+
+    // --- writes ---------------------------------------------------------------
+
+    pub fn put(&self, op: PutOp) -> Result<(String, Change), StoreError> {
+        let (mut results, mut changes) = self.apply(vec![Write::Put(op)])?;
+        match (results.pop(), changes.pop()) {
+            (Some(WriteResult::Rev(rev)), Some(change)) => Ok((rev, change)),
+            _ => Err(StoreError::Corrupt("write result")),
+        }
+    }
+
+    pub fn delete(&self, id: &str, expected_rev: Option<String>) -> Result<(String, Change), StoreError> {
+        let (mut results, mut changes) = self.apply(vec![Write::Delete { id: id.to_owned(), expected_rev }])?;
+        match (results.pop(), changes.pop()) {
+            (Some(WriteResult::Rev(rev)), Some(change)) => Ok((rev, change)),
+            _ => Err(StoreError::Corrupt("write result")),
+        }
+    }
+
+    pub fn add_to_counter(&self, name: &str, delta: i64) -> Result<i64, StoreError> {
+        match self.apply(vec![Write::AddToCounter { name: name.to_owned(), delta }])?.0.pop() {
+            Some(WriteResult::Counter(value)) => Ok(value),
+            _ => Err(StoreError::Corrupt("write result")),
+        }
+    }
+
+    /// Applies every write or none, durably; returns each write's result and
+    /// the changes committed, in order.
+    pub fn apply(&self, writes: Vec<Write>) -> Result<(Vec<WriteResult>, Vec<Change>), StoreError> {
+        let _writer = lock(&self.writer);
+        let unlocked = self.unlocked()?;
+        let unlocked = read(&unlocked);
+        let mut pending = Pending::new(self, &unlocked)?;
+        let results = writes.into_iter().map(|write| pending.apply(write)).collect::<Result<Vec<_>, _>>()?;
+        let changes = pending.commit()?;
+        Ok((results, changes))
+    }
+}
+
+/// How a passphrase change proves the user may make it.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    Passphrase(&'a str),
+    RecoveryCode(&'a str),
+}
+
+fn u64_from(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+fn open_document(keys: &Keys, storage_key: &[u8], sealed: &[u8]) -> Result<DocumentRecord, StoreError> {
+    let plain = keys.open(storage_key, DOCUMENT_CONTEXT, sealed).map_err(|_| StoreError::Corrupt("document"))?;
+    serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("document"))
+}
+
+fn read_counter(keys: &Keys, counters: &sled::Tree, key: &[u8]) -> Result<i64, StoreError> {
+    match counters.get(key)? {
+        None => Ok(0),
+        Some(sealed) => {
+            let plain = keys.open(key, COUNTER_CONTEXT, &sealed).map_err(|_| StoreError::Corrupt("counter"))?;
+            let bytes: [u8; 8] = plain.as_slice().try_into().map_err(|_| StoreError::Corrupt("counter"))?;
+            Ok(i64::from_be_bytes(bytes))
+        }
+    }
+}
+
+/// Type tag and fixed-length encoding, so concatenated values sort and
+/// prefix-match correctly: text by keyed hash, integers order-preserving.
+fn encode_value(keys: &Keys, index: &str, value: &IndexValue, out: &mut Vec<u8>) {
+    match value {
+        IndexValue::Boolean(value) => out.extend_from_slice(&[1, u8::from(*value)]),
+        IndexValue::Integer(value) => {
+            out.push(2);
+            out.extend_from_slice(&((*value as u64) ^ (1 << 63)).to_be_bytes());
+        }
+        IndexValue::Text(value) => {
+            out.push(3);
+            out.extend_from_slice(&keys.index_text(index, value));
+        }
+    }
+}
+
+fn index_value(value: &serde_json::Value) -> Option<IndexValue> {
+    match value {
+        serde_json::Value::String(text) => Some(IndexValue::Text(text.clone())),
+        serde_json::Value::Bool(value) => Some(IndexValue::Boolean(*value)),
+        serde_json::Value::Number(number) => number.as_i64().map(IndexValue::Integer),
+        _ => None,
+    }
+}
+
+/// The index entries of a live document (none if a field is missing or not
+/// a string, integer or boolean).
+fn index_keys(keys: &Keys, def: &IndexDef, record: &DocumentRecord, storage_key: &[u8]) -> Vec<Vec<u8>> {
+    if !record.live() || record.collection != def.collection {
+        return Vec::new();
+    }
+    let Ok(content) = serde_json::from_str::<serde_json::Value>(record.content.get()) else { return Vec::new() };
+    let mut key = keys.index_tag(&def.name).to_vec();
+    for field in &def.fields {
+        match content.pointer(field).and_then(index_value) {
+            Some(value) => encode_value(keys, &def.name, &value, &mut key),
+            None => return Vec::new(),
+        }
+    }
+    key.extend_from_slice(storage_key);
+    vec![key]
+}
+
+/// The state of one batch while it is computed: what it read, and what it
+/// will write. Nothing touches the disk until `commit`.
+struct Pending<'a> {
+    store: &'a Store,
+    unlocked: &'a Unlocked,
+    sequence: u64,
+    /// Documents as this batch has left them (None: absent).
+    documents: HashMap<[u8; 32], Option<DocumentRecord>>,
+    /// Sequence of each touched document before the batch.
+    original_sequences: HashMap<[u8; 32], Option<u64>>,
+    counters: HashMap<[u8; 32], i64>,
+    /// Index entries: true = insert, false = remove.
+    index: BTreeMap<Vec<u8>, bool>,
+    changed: Vec<[u8; 32]>,
+}
+
+impl<'a> Pending<'a> {
+    fn new(store: &'a Store, unlocked: &'a Unlocked) -> Result<Self, StoreError> {
+        Ok(Self {
+            store,
+            unlocked,
+            sequence: store.sequence()?,
+            documents: HashMap::new(),
+            original_sequences: HashMap::new(),
+            counters: HashMap::new(),
+            index: BTreeMap::new(),
+            changed: Vec::new(),
+        })
+    }
+
+    fn current(&mut self, storage_key: [u8; 32]) -> Result<Option<&DocumentRecord>, StoreError> {
+        if !self.documents.contains_key(&storage_key) {
+            let record = self.store.load(&self.unlocked.keys, &storage_key)?;
+            self.original_sequences.insert(storage_key, record.as_ref().map(|record| record.sequence));
+            self.documents.insert(storage_key, record);
+        }
+        Ok(self.documents.get(&storage_key).and_then(Option::as_ref))
+    }
+
+    fn check_rev(&mut self, id: &str, storage_key: [u8; 32], expected: &str) -> Result<(), StoreError> {
+        let actual = self.current(storage_key)?.filter(|record| record.live()).map(|record| record.rev.clone());
+        let actual = actual.unwrap_or_default();
+        if actual != expected {
+            return Err(StoreError::Conflict { id: id.to_owned(), expected: expected.to_owned(), actual });
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, write: Write) -> Result<WriteResult, StoreError> {
+        match write {
+            Write::Put(op) => self.put(op),
+            Write::Delete { id, expected_rev } => self.delete(&id, expected_rev),
+            Write::Check { id, rev } => {
+                let storage_key = self.unlocked.keys.document_key(&id);
+                self.check_rev(&id, storage_key, &rev)?;
+                Ok(WriteResult::Checked)
+            }
+            Write::AddToCounter { name, delta } => {
+                let key = self.unlocked.keys.counter_key(&name);
+                let current = match self.counters.get(&key) {
+                    Some(value) => *value,
+                    None => read_counter(&self.unlocked.keys, &self.store.counters, &key)?,
+                };
+                let value = current.checked_add(delta).ok_or_else(|| StoreError::InvalidDocument {
+                    id: name.clone(),
+                    reason: "counter overflow".into(),
+                })?;
+                self.counters.insert(key, value);
+                Ok(WriteResult::Counter(value))
+            }
+        }
+    }
+
+    fn put(&mut self, op: PutOp) -> Result<WriteResult, StoreError> {
+        let PutOp { id, collection, content, expected_rev, create_only } = op;
+        if id.is_empty() || id.len() > MAX_ID_BYTES {
+            return Err(StoreError::InvalidDocument { id, reason: format!("an id has 1 to {MAX_ID_BYTES} bytes") });
+        }
+        if content.len() > MAX_DOCUMENT_BYTES {
+            return Err(StoreError::TooLarge { id, size: content.len(), max: MAX_DOCUMENT_BYTES });
+        }
+        if !self.unlocked.schema.collections.contains_key(&collection) {
+            return Err(StoreError::UnknownCollection(collection));
+        }
+        let content = RawValue::from_string(content).map_err(|error| StoreError::InvalidDocument {
+            id: id.clone(),
+            reason: format!("content is not JSON: {error}"),
+        })?;
+        let storage_key = self.unlocked.keys.document_key(&id);
+        if let Some(expected) = &expected_rev {
+            self.check_rev(&id, storage_key, expected)?;
+        }
+        let previous = self.current(storage_key)?;
+        if create_only && previous.is_some_and(DocumentRecord::live) {
+            return Err(StoreError::AlreadyExists(id));
+        }
+        if let Some(previous) = previous.filter(|previous| previous.live() && previous.collection != collection) {
+            return Err(StoreError::InvalidDocument {
+                id,
+                reason: format!("it belongs to collection {:?}", previous.collection),
+            });
+        }
+        let rev = next_rev(previous.map(|previous| previous.rev.as_str()));
+        let record = DocumentRecord {
+            id,
+            collection,
+            rev: rev.clone(),
+            content,
+            deleted: false,
+            updated_ms: now_ms(),
+            sequence: 0,
+        };
+        self.replace(storage_key, record)?;
+        Ok(WriteResult::Rev(rev))
+    }
+
+    fn delete(&mut self, id: &str, expected_rev: Option<String>) -> Result<WriteResult, StoreError> {
+        let storage_key = self.unlocked.keys.document_key(id);
+        if let Some(expected) = &expected_rev {
+            self.check_rev(id, storage_key, expected)?;
+        }
+        let Some(previous) = self.current(storage_key)?.filter(|previous| previous.live()) else {
+            return Err(StoreError::NotFound(id.to_owned()));
+        };
+        let rev = next_rev(Some(&previous.rev));
+        let record = DocumentRecord {
+            id: id.to_owned(),
+            collection: previous.collection.clone(),
+            rev: rev.clone(),
+            #[allow(clippy::expect_used)] // "null" is JSON
+            content: RawValue::from_string("null".into()).expect("null is JSON"),
+            deleted: true,
+            updated_ms: now_ms(),
+            sequence: 0,
+        };
+        self.replace(storage_key, record)?;
+        Ok(WriteResult::Rev(rev))
+    }
+
+    /// Puts `record` in place of the current version, moving its index entries.
+    fn replace(&mut self, storage_key: [u8; 32], mut record: DocumentRecord) -> Result<(), StoreError> {
+        let keys = &self.unlocked.keys;
+        let indexes: Vec<&IndexDef> =
+            self.unlocked.schema.indexes.values().filter(|def| def.collection == record.collection).collect();
+        if let Some(previous) = self.documents.get(&storage_key).and_then(Option::as_ref) {
+            for def in &indexes {
+                for key in index_keys(keys, def, previous, &storage_key) {
+                    self.index.insert(key, false);
+                }
+            }
+        }
+        for def in &indexes {
+            for key in index_keys(keys, def, &record, &storage_key) {
+                if def.unique {
+                    self.check_unique(def, &key)?;
+                }
+                self.index.insert(key, true);
+            }
+        }
+        self.sequence += 1;
+        record.sequence = self.sequence;
+        self.documents.insert(storage_key, Some(record));
+        self.changed.retain(|key| *key != storage_key);
+        self.changed.push(storage_key);
+        Ok(())
+    }
+
+    fn check_unique(&self, def: &IndexDef, key: &[u8]) -> Result<(), StoreError> {
+        let (prefix, own) = key.split_at(key.len() - STORAGE_KEY_LEN);
+        let other_in_batch = self
+            .index
+            .range(prefix.to_vec()..)
+            .take_while(|(other, _)| other.starts_with(prefix))
+            .any(|(other, insert)| *insert && !other.ends_with(own));
+        let mut other_on_disk = false;
+        for entry in self.store.index.scan_prefix(prefix) {
+            let (other, _) = entry?;
+            let removed_by_batch = self.index.get(other.as_ref()) == Some(&false);
+            other_on_disk |= !other.ends_with(own) && !removed_by_batch;
+        }
+        if other_in_batch || other_on_disk {
+            return Err(StoreError::UniqueViolation { index: def.name.clone() });
+        }
+        Ok(())
+    }
+
+    /// Writes everything in one transaction and flushes it to disk.
+    fn commit(self) -> Result<Vec<Change>, StoreError> {
+        let keys = &self.unlocked.keys;
+        let mut documents = Vec::with_capacity(self.changed.len());
+        let mut changes = Vec::with_capacity(self.changed.len());
+        for storage_key in &self.changed {
+            let Some(Some(record)) = self.documents.get(storage_key) else { continue };
+            let plain =
+                zeroize::Zeroizing::new(serde_json::to_vec(record).map_err(|_| StoreError::Corrupt("document"))?);
+            documents.push((*storage_key, keys.seal(storage_key, DOCUMENT_CONTEXT, &plain)));
+            changes.push(Change { sequence: record.sequence, document: record.to_document() });
+        }
+        let counters: Vec<([u8; 32], Vec<u8>)> = self
+            .counters
+            .iter()
+            .map(|(key, value)| (*key, keys.seal(key, COUNTER_CONTEXT, &value.to_be_bytes())))
+            .collect();
+        if documents.is_empty() && counters.is_empty() {
+            return Ok(changes);
+        }
+        let store = self.store;
+        (&store.documents, &store.changes, &store.index, &store.counters, &store.meta)
+            .transaction(|(tx_documents, tx_changes, tx_index, tx_counters, tx_meta)| {
+                for (storage_key, sealed) in &documents {
+                    if let Some(Some(old)) = self.original_sequences.get(storage_key) {
+                        tx_changes.remove(&old.to_be_bytes())?;
+                    }
+                    tx_documents.insert(storage_key, sealed.as_slice())?;
+                }
+                for change in &changes {
+                    let storage_key = keys.document_key(&change.document.id);
+                    tx_changes.insert(&change.sequence.to_be_bytes(), &storage_key)?;
+                }
+                for (key, insert) in &self.index {
+                    if *insert {
+                        tx_index.insert(key.as_slice(), &[])?;
+                    } else {
+                        tx_index.remove(key.as_slice())?;
+                    }
+                }
+                for (key, sealed) in &counters {
+                    tx_counters.insert(key, sealed.as_slice())?;
+                }
+                tx_meta.insert(SEQUENCE, &self.sequence.to_be_bytes())?;
+                Ok(())
+            })
+            .map_err(|error: sled::transaction::TransactionError<()>| match error {
+                sled::transaction::TransactionError::Storage(error) => StoreError::Storage(error),
+                sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt("transaction"),
+            })?;
+        store.db.flush()?;
+        Ok(changes)
+    }
+}
