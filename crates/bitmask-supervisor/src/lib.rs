@@ -11,4 +11,4 @@ pub mod supervisor;
 
 pub use config::{AccountConfig, Config, ConfigError, EncryptionPolicy, RelayConfig, RelayTls};
 pub use status::{AccountState, AccountStatus, ServiceState, ServiceStatus};
-pub use supervisor::{NewAccount, Supervisor, SupervisorError, SupervisorOptions};
+pub use supervisor::{NewAccount, RestartHook, Supervisor, SupervisorError, SupervisorOptions};

@@ -103,6 +103,12 @@ pub struct NewAccount {
     pub encryption_policy: EncryptionPolicy,
 }
 
+/// Told when a service of a running account is SERVING again after a
+/// restart, e.g. to unlock a restarted store.
+pub trait RestartHook: Send + Sync + std::fmt::Debug + 'static {
+    fn restarted(&self, address: &str, kind: ServiceKind) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
 /// The supervisor of every account; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
@@ -120,6 +126,7 @@ struct Inner {
     running: Mutex<HashMap<String, RunningAccount>>,
     /// Bumped on every state change of any service.
     changes: watch::Sender<u64>,
+    restart_hook: std::sync::OnceLock<Arc<dyn RestartHook>>,
 }
 
 #[derive(Debug)]
@@ -152,8 +159,14 @@ impl Supervisor {
                 config: Mutex::new(config),
                 running: Mutex::new(HashMap::new()),
                 changes,
+                restart_hook: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Sets the hook told of restarted services (once; later calls are ignored).
+    pub fn set_restart_hook(&self, hook: Arc<dyn RestartHook>) {
+        let _ = self.inner.restart_hook.set(hook);
     }
 
     pub fn paths(&self) -> &Paths {
@@ -500,9 +513,18 @@ async fn supervise(
                 let pid = child.id();
                 update(&|status| status.pid = pid);
                 tracing::info!(account = %address, service = %kind, pid, "service started");
+                let restarted = lock(&status).restarts > 0;
                 let outcome = run_child(&mut child, &socket, options, &mut stop_requested, &mut served_since, || {
-                    update(&|status| status.state = ServiceState::Serving);
                     tracing::info!(account = %address, service = %kind, pid, "service serving");
+                    let hook =
+                        inner.restart_hook.get().filter(|_| restarted).map(|hook| hook.restarted(&address, kind));
+                    let update = &update;
+                    async move {
+                        if let Some(hook) = hook {
+                            hook.await;
+                        }
+                        update(&|status| status.state = ServiceState::Serving);
+                    }
                 })
                 .await;
                 match outcome {
@@ -568,7 +590,7 @@ async fn run_child(
     options: &SupervisorOptions,
     stop_requested: &mut watch::Receiver<bool>,
     served_since: &mut Option<Instant>,
-    on_serving: impl Fn(),
+    on_serving: impl AsyncFnOnce(),
 ) -> ChildOutcome {
     let exited = |status: std::io::Result<std::process::ExitStatus>| match status {
         Ok(status) => ChildOutcome::Failed(process::describe_exit(status)),
@@ -597,7 +619,7 @@ async fn run_child(
         }
     }
     *served_since = Some(Instant::now());
-    on_serving();
+    on_serving().await;
     // Serving: watch it.
     let mut failed_checks = 0;
     loop {

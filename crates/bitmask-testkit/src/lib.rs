@@ -152,11 +152,41 @@ impl World {
         daemon
     }
 
+    /// One service binary for `account`, outside bitmaskd; wait for its socket
+    /// with [`World::wait_for_socket`].
+    pub fn spawn_service(&self, binary: &str, account: &str) -> KillOnDrop {
+        let mut command = Command::new(bin(binary));
+        self.with_dirs(&mut command);
+        command.args(["--account", account]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        KillOnDrop(command.spawn().unwrap())
+    }
+
+    /// Waits until a socket accepts connections (the service is serving).
+    pub fn wait_for_socket(&self, socket: &Path, process: &mut KillOnDrop) {
+        wait_until(Duration::from_secs(10), "the service accepts connections", || {
+            if let Ok(Some(status)) = process.0.try_wait() {
+                panic!("the service exited at start with {status}");
+            }
+            std::os::unix::net::UnixStream::connect(socket).is_ok()
+        });
+    }
+
     /// Runs `bitmaskctl ARGS` in this world.
     pub fn ctl(&self, args: &[&str]) -> Output {
         let mut command = Command::new(bin("bitmaskctl"));
         self.with_dirs(&mut command);
         command.args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs `bitmaskctl ARGS` with `input` on its standard input.
+    pub fn ctl_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write as _;
+        let mut command = Command::new(bin("bitmaskctl"));
+        self.with_dirs(&mut command);
+        let mut child =
+            command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
     }
 
     /// Runs `bitmaskctl --json ARGS`, which must succeed, and parses its output.

@@ -43,12 +43,16 @@ fn main() {
         for _ in 0..ROUNDS {
             let started = Instant::now();
             let status = core
-                .start_account(pb::StartAccountRequest { address: address.into(), passphrase: String::new() })
+                .start_account(pb::StartAccountRequest {
+                    address: address.into(),
+                    passphrase: String::new(),
+                    locked: true,
+                })
                 .await
                 .unwrap()
                 .into_inner();
             starts.push(started.elapsed());
-            assert_eq!(status.state(), pb::AccountState::Running);
+            assert_eq!(status.status.unwrap_or_default().state(), pb::AccountState::Running);
             let stopping = Instant::now();
             core.stop_account(pb::StopAccountRequest { address: address.into() }).await.unwrap();
             stops.push(stopping.elapsed());

@@ -3,20 +3,25 @@
 //! This is the service edge: requests are checked and converted into the
 //! supervisor's domain types here, and its errors into gRPC statuses.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bitmask_proto::core::v1 as pb;
 use bitmask_proto::core::v1::core_server::{Core, CoreServer};
-use bitmask_runtime::ServiceKind;
+use bitmask_proto::store::v1 as store_pb;
+use bitmask_proto::store::v1::store_client::StoreClient;
 use bitmask_runtime::server::{BoundSocket, GrpcServer, ServerError};
+use bitmask_runtime::{Paths, ServiceKind};
 use bitmask_supervisor::{
-    AccountConfig, AccountState, AccountStatus, EncryptionPolicy, NewAccount, RelayConfig, RelayTls, ServiceState,
-    ServiceStatus, Supervisor, SupervisorError,
+    AccountConfig, AccountState, AccountStatus, EncryptionPolicy, NewAccount, RelayConfig, RelayTls, RestartHook,
+    ServiceState, ServiceStatus, Supervisor, SupervisorError,
 };
 use tonic::server::NamedService as _;
 use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
 
 /// Serves the Core API on `socket` until `shutdown`, then stops every account.
 pub async fn run(
@@ -24,16 +29,96 @@ pub async fn run(
     socket: BoundSocket,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let passphrases = Passphrases::default();
+    supervisor.set_restart_hook(Arc::new(UnlockRestartedStore {
+        paths: supervisor.paths().clone(),
+        passphrases: passphrases.clone(),
+    }));
     let mut server = GrpcServer::new(&[CoreServer::<CoreService>::NAME])?;
-    server.routes().add_service(CoreServer::new(CoreService { supervisor: supervisor.clone() }));
+    server.routes().add_service(CoreServer::new(CoreService { supervisor: supervisor.clone(), passphrases }));
     let result = server.serve(socket, shutdown).await;
     supervisor.stop_all().await;
     result
 }
 
+/// The passphrases of the unlocked accounts, held in memory only (zeroized
+/// when dropped) so that a store the supervisor restarts is unlocked again.
+#[derive(Clone, Default)]
+struct Passphrases(Arc<Mutex<HashMap<String, Zeroizing<String>>>>);
+
+impl std::fmt::Debug for Passphrases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrases(<redacted>)")
+    }
+}
+
+impl Passphrases {
+    fn get(&self, address: &str) -> Option<Zeroizing<String>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(address).cloned()
+    }
+
+    /// The status as the API reports it: locked unless we unlocked it.
+    fn status_to_pb(&self, status: AccountStatus) -> pb::AccountStatus {
+        let unlocked = self.get(&status.address).is_some();
+        pb::AccountStatus { locked: !unlocked, ..account_status_to_pb(status) }
+    }
+
+    fn set(&self, address: &str, passphrase: Option<Zeroizing<String>>) {
+        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match passphrase {
+            Some(passphrase) => map.insert(address.to_owned(), passphrase),
+            None => map.remove(address),
+        };
+    }
+}
+
+/// Unlocks the store of `address`: creates its secrets on first use (and
+/// returns the recovery code), otherwise checks the passphrase.
+async fn unlock_store(paths: &Paths, address: &str, passphrase: &str) -> Result<Option<String>, Status> {
+    let socket =
+        paths.account(address).map_err(|error| Status::invalid_argument(error.to_string()))?.socket(ServiceKind::Store);
+    let channel = bitmask_runtime::client::connect_unix(&socket)
+        .await
+        .map_err(|error| Status::unavailable(format!("cannot reach the store of {address}: {error}")))?;
+    let mut store = StoreClient::new(bitmask_runtime::client::traced(channel));
+    let state = store.get_state(store_pb::GetStateRequest {}).await?.into_inner().state();
+    if state == store_pb::store_state::State::Uninitialized {
+        let reply = store
+            .initialize(store_pb::InitializeRequest { passphrase: passphrase.to_owned(), from_provider: false })
+            .await?;
+        return Ok(Some(reply.into_inner().recovery_code));
+    }
+    let credential = store_pb::unlock_request::Credential::Passphrase(passphrase.to_owned());
+    store.unlock(store_pb::UnlockRequest { credential: Some(credential) }).await?;
+    Ok(None)
+}
+
+#[derive(Debug)]
+struct UnlockRestartedStore {
+    paths: Paths,
+    passphrases: Passphrases,
+}
+
+impl RestartHook for UnlockRestartedStore {
+    fn restarted(&self, address: &str, kind: ServiceKind) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let passphrase = self.passphrases.get(address).filter(|_| kind == ServiceKind::Store);
+        let (paths, address) = (self.paths.clone(), address.to_owned());
+        Box::pin(async move {
+            let Some(passphrase) = passphrase else { return };
+            match unlock_store(&paths, &address, &passphrase).await {
+                Ok(_) => tracing::info!(account = %address, "unlocked the restarted store"),
+                Err(status) => {
+                    tracing::error!(account = %address, error = %status.message(), "cannot unlock the restarted store")
+                }
+            }
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CoreService {
     supervisor: Supervisor,
+    passphrases: Passphrases,
 }
 
 fn status_of(error: SupervisorError) -> Status {
@@ -177,13 +262,15 @@ fn account_status_to_pb(status: AccountStatus) -> pb::AccountStatus {
         // Filled in by the store issue (sync status) and the store's lock state.
         last_sync_time: None,
         last_sync_result: String::new(),
-        locked: false,
+        // Set by the caller, which knows which accounts it unlocked.
+        locked: true,
     }
 }
 
 /// Yields, on each state change, the accounts whose status changed.
 struct StatusWatcher {
     supervisor: Supervisor,
+    passphrases: Passphrases,
     changes: tokio::sync::watch::Receiver<u64>,
     address: Option<String>,
     last: Vec<pb::AccountStatus>,
@@ -198,7 +285,7 @@ impl StatusWatcher {
                 self.changes.changed().await.ok()?;
             }
             let current: Vec<pb::AccountStatus> = match self.supervisor.status(self.address.as_deref()) {
-                Ok(accounts) => accounts.into_iter().map(account_status_to_pb).collect(),
+                Ok(accounts) => accounts.into_iter().map(|account| self.passphrases.status_to_pb(account)).collect(),
                 // The account was removed while watched.
                 Err(error) => return Some(vec![Err(status_of(error))]),
             };
@@ -247,15 +334,36 @@ impl Core for CoreService {
     async fn start_account(
         &self,
         request: Request<pb::StartAccountRequest>,
-    ) -> Result<Response<pb::AccountStatus>, Status> {
+    ) -> Result<Response<pb::StartAccountResponse>, Status> {
         let request = request.into_inner();
         let address = required(request.address)?;
-        if !request.passphrase.is_empty() {
-            // Unlocking is the store's; refuse rather than silently ignore a secret.
-            return Err(Status::unimplemented("unlocking with a passphrase comes with the encrypted store"));
+        let passphrase = Zeroizing::new(request.passphrase);
+        if !request.locked && passphrase.is_empty() {
+            return Err(Status::invalid_argument("a passphrase is needed to unlock the store (or start it locked)"));
         }
+        let was_running = self
+            .supervisor
+            .status(Some(&address))
+            .map_err(status_of)?
+            .first()
+            .is_some_and(|status| status.state != AccountState::Stopped);
         let status = self.supervisor.start_account(&address).await.map_err(status_of)?;
-        Ok(Response::new(account_status_to_pb(status)))
+        let mut recovery_code = String::new();
+        if !request.locked {
+            match unlock_store(self.supervisor.paths(), &address, &passphrase).await {
+                Ok(code) => recovery_code = code.unwrap_or_default(),
+                Err(status) => {
+                    // Nothing changed: an account this call started stops again.
+                    if !was_running {
+                        let _ = self.supervisor.stop_account(&address).await;
+                    }
+                    return Err(status);
+                }
+            }
+            self.passphrases.set(&address, Some(passphrase));
+        }
+        let status = self.passphrases.status_to_pb(status);
+        Ok(Response::new(pb::StartAccountResponse { status: Some(status), recovery_code }))
     }
 
     async fn stop_account(
@@ -264,7 +372,8 @@ impl Core for CoreService {
     ) -> Result<Response<pb::AccountStatus>, Status> {
         let address = required(request.into_inner().address)?;
         let status = self.supervisor.stop_account(&address).await.map_err(status_of)?;
-        Ok(Response::new(account_status_to_pb(status)))
+        self.passphrases.set(&address, None);
+        Ok(Response::new(self.passphrases.status_to_pb(status)))
     }
 
     async fn get_status(
@@ -274,7 +383,7 @@ impl Core for CoreService {
         let address = non_empty(request.into_inner().address);
         let accounts = self.supervisor.status(address.as_deref()).map_err(status_of)?;
         Ok(Response::new(pb::GetStatusResponse {
-            accounts: accounts.into_iter().map(account_status_to_pb).collect(),
+            accounts: accounts.into_iter().map(|account| self.passphrases.status_to_pb(account)).collect(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
         }))
@@ -287,6 +396,7 @@ impl Core for CoreService {
         let watcher = StatusWatcher {
             changes: self.supervisor.subscribe(),
             supervisor: self.supervisor.clone(),
+            passphrases: self.passphrases.clone(),
             address,
             last: Vec::new(),
             first: true,

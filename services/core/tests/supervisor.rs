@@ -26,7 +26,7 @@ fn add_account(world: &World, address: &str) {
 }
 
 fn start(world: &World, address: &str) -> Value {
-    let status = world.ctl_json(&["account", "start", address]);
+    let status = world.ctl_json(&["account", "start", "--locked", address]);
     assert_eq!(status["state"], "running", "{status:#}");
     status
 }
@@ -90,8 +90,8 @@ fn two_accounts_run_eight_services_that_answer_grpcurl() {
     let listed = grpcurl(&world.core_socket(), &["list"]);
     assert!(text(&listed).contains("bitmask.core.v1.Core"), "{}", text(&listed));
     // An RPC that a later issue implements answers UNIMPLEMENTED, never a fake success.
-    let store = world.socket("alice@example.org", "store");
-    let unimplemented = grpcurl(&store, &["bitmask.store.v1.Store/GetState"]);
+    let keys = world.socket("alice@example.org", "keys");
+    let unimplemented = grpcurl(&keys, &["bitmask.keys.v1.Keys/ListKeys"]);
     assert!(!unimplemented.status.success());
     assert!(text(&unimplemented).contains("Unimplemented"), "{}", text(&unimplemented));
 }
@@ -151,7 +151,7 @@ fn a_service_that_crashes_at_once_is_retried_with_backoff_and_reported_failing()
     add_account(&world, "alice@example.org");
 
     let started = Instant::now();
-    let output = world.ctl(&["account", "start", "alice@example.org"]);
+    let output = world.ctl(&["account", "start", "--locked", "alice@example.org"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let message = text(&output);
     assert!(message.contains("keys of alice@example.org did not become SERVING within 1s"), "{message}");
@@ -312,7 +312,7 @@ fn bad_input_gets_a_clear_error_and_a_non_zero_exit() {
     let output = world.ctl(&["account", "add", "bob@example.org", "--smtp-port", &alice_imap.to_string()]);
     assert!(text(&output).contains("already used by account alice@example.org"), "{}", text(&output));
     let held = std::net::TcpListener::bind(("127.0.0.1", alice_imap as u16)).unwrap();
-    let output = world.ctl(&["account", "start", "alice@example.org"]);
+    let output = world.ctl(&["account", "start", "--locked", "alice@example.org"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output).contains("already in use by another program"), "{}", text(&output));
     assert_eq!(world.ctl_json(&["status", "alice@example.org"])[0]["state"], "stopped");

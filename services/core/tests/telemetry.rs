@@ -90,7 +90,7 @@ fn one_command_is_one_trace_across_processes() {
     let imap = free_port().to_string();
     let smtp = free_port().to_string();
     world.ctl_json(&["account", "add", "alice@example.org", "--imap-port", &imap, "--smtp-port", &smtp]);
-    let started = world.ctl(&["account", "start", "alice@example.org"]);
+    let started = world.ctl(&["account", "start", "--locked", "alice@example.org"]);
     assert!(started.status.success(), "{}", text(&started));
     // A graceful stop flushes what bitmaskd and the services have not exported yet.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();

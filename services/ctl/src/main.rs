@@ -5,6 +5,7 @@
 
 mod output;
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,6 +16,7 @@ use bitmask_runtime::client::TracedChannel;
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic::Code;
 use tracing::Instrument as _;
+use zeroize::Zeroizing;
 
 const EXIT_USAGE: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
@@ -52,8 +54,19 @@ enum AccountCommand {
     Add(AddArgs),
     /// List the accounts
     List,
-    /// Start the account's services and wait until all are serving
-    Start { address: String },
+    /// Start the account's services, wait until all are serving, and unlock
+    /// its store with the passphrase (asked on the terminal, or read from
+    /// --passphrase-file or standard input). The first start creates the
+    /// storage secrets and shows a recovery code once.
+    Start {
+        address: String,
+        /// Read the passphrase from the first line of FILE
+        #[arg(long, value_name = "FILE", conflicts_with = "locked")]
+        passphrase_file: Option<PathBuf>,
+        /// Start the services without unlocking the store
+        #[arg(long)]
+        locked: bool,
+    },
     /// Stop the account's services
     Stop { address: String },
     /// Remove a stopped account (its data stays unless --purge)
@@ -159,6 +172,36 @@ async fn connect(common: &CommonArgs) -> Result<CoreClient<TracedChannel>, Failu
     Ok(CoreClient::new(bitmask_runtime::client::traced(channel)))
 }
 
+/// The passphrase from a file, the terminal, or standard input, in that order.
+fn read_passphrase(address: &str, file: Option<PathBuf>) -> Result<Zeroizing<String>, Failure> {
+    let usage = |message: String| Failure { code: EXIT_USAGE, message };
+    let text = match file {
+        Some(path) => Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .map_err(|error| usage(format!("--passphrase-file {}: {error}", path.display())))?,
+        ),
+        None if std::io::stdin().is_terminal() => Zeroizing::new(
+            rpassword::prompt_password(format!("Passphrase for {address}: "))
+                .map_err(|error| usage(format!("cannot read the passphrase: {error}")))?,
+        ),
+        None => {
+            let mut line = Zeroizing::new(String::new());
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|error| usage(format!("cannot read standard input: {error}")))?;
+            line
+        }
+    };
+    let passphrase = Zeroizing::new(text.lines().next().unwrap_or_default().to_owned());
+    if passphrase.is_empty() {
+        return Err(usage(
+            "no passphrase given (on the terminal, --passphrase-file or standard input); --locked starts without one"
+                .into(),
+        ));
+    }
+    Ok(passphrase)
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     let mut core = connect(&cli.common).await?;
     let json = cli.json;
@@ -201,10 +244,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let accounts = core.list_accounts(pb::ListAccountsRequest {}).await?.into_inner().accounts;
             output::accounts(&accounts, json);
         }
-        Command::Account(AccountCommand::Start { address }) => {
-            let request = pb::StartAccountRequest { address, passphrase: String::new() };
-            let status = core.start_account(request).await?.into_inner();
-            output::account_status(&status, "started", json);
+        Command::Account(AccountCommand::Start { address, passphrase_file, locked }) => {
+            // An unknown account fails before the passphrase is asked for.
+            core.get_status(pb::GetStatusRequest { address: address.clone() }).await?;
+            let passphrase =
+                if locked { Zeroizing::new(String::new()) } else { read_passphrase(&address, passphrase_file)? };
+            let request = pb::StartAccountRequest { address, passphrase: passphrase.to_string(), locked };
+            let reply = core.start_account(request).await?.into_inner();
+            let status = reply.status.unwrap_or_default();
+            output::account_started(&status, &reply.recovery_code, json);
         }
         Command::Account(AccountCommand::Stop { address }) => {
             let status = core.stop_account(pb::StopAccountRequest { address }).await?.into_inner();

@@ -67,6 +67,7 @@ struct ServiceView<'a> {
 struct AccountStatusView<'a> {
     address: &'a str,
     state: &'static str,
+    locked: bool,
     imap_port: u32,
     smtp_port: u32,
     services: Vec<ServiceView<'a>>,
@@ -115,6 +116,7 @@ impl<'a> From<&'a pb::AccountStatus> for AccountStatusView<'a> {
         Self {
             address: &status.address,
             state: account_state(status.state()),
+            locked: status.locked,
             imap_port: status.imap_port,
             smtp_port: status.smtp_port,
             services: status
@@ -195,6 +197,25 @@ pub fn accounts(accounts: &[pb::Account], json: bool) {
     print_table(&rows, "");
 }
 
+pub fn account_started(status: &pb::AccountStatus, recovery_code: &str, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(AccountStatusView::from(status)).unwrap_or_default();
+        if !recovery_code.is_empty() {
+            value["recovery_code"] = recovery_code.into();
+        }
+        return print_json(&value);
+    }
+    account_status(status, "started", false);
+    if !recovery_code.is_empty() {
+        println!();
+        println!("The store of {} was created. Its recovery code opens it if the passphrase is lost;", status.address);
+        println!("write it down now, it is shown only this once:");
+        println!();
+        println!("    {recovery_code}");
+        println!();
+    }
+}
+
 pub fn account_status(status: &pb::AccountStatus, verb: &str, json: bool) {
     if json {
         return print_json(&AccountStatusView::from(status));
@@ -221,7 +242,15 @@ pub fn status(accounts: &[pb::AccountStatus], json: bool) {
         return;
     }
     for view in &views {
-        println!("{}  {}  (IMAP port {}, SMTP port {})", view.address, view.state, view.imap_port, view.smtp_port);
+        let lock = match (view.state, view.locked) {
+            ("stopped", _) => "",
+            (_, true) => ", store locked",
+            (_, false) => ", store unlocked",
+        };
+        println!(
+            "{}  {}  (IMAP port {}, SMTP port {}{lock})",
+            view.address, view.state, view.imap_port, view.smtp_port
+        );
         let mut rows =
             vec![["SERVICE", "STATE", "PID", "RESTARTS", "PORT", "SOCKET", "LAST EXIT"].map(String::from).to_vec()];
         for service in &view.services {

@@ -1,0 +1,88 @@
+//! Unlocking an account's store through bitmaskctl and bitmaskd.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+use std::time::Duration;
+
+use bitmask_testkit::{World, free_port, grpcurl, text, wait_until};
+
+fn add(world: &World) {
+    let (imap, smtp) = (free_port().to_string(), free_port().to_string());
+    world.ctl_json(&["account", "add", "alice@example.org", "--imap-port", &imap, "--smtp-port", &smtp]);
+}
+
+fn store_state(world: &World) -> String {
+    let output = grpcurl(&world.socket("alice@example.org", "store"), &["bitmask.store.v1.Store/GetState"]);
+    text(&output)
+}
+
+#[test]
+fn the_first_start_creates_the_store_and_a_wrong_passphrase_changes_nothing() {
+    let world = World::new();
+    let _daemon = world.bitmaskd(&[]);
+    add(&world);
+    let passphrase_file = world.path().join("passphrase");
+    std::fs::write(&passphrase_file, "correct horse battery\n").unwrap();
+    let file = passphrase_file.to_str().unwrap();
+
+    let started = world.ctl_json(&["account", "start", "alice@example.org", "--passphrase-file", file]);
+    let code = started["recovery_code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 39, "{code}");
+    assert_eq!(started["locked"], false);
+    assert!(store_state(&world).contains("STATE_UNLOCKED"), "{}", store_state(&world));
+    // The table says so too, and a second start changes nothing.
+    let table = String::from_utf8(world.ctl(&["status"]).stdout).unwrap();
+    assert!(table.contains("store unlocked"), "{table}");
+    world.ctl_json(&["account", "stop", "alice@example.org"]);
+
+    // A wrong passphrase: a clear error, and the account is stopped again.
+    let wrong = world.ctl_with_input(&["account", "start", "alice@example.org"], "wrong passphrase\n");
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    assert!(text(&wrong).contains("wrong passphrase"), "{}", text(&wrong));
+    assert_eq!(world.ctl_json(&["status", "alice@example.org"])[0]["state"], "stopped");
+
+    // The right one on standard input: no new recovery code.
+    let started = world.ctl_with_input(&["--json", "account", "start", "alice@example.org"], "correct horse battery\n");
+    assert!(started.status.success(), "{}", text(&started));
+    let started: serde_json::Value = serde_json::from_slice(&started.stdout).unwrap();
+    assert_eq!(started["state"], "running");
+    assert!(started.get("recovery_code").is_none());
+
+    // No passphrase at all is a usage error, and nothing starts.
+    world.ctl_json(&["account", "stop", "alice@example.org"]);
+    let none = world.ctl_with_input(&["account", "start", "alice@example.org"], "");
+    assert_eq!(none.status.code(), Some(64), "{}", text(&none));
+    assert!(text(&none).contains("no passphrase given"), "{}", text(&none));
+    assert_eq!(world.ctl_json(&["status", "alice@example.org"])[0]["state"], "stopped");
+    // The passphrase never reached a log.
+    for entry in walk(&world.home) {
+        let content = std::fs::read(&entry).unwrap();
+        assert!(!content.windows(15).any(|w| w == b"correct horse b"), "{} holds the passphrase", entry.display());
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
+
+#[test]
+fn a_store_restarted_after_a_crash_is_unlocked_again() {
+    let world = World::new();
+    let _daemon = world.bitmaskd(&[]);
+    add(&world);
+    world.ctl_with_input(&["account", "start", "alice@example.org"], "correct horse battery\n");
+    assert!(store_state(&world).contains("STATE_UNLOCKED"));
+    let store = world.service_status("alice@example.org", "store");
+    let pid = store["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until(Duration::from_secs(5), "the store is serving again", || {
+        let store = world.service_status("alice@example.org", "store");
+        store["state"] == "serving" && store["pid"].as_u64() != Some(pid as u64)
+    });
+    assert!(store_state(&world).contains("STATE_UNLOCKED"), "{}", store_state(&world));
+}

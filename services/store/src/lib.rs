@@ -1,0 +1,450 @@
+//! The `bitmask.store.v1.Store` gRPC edge over [`bitmask_store::Store`].
+//!
+//! Requests are checked and converted here; the store's blocking work runs on
+//! Tokio's blocking pool; committed changes fan out to `Watch` streams.
+
+use std::sync::Arc;
+
+use bitmask_proto::store::v1 as pb;
+use bitmask_proto::store::v1::store_server::Store as StoreApi;
+use bitmask_store::{
+    Bound, Change, CollectionDef, ConflictPolicy, Credential, Document, IndexDef, IndexValue, PutOp, Query, Store,
+    StoreError, StoreState, Write, WriteResult,
+};
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status};
+
+/// Live changes buffered per watcher before it must catch up from the log.
+const WATCH_BUFFER: usize = 1024;
+/// The largest request (an atomic batch of documents).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct StoreService {
+    store: Arc<Store>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl StoreService {
+    pub fn new(store: Store) -> Self {
+        let (changes, _) = broadcast::channel(WATCH_BUFFER);
+        Self { store: Arc::new(store), changes }
+    }
+
+    /// Runs blocking store work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|error| Status::internal(format!("store task failed: {error}")))?
+            .map_err(status_of)
+    }
+
+    fn publish(&self, changes: Vec<Change>) {
+        for change in changes {
+            // No receiver is fine: nobody watches.
+            let _ = self.changes.send(change);
+        }
+    }
+}
+
+/// The gRPC status of each store error.
+pub fn status_of(error: StoreError) -> Status {
+    let message = error.to_string();
+    match error {
+        StoreError::Locked | StoreError::Uninitialized | StoreError::SchemaChanged(_) => {
+            Status::failed_precondition(message)
+        }
+        StoreError::AlreadyInitialized | StoreError::AlreadyExists(_) | StoreError::UniqueViolation { .. } => {
+            Status::already_exists(message)
+        }
+        StoreError::WrongCredential => Status::unauthenticated(message),
+        StoreError::EmptyPassphrase
+        | StoreError::InvalidDocument { .. }
+        | StoreError::InvalidQuery(_)
+        | StoreError::TooLarge { .. } => Status::invalid_argument(message),
+        StoreError::NotFound(_) | StoreError::UnknownCollection(_) | StoreError::UnknownIndex(_) => {
+            Status::not_found(message)
+        }
+        StoreError::Conflict { .. } => Status::aborted(message),
+        StoreError::Corrupt(_) => Status::data_loss(message),
+        StoreError::Kdf(_) | StoreError::Storage(_) => Status::internal(message),
+    }
+}
+
+fn document_to_pb(document: Document, include_content: bool) -> pb::Document {
+    pb::Document {
+        id: document.id,
+        collection: document.collection,
+        rev: document.rev,
+        content: if include_content { document.content.into_bytes() } else { Vec::new() },
+        deleted: document.deleted,
+        updated: Some(prost_types::Timestamp::from(document.updated)),
+    }
+}
+
+fn content_text(id: &str, content: Vec<u8>) -> Result<String, Status> {
+    String::from_utf8(content).map_err(|_| Status::invalid_argument(format!("content of {id:?} is not UTF-8 JSON")))
+}
+
+fn optional(rev: String) -> Option<String> {
+    (!rev.is_empty()).then_some(rev)
+}
+
+fn put_op(request: pb::PutRequest) -> Result<PutOp, Status> {
+    Ok(PutOp {
+        content: content_text(&request.id, request.content)?,
+        id: request.id,
+        collection: request.collection,
+        expected_rev: optional(request.expected_rev),
+        create_only: request.create_only,
+    })
+}
+
+fn write_op(write: pb::Write) -> Result<Write, Status> {
+    match write.op {
+        Some(pb::write::Op::Put(put)) => Ok(Write::Put(put_op(put)?)),
+        Some(pb::write::Op::Delete(delete)) => {
+            Ok(Write::Delete { id: delete.id, expected_rev: optional(delete.expected_rev) })
+        }
+        Some(pb::write::Op::Check(check)) => Ok(Write::Check { id: check.id, rev: check.rev }),
+        Some(pb::write::Op::AddToCounter(counter)) => {
+            Ok(Write::AddToCounter { name: counter.name, delta: counter.delta })
+        }
+        None => Err(Status::invalid_argument("a write names no operation")),
+    }
+}
+
+fn index_value(value: pb::IndexValue) -> Result<IndexValue, Status> {
+    match value.value {
+        Some(pb::index_value::Value::Text(text)) => Ok(IndexValue::Text(text)),
+        Some(pb::index_value::Value::Integer(integer)) => Ok(IndexValue::Integer(integer)),
+        Some(pb::index_value::Value::Boolean(boolean)) => Ok(IndexValue::Boolean(boolean)),
+        None => Err(Status::invalid_argument("an index value is empty")),
+    }
+}
+
+fn bound(bound: Option<pb::Bound>) -> Result<Option<Bound>, Status> {
+    bound
+        .map(|bound| {
+            Ok(Bound {
+                values: bound.values.into_iter().map(index_value).collect::<Result<_, Status>>()?,
+                inclusive: bound.inclusive,
+            })
+        })
+        .transpose()
+}
+
+fn policy(policy: i32) -> Result<ConflictPolicy, Status> {
+    match pb::ConflictPolicy::try_from(policy) {
+        Ok(pb::ConflictPolicy::Immutable) => Ok(ConflictPolicy::Immutable),
+        Ok(pb::ConflictPolicy::LastWriterWins) => Ok(ConflictPolicy::LastWriterWins),
+        Ok(pb::ConflictPolicy::MergeSets) => Ok(ConflictPolicy::MergeSets),
+        _ => Err(Status::invalid_argument("a collection needs a conflict policy")),
+    }
+}
+
+fn policy_to_pb(policy: ConflictPolicy) -> pb::ConflictPolicy {
+    match policy {
+        ConflictPolicy::Immutable => pb::ConflictPolicy::Immutable,
+        ConflictPolicy::LastWriterWins => pb::ConflictPolicy::LastWriterWins,
+        ConflictPolicy::MergeSets => pb::ConflictPolicy::MergeSets,
+    }
+}
+
+type WatchStream = tonic::codegen::BoxStream<pb::Change>;
+
+#[tonic::async_trait]
+impl StoreApi for StoreService {
+    async fn get_state(&self, _request: Request<pb::GetStateRequest>) -> Result<Response<pb::StoreState>, Status> {
+        let (state, sequence) = self.blocking(|store| Ok((store.state()?, store.sequence()?))).await?;
+        let state = match state {
+            StoreState::Uninitialized => pb::store_state::State::Uninitialized,
+            StoreState::Locked => pb::store_state::State::Locked,
+            StoreState::Unlocked => pb::store_state::State::Unlocked,
+        };
+        Ok(Response::new(pb::StoreState { state: state.into(), account: String::new(), documents: 0, sequence }))
+    }
+
+    async fn initialize(
+        &self,
+        request: Request<pb::InitializeRequest>,
+    ) -> Result<Response<pb::InitializeResponse>, Status> {
+        let request = request.into_inner();
+        if request.from_provider {
+            return Err(Status::unimplemented("restoring the secrets from the provider comes with sync"));
+        }
+        let passphrase = zeroize::Zeroizing::new(request.passphrase);
+        let code = self.blocking(move |store| store.initialize(&passphrase)).await?;
+        tracing::info!("store initialized");
+        Ok(Response::new(pb::InitializeResponse { recovery_code: code.to_string() }))
+    }
+
+    async fn unlock(&self, request: Request<pb::UnlockRequest>) -> Result<Response<pb::UnlockResponse>, Status> {
+        let credential = request.into_inner().credential.map(|credential| match credential {
+            pb::unlock_request::Credential::Passphrase(secret) => (true, zeroize::Zeroizing::new(secret)),
+            pb::unlock_request::Credential::RecoveryCode(secret) => (false, zeroize::Zeroizing::new(secret)),
+        });
+        let Some((is_passphrase, secret)) = credential else {
+            return Err(Status::invalid_argument("give a passphrase or a recovery code"));
+        };
+        self.blocking(
+            move |store| {
+                if is_passphrase { store.unlock(&secret) } else { store.unlock_with_recovery_code(&secret) }
+            },
+        )
+        .await
+        .inspect_err(|status| tracing::warn!(code = ?status.code(), "unlock refused"))?;
+        tracing::info!("store unlocked");
+        Ok(Response::new(pb::UnlockResponse {}))
+    }
+
+    async fn lock(&self, _request: Request<pb::LockRequest>) -> Result<Response<pb::LockResponse>, Status> {
+        self.store.lock();
+        Ok(Response::new(pb::LockResponse {}))
+    }
+
+    async fn change_passphrase(
+        &self,
+        request: Request<pb::ChangePassphraseRequest>,
+    ) -> Result<Response<pb::ChangePassphraseResponse>, Status> {
+        let request = request.into_inner();
+        let new = zeroize::Zeroizing::new(request.new_passphrase);
+        let old = request
+            .credential
+            .ok_or_else(|| Status::invalid_argument("give the old passphrase or the recovery code"))?;
+        let (is_passphrase, secret) = match old {
+            pb::change_passphrase_request::Credential::OldPassphrase(secret) => (true, zeroize::Zeroizing::new(secret)),
+            pb::change_passphrase_request::Credential::RecoveryCode(secret) => (false, zeroize::Zeroizing::new(secret)),
+        };
+        self.blocking(move |store| {
+            let credential =
+                if is_passphrase { Credential::Passphrase(&secret) } else { Credential::RecoveryCode(&secret) };
+            store.change_passphrase(credential, &new)
+        })
+        .await?;
+        Ok(Response::new(pb::ChangePassphraseResponse {}))
+    }
+
+    async fn declare_collection(
+        &self,
+        request: Request<pb::CollectionDefinition>,
+    ) -> Result<Response<pb::DeclareCollectionResponse>, Status> {
+        let request = request.into_inner();
+        let def = CollectionDef {
+            policy: policy(request.conflict_policy)?,
+            name: request.name,
+            local_only: request.local_only,
+        };
+        self.blocking(move |store| store.declare_collection(def)).await?;
+        Ok(Response::new(pb::DeclareCollectionResponse {}))
+    }
+
+    async fn declare_index(
+        &self,
+        request: Request<pb::IndexDefinition>,
+    ) -> Result<Response<pb::DeclareIndexResponse>, Status> {
+        let request = request.into_inner();
+        let def = IndexDef {
+            name: request.name,
+            collection: request.collection,
+            fields: request.fields,
+            unique: request.unique,
+        };
+        self.blocking(move |store| store.declare_index(def)).await?;
+        Ok(Response::new(pb::DeclareIndexResponse {}))
+    }
+
+    async fn list_indexes(
+        &self,
+        _request: Request<pb::ListIndexesRequest>,
+    ) -> Result<Response<pb::ListIndexesResponse>, Status> {
+        let (collections, indexes) = self.blocking(|store| store.schema()).await?;
+        Ok(Response::new(pb::ListIndexesResponse {
+            indexes: indexes
+                .into_iter()
+                .map(|def| pb::IndexDefinition {
+                    name: def.name,
+                    collection: def.collection,
+                    fields: def.fields,
+                    unique: def.unique,
+                })
+                .collect(),
+            collections: collections
+                .into_iter()
+                .map(|def| pb::CollectionDefinition {
+                    name: def.name,
+                    conflict_policy: policy_to_pb(def.policy).into(),
+                    local_only: def.local_only,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Document>, Status> {
+        let request = request.into_inner();
+        let id = request.id.clone();
+        let document = self.blocking(move |store| store.get(&request.id, request.include_deleted)).await?;
+        let document = document.ok_or_else(|| status_of(StoreError::NotFound(id)))?;
+        Ok(Response::new(document_to_pb(document, true)))
+    }
+
+    async fn get_many(&self, request: Request<pb::GetManyRequest>) -> Result<Response<pb::GetManyResponse>, Status> {
+        let ids = request.into_inner().ids;
+        let documents = self
+            .blocking(move |store| {
+                ids.into_iter()
+                    .map(|id| {
+                        Ok(match store.get(&id, false)? {
+                            Some(document) => document_to_pb(document, true),
+                            None => pb::Document { id, ..pb::Document::default() },
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await?;
+        Ok(Response::new(pb::GetManyResponse { documents }))
+    }
+
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let op = put_op(request.into_inner())?;
+        let (rev, change) = self.blocking(move |store| store.put(op)).await?;
+        let sequence = change.sequence;
+        self.publish(vec![change]);
+        Ok(Response::new(pb::PutResponse { rev, sequence }))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        let expected_rev = optional(request.expected_rev);
+        let (rev, change) = self.blocking(move |store| store.delete(&request.id, expected_rev)).await?;
+        let sequence = change.sequence;
+        self.publish(vec![change]);
+        Ok(Response::new(pb::DeleteResponse { rev, sequence }))
+    }
+
+    async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
+        let writes = request.into_inner().writes.into_iter().map(write_op).collect::<Result<Vec<_>, _>>()?;
+        let (results, changes, sequence) = self
+            .blocking(move |store| {
+                let (results, changes) = store.apply(writes)?;
+                Ok((results, changes, store.sequence()?))
+            })
+            .await?;
+        self.publish(changes);
+        let results = results
+            .into_iter()
+            .map(|result| pb::BatchResult {
+                result: Some(match result {
+                    WriteResult::Rev(rev) => pb::batch_result::Result::Rev(rev),
+                    WriteResult::Counter(value) => pb::batch_result::Result::CounterValue(value as u64),
+                    WriteResult::Checked => pb::batch_result::Result::Checked(true),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::BatchResponse { results, sequence }))
+    }
+
+    async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
+        let request = request.into_inner();
+        let keys_only = request.keys_only;
+        let query = Query {
+            index: request.index,
+            equal: request.equal.into_iter().map(index_value).collect::<Result<_, _>>()?,
+            lower: bound(request.lower)?,
+            upper: bound(request.upper)?,
+            descending: request.descending,
+            limit: request.limit as usize,
+            page_token: optional(request.page_token),
+        };
+        let page = self.blocking(move |store| store.query(&query)).await?;
+        Ok(Response::new(pb::QueryResponse {
+            documents: page.documents.into_iter().map(|document| document_to_pb(document, !keys_only)).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn add_to_counter(
+        &self,
+        request: Request<pb::AddToCounterRequest>,
+    ) -> Result<Response<pb::AddToCounterResponse>, Status> {
+        let request = request.into_inner();
+        if request.name.is_empty() {
+            return Err(Status::invalid_argument("a counter needs a name"));
+        }
+        let value = self.blocking(move |store| store.add_to_counter(&request.name, request.delta)).await?;
+        Ok(Response::new(pb::AddToCounterResponse { value }))
+    }
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let request = request.into_inner();
+        // Subscribe before reading the log, so nothing falls between the two.
+        let mut live = self.changes.subscribe();
+        let mut last = match request.since_sequence {
+            0 => {
+                self.blocking(|store| {
+                    store.state().and_then(|state| match state {
+                        StoreState::Unlocked => store.sequence(),
+                        StoreState::Locked => Err(StoreError::Locked),
+                        StoreState::Uninitialized => Err(StoreError::Uninitialized),
+                    })
+                })
+                .await?
+            }
+            since => since,
+        };
+        let collections = request.collections;
+        let include_content = request.include_content;
+        let wanted = move |change: &Change| collections.is_empty() || collections.contains(&change.document.collection);
+        let to_pb = move |change: Change| pb::Change {
+            sequence: change.sequence,
+            document: Some(document_to_pb(change.document, include_content)),
+            origin: pb::change::Origin::Local.into(),
+        };
+        let (sender, receiver) = mpsc::channel::<Result<pb::Change, Status>>(64);
+        let service = self.clone();
+        tokio::spawn(async move {
+            // Catch up from the log, then follow live changes; after falling
+            // behind (lagged), catch up from the log again.
+            let mut catch_up = request.since_sequence != 0;
+            loop {
+                if catch_up {
+                    let since = last;
+                    match service.blocking(move |store| store.changes_since(since, 0)).await {
+                        Ok(changes) => {
+                            for change in changes {
+                                last = last.max(change.sequence);
+                                if wanted(&change) && sender.send(Ok(to_pb(change))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(status) => {
+                            let _ = sender.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                    catch_up = false;
+                }
+                tokio::select! {
+                    _ = sender.closed() => return,
+                    received = live.recv() => match received {
+                        Ok(change) if change.sequence > last => {
+                            last = change.sequence;
+                            if wanted(&change) && sender.send(Ok(to_pb(change))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+}
