@@ -10,16 +10,19 @@
 //! - Every write gets a sequence number; [`Store::changes_since`] replays
 //!   what changed, so a watcher never misses a change.
 //! - Counters (IMAP UIDs) are atomic and local to the device.
+//! - Blobs hold large payloads, content-addressed and sealed in chunks.
 //!
 //! **Architecture invariant:** the sled files hold only keyed hashes and
 //! ciphertext ([`crypto`]): no id, collection, content, index value (except
 //! the order of integers) or counter name appears in clear.
 
+mod blobs;
 pub mod crypto;
 pub mod secrets;
 mod store;
 mod types;
 
+pub use blobs::{BlobInfo, BlobUpload, CHUNK_BYTES};
 pub use secrets::KdfParams;
 pub use store::{Credential, MAX_DOCUMENT_BYTES, MAX_ID_BYTES, Store};
 pub use types::*;

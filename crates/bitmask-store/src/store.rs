@@ -8,7 +8,9 @@
 //!   latest change (the replay log of `Watch`, and later of sync);
 //! - `index`: index tag ‖ encoded values ‖ storage key → ();
 //! - `counters`: counter key → sealed i64;
-//! - `schema`: schema key → sealed collection or index definition.
+//! - `schema`: schema key → sealed collection or index definition;
+//! - `blobs`: blob id → sealed metadata; `chunks`: upload prefix ‖ index →
+//!   sealed chunk (see `blobs.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -76,8 +78,8 @@ enum SchemaRecord {
 }
 
 #[derive(Debug)]
-struct Unlocked {
-    keys: Keys,
+pub(crate) struct Unlocked {
+    pub(crate) keys: Keys,
     schema: Schema,
 }
 
@@ -93,6 +95,8 @@ pub struct Store {
     index: sled::Tree,
     counters: sled::Tree,
     schema: sled::Tree,
+    blobs: sled::Tree,
+    chunks: sled::Tree,
     unlocked: RwLock<Option<Arc<RwLock<Unlocked>>>>,
     /// Serializes writers: one write (or batch) at a time computes and commits.
     writer: Mutex<()>,
@@ -114,7 +118,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -153,6 +157,8 @@ impl Store {
             index: db.open_tree("index")?,
             counters: db.open_tree("counters")?,
             schema: db.open_tree("schema")?,
+            blobs: db.open_tree("blobs")?,
+            chunks: db.open_tree("chunks")?,
             db,
             unlocked: RwLock::new(None),
             writer: Mutex::new(()),
@@ -239,7 +245,20 @@ impl Store {
         Ok(())
     }
 
-    fn unlocked(&self) -> Result<Arc<RwLock<Unlocked>>, StoreError> {
+    pub(crate) fn blobs_tree(&self) -> &sled::Tree {
+        &self.blobs
+    }
+
+    pub(crate) fn chunks_tree(&self) -> &sled::Tree {
+        &self.chunks
+    }
+
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub(crate) fn unlocked(&self) -> Result<Arc<RwLock<Unlocked>>, StoreError> {
         match &*read(&self.unlocked) {
             Some(unlocked) => Ok(Arc::clone(unlocked)),
             None if self.meta.contains_key(SECRETS)? => Err(StoreError::Locked),
@@ -350,6 +369,11 @@ impl Store {
         let unlocked = read(&unlocked);
         let record = self.load(&unlocked.keys, &unlocked.keys.document_key(id))?;
         Ok(record.filter(|record| include_deleted || record.live()).map(|record| record.to_document()))
+    }
+
+    /// How many records each part of the store holds.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats { documents: self.documents.len(), blobs: self.blobs.len(), chunks: self.chunks.len() }
     }
 
     /// The current sequence number (of the last committed change).

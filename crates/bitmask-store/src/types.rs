@@ -119,6 +119,14 @@ pub struct QueryPage {
     pub next_page_token: Option<String>,
 }
 
+/// Record counts (documents include tombstones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    pub documents: usize,
+    pub blobs: usize,
+    pub chunks: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreState {
     Uninitialized,

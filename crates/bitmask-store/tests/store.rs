@@ -435,3 +435,76 @@ fn a_tampered_record_is_refused_not_returned() {
         assert!(matches!(error, StoreError::Corrupt("document")), "{error}");
     }
 }
+
+fn blob_bytes(len: usize) -> Vec<u8> {
+    let marker = b"Attachment-Marker-XYZZY ";
+    (0..len).map(|n| marker[n % marker.len()].wrapping_add((n / 7919) as u8 % 3)).collect()
+}
+
+fn read_all(store: &Store, id: &str, offset: u64, length: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    store
+        .read_blob(id, offset, length, |chunk| {
+            out.extend_from_slice(chunk);
+            true
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn blobs_stream_in_chunks_dedupe_and_detect_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh(dir.path());
+    let data = blob_bytes(3 * 1024 * 1024 + 17);
+    let mut upload = store.begin_blob("application/pdf", false).unwrap();
+    for piece in data.chunks(100_003) {
+        store.write_blob(&mut upload, piece).unwrap();
+    }
+    let info = store.finish_blob(upload, Some(data.len() as u64)).unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(store.stat_blob(&info.id).unwrap().unwrap().content_type, "application/pdf");
+    assert!(read_all(&store, &info.id, 0, 0) == data, "the whole blob reads back");
+    for (offset, length) in
+        [(0u64, 10u64), (CHUNK_BYTES as u64 - 5, 10), (1_000_000, 300_000), (data.len() as u64 - 3, 100)]
+    {
+        let end = (offset + length).min(data.len() as u64) as usize;
+        assert!(read_all(&store, &info.id, offset, length) == data[offset as usize..end], "range {offset}+{length}");
+    }
+    // The same bytes again: the same id, stored once.
+    let chunks_before = store.stats().chunks;
+    let mut again = store.begin_blob("application/pdf", false).unwrap();
+    store.write_blob(&mut again, &data).unwrap();
+    assert_eq!(store.finish_blob(again, None).unwrap().id, info.id);
+    assert_eq!(store.stats().chunks, chunks_before);
+    // A wrong announced size is refused and leaves nothing behind.
+    let mut short = store.begin_blob("text/plain", false).unwrap();
+    store.write_blob(&mut short, b"abc").unwrap();
+    assert!(matches!(store.finish_blob(short, Some(4)), Err(StoreError::InvalidDocument { .. })));
+    assert_eq!(store.stats().chunks, chunks_before);
+    // An empty blob is a blob too.
+    let empty = store.begin_blob("text/plain", true).unwrap();
+    let empty = store.finish_blob(empty, Some(0)).unwrap();
+    assert_eq!(read_all(&store, &empty.id, 0, 0), b"");
+    assert!(matches!(store.read_blob("00ff", 0, 0, |_| true), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.read_blob("not hex", 0, 0, |_| true), Err(StoreError::NotFound(_))));
+    drop(store);
+
+    let bytes = all_bytes(dir.path());
+    assert!(!contains(&bytes, b"Attachment-Marker-XYZZY"), "blob plaintext is in the sled files");
+    {
+        // Swap two chunks behind the store's back.
+        let db = sled::open(dir.path()).unwrap();
+        let chunks = db.open_tree("chunks").unwrap();
+        let entries: Vec<_> = chunks.iter().take(2).map(Result::unwrap).collect();
+        chunks.insert(&entries[0].0, entries[1].1.clone()).unwrap();
+        chunks.insert(&entries[1].0, entries[0].1.clone()).unwrap();
+        db.flush().unwrap();
+    }
+    let store = open(dir.path());
+    store.unlock("correct horse").unwrap();
+    assert!(matches!(store.read_blob(&info.id, 0, 0, |_| true), Err(StoreError::Corrupt(_))));
+    assert!(store.delete_blob(&info.id).unwrap());
+    assert!(store.stat_blob(&info.id).unwrap().is_none());
+    assert!(!store.delete_blob(&info.id).unwrap());
+}

@@ -156,6 +156,7 @@ fn policy_to_pb(policy: ConflictPolicy) -> pb::ConflictPolicy {
 }
 
 type WatchStream = tonic::codegen::BoxStream<pb::Change>;
+type BlobStream = tonic::codegen::BoxStream<pb::BlobChunk>;
 
 #[tonic::async_trait]
 impl StoreApi for StoreService {
@@ -379,12 +380,91 @@ impl StoreApi for StoreService {
         Ok(Response::new(pb::AddToCounterResponse { value }))
     }
 
+    async fn put_blob(
+        &self,
+        request: Request<tonic::Streaming<pb::PutBlobRequest>>,
+    ) -> Result<Response<pb::BlobInfo>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("an empty blob upload"))?;
+        let expected_size = (first.size != 0).then_some(first.size);
+        let (content_type, local_only) = (first.content_type, first.local_only);
+        let mut upload = self.blocking(move |store| store.begin_blob(&content_type, local_only)).await?;
+        let mut data = first.data;
+        loop {
+            let chunk = std::mem::take(&mut data);
+            let (returned, result) = {
+                let store = Arc::clone(&self.store);
+                tokio::task::spawn_blocking(move || {
+                    let result = store.write_blob(&mut upload, &chunk);
+                    (upload, result)
+                })
+                .await
+                .map_err(|error| Status::internal(format!("store task failed: {error}")))?
+            };
+            upload = returned;
+            let next = match result {
+                Ok(()) => stream.message().await,
+                Err(error) => Err(status_of(error)),
+            };
+            match next {
+                Ok(Some(message)) => data = message.data,
+                Ok(None) => break,
+                Err(status) => {
+                    // The client went away or the write failed: leave nothing behind.
+                    let _ = self.blocking(move |store| store.abort_blob(upload)).await;
+                    return Err(status);
+                }
+            }
+        }
+        let info = self.blocking(move |store| store.finish_blob(upload, expected_size)).await?;
+        Ok(Response::new(pb::BlobInfo { id: info.id, size: info.size, content_type: info.content_type, synced: false }))
+    }
+
+    async fn get_blob(&self, request: Request<pb::GetBlobRequest>) -> Result<Response<BlobStream>, Status> {
+        let request = request.into_inner();
+        let id = request.id.clone();
+        if self.blocking(move |store| store.stat_blob(&id)).await?.is_none() {
+            return Err(status_of(StoreError::NotFound(request.id)));
+        }
+        let (sender, receiver) = mpsc::channel::<Result<pb::BlobChunk, Status>>(4);
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let result = store.read_blob(&request.id, request.offset, request.length, |chunk| {
+                sender.blocking_send(Ok(pb::BlobChunk { data: chunk.to_vec() })).is_ok()
+            });
+            if let Err(error) = result {
+                let _ = sender.blocking_send(Err(status_of(error)));
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    async fn stat_blob(&self, request: Request<pb::StatBlobRequest>) -> Result<Response<pb::BlobInfo>, Status> {
+        let id = request.into_inner().id;
+        let lookup = id.clone();
+        let info = self.blocking(move |store| store.stat_blob(&lookup)).await?;
+        let info = info.ok_or_else(|| status_of(StoreError::NotFound(id)))?;
+        Ok(Response::new(pb::BlobInfo { id: info.id, size: info.size, content_type: info.content_type, synced: false }))
+    }
+
+    async fn delete_blob(
+        &self,
+        request: Request<pb::DeleteBlobRequest>,
+    ) -> Result<Response<pb::DeleteBlobResponse>, Status> {
+        let id = request.into_inner().id;
+        let lookup = id.clone();
+        if !self.blocking(move |store| store.delete_blob(&lookup)).await? {
+            return Err(status_of(StoreError::NotFound(id)));
+        }
+        Ok(Response::new(pb::DeleteBlobResponse {}))
+    }
+
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let request = request.into_inner();
         // Subscribe before reading the log, so nothing falls between the two.
         let mut live = self.changes.subscribe();
         let mut last = match request.since_sequence {
-            0 => {
+            None => {
                 self.blocking(|store| {
                     store.state().and_then(|state| match state {
                         StoreState::Unlocked => store.sequence(),
@@ -394,7 +474,7 @@ impl StoreApi for StoreService {
                 })
                 .await?
             }
-            since => since,
+            Some(since) => since,
         };
         let collections = request.collections;
         let include_content = request.include_content;
@@ -409,7 +489,7 @@ impl StoreApi for StoreService {
         tokio::spawn(async move {
             // Catch up from the log, then follow live changes; after falling
             // behind (lagged), catch up from the log again.
-            let mut catch_up = request.since_sequence != 0;
+            let mut catch_up = request.since_sequence.is_some();
             loop {
                 if catch_up {
                     let since = last;
