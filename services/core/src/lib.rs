@@ -13,6 +13,7 @@ use bitmask_proto::core::v1 as pb;
 use bitmask_proto::core::v1::core_server::{Core, CoreServer};
 use bitmask_proto::store::v1 as store_pb;
 use bitmask_proto::store::v1::store_client::StoreClient;
+use bitmask_runtime::client::TracedChannel;
 use bitmask_runtime::server::{BoundSocket, GrpcServer, ServerError};
 use bitmask_runtime::{Paths, ServiceKind};
 use bitmask_supervisor::{
@@ -74,13 +75,17 @@ impl Passphrases {
 
 /// Unlocks the store of `address`: creates its secrets on first use (and
 /// returns the recovery code), otherwise checks the passphrase.
-async fn unlock_store(paths: &Paths, address: &str, passphrase: &str) -> Result<Option<String>, Status> {
+async fn store_client(paths: &Paths, address: &str) -> Result<StoreClient<TracedChannel>, Status> {
     let socket =
         paths.account(address).map_err(|error| Status::invalid_argument(error.to_string()))?.socket(ServiceKind::Store);
     let channel = bitmask_runtime::client::connect_unix(&socket)
         .await
         .map_err(|error| Status::unavailable(format!("cannot reach the store of {address}: {error}")))?;
-    let mut store = StoreClient::new(bitmask_runtime::client::traced(channel));
+    Ok(StoreClient::new(bitmask_runtime::client::traced(channel)))
+}
+
+async fn unlock_store(paths: &Paths, address: &str, passphrase: &str) -> Result<Option<String>, Status> {
+    let mut store = store_client(paths, address).await?;
     let state = store.get_state(store_pb::GetStateRequest {}).await?.into_inner().state();
     if state == store_pb::store_state::State::Uninitialized {
         let reply = store
@@ -374,6 +379,39 @@ impl Core for CoreService {
         let status = self.supervisor.stop_account(&address).await.map_err(status_of)?;
         self.passphrases.set(&address, None);
         Ok(Response::new(self.passphrases.status_to_pb(status)))
+    }
+
+    async fn change_passphrase(
+        &self,
+        request: Request<pb::ChangePassphraseRequest>,
+    ) -> Result<Response<pb::ChangePassphraseResponse>, Status> {
+        let request = request.into_inner();
+        let address = required(request.address)?;
+        let new_passphrase = Zeroizing::new(request.new_passphrase);
+        let credential = match (Zeroizing::new(request.old_passphrase), Zeroizing::new(request.recovery_code)) {
+            (old, _) if !old.is_empty() => {
+                store_pb::change_passphrase_request::Credential::OldPassphrase(old.to_string())
+            }
+            (_, code) if !code.is_empty() => {
+                store_pb::change_passphrase_request::Credential::RecoveryCode(code.to_string())
+            }
+            _ => return Err(Status::invalid_argument("give the current passphrase or the recovery code")),
+        };
+        let running = self.supervisor.status(Some(&address)).map_err(status_of)?;
+        if running.first().is_none_or(|status| status.state == AccountState::Stopped) {
+            return Err(Status::failed_precondition(format!("account {address} is stopped: start it first")));
+        }
+        let mut store = store_client(self.supervisor.paths(), &address).await?;
+        let request = store_pb::ChangePassphraseRequest {
+            credential: Some(credential),
+            new_passphrase: new_passphrase.to_string(),
+        };
+        store.change_passphrase(request).await?;
+        if self.passphrases.get(&address).is_some() {
+            self.passphrases.set(&address, Some(new_passphrase));
+        }
+        tracing::info!(account = %address, "passphrase changed");
+        Ok(Response::new(pb::ChangePassphraseResponse {}))
     }
 
     async fn get_status(

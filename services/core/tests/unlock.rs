@@ -86,3 +86,37 @@ fn a_store_restarted_after_a_crash_is_unlocked_again() {
     });
     assert!(store_state(&world).contains("STATE_UNLOCKED"), "{}", store_state(&world));
 }
+
+#[test]
+fn the_passphrase_changes_with_the_old_one_or_the_recovery_code() {
+    let world = World::new();
+    let _daemon = world.bitmaskd(&[]);
+    add(&world);
+    let started = world.ctl_with_input(&["--json", "account", "start", "alice@example.org"], "first passphrase\n");
+    let started: serde_json::Value = serde_json::from_slice(&started.stdout).unwrap();
+    let code = started["recovery_code"].as_str().unwrap().to_owned();
+
+    let wrong = world.ctl_with_input(&["account", "passphrase", "alice@example.org"], "not it\nsecond passphrase\n");
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    assert!(text(&wrong).contains("wrong passphrase"), "{}", text(&wrong));
+    let changed =
+        world.ctl_with_input(&["account", "passphrase", "alice@example.org"], "first passphrase\nsecond passphrase\n");
+    assert!(changed.status.success(), "{}", text(&changed));
+    world.ctl_json(&["account", "stop", "alice@example.org"]);
+    let old = world.ctl_with_input(&["account", "start", "alice@example.org"], "first passphrase\n");
+    assert!(text(&old).contains("wrong passphrase"), "{}", text(&old));
+    let new = world.ctl_with_input(&["account", "start", "alice@example.org"], "second passphrase\n");
+    assert!(new.status.success(), "{}", text(&new));
+
+    // Lost the passphrase: the recovery code sets a new one.
+    let input = format!("{code}\nthird passphrase\n");
+    let recovered = world.ctl_with_input(&["account", "passphrase", "alice@example.org", "--recovery-code"], &input);
+    assert!(recovered.status.success(), "{}", text(&recovered));
+    world.ctl_json(&["account", "stop", "alice@example.org"]);
+    let third = world.ctl_with_input(&["account", "start", "alice@example.org"], "third passphrase\n");
+    assert!(third.status.success(), "{}", text(&third));
+    // A stopped account's passphrase cannot change: its store is not running.
+    world.ctl_json(&["account", "stop", "alice@example.org"]);
+    let stopped = world.ctl_with_input(&["account", "passphrase", "alice@example.org"], "third passphrase\nfourth\n");
+    assert!(text(&stopped).contains("start it first"), "{}", text(&stopped));
+}

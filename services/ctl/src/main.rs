@@ -69,6 +69,15 @@ enum AccountCommand {
     },
     /// Stop the account's services
     Stop { address: String },
+    /// Change the passphrase of a started account's store. Asks on the
+    /// terminal; otherwise reads two lines from standard input: the current
+    /// passphrase (or the recovery code), then the new one.
+    Passphrase {
+        address: String,
+        /// Prove it with the recovery code instead of the current passphrase
+        #[arg(long)]
+        recovery_code: bool,
+    },
     /// Remove a stopped account (its data stays unless --purge)
     Remove {
         address: String,
@@ -157,6 +166,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Account(AccountCommand::List) => "account list",
         Command::Account(AccountCommand::Start { .. }) => "account start",
         Command::Account(AccountCommand::Stop { .. }) => "account stop",
+        Command::Account(AccountCommand::Passphrase { .. }) => "account passphrase",
         Command::Account(AccountCommand::Remove { .. }) => "account remove",
         Command::Status { .. } => "status",
     }
@@ -200,6 +210,41 @@ fn read_passphrase(address: &str, file: Option<PathBuf>) -> Result<Zeroizing<Str
         ));
     }
     Ok(passphrase)
+}
+
+/// The current secret and the new passphrase, asked on the terminal (the new
+/// one twice) or read as two lines from standard input.
+fn read_passphrase_change(
+    address: &str,
+    recovery_code: bool,
+) -> Result<(Zeroizing<String>, Zeroizing<String>), Failure> {
+    let usage = |message: String| Failure { code: EXIT_USAGE, message };
+    let current = if recovery_code { "Recovery code" } else { "Current passphrase" };
+    let (old, new) = if std::io::stdin().is_terminal() {
+        let ask = |prompt: String| {
+            rpassword::prompt_password(prompt)
+                .map(Zeroizing::new)
+                .map_err(|error| usage(format!("cannot read: {error}")))
+        };
+        let old = ask(format!("{current} for {address}: "))?;
+        let new = ask("New passphrase: ".into())?;
+        if *ask("New passphrase again: ".into())? != *new {
+            return Err(usage("the two new passphrases differ; nothing changed".into()));
+        }
+        (old, new)
+    } else {
+        let mut lines = (Zeroizing::new(String::new()), Zeroizing::new(String::new()));
+        for line in [&mut lines.0, &mut lines.1] {
+            std::io::stdin().read_line(line).map_err(|error| usage(format!("cannot read standard input: {error}")))?;
+            let kept = line.trim_end_matches(['\r', '\n']).len();
+            line.truncate(kept);
+        }
+        lines
+    };
+    if old.is_empty() || new.is_empty() {
+        return Err(usage(format!("give the {} and the new passphrase", current.to_lowercase())));
+    }
+    Ok((old, new))
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -253,6 +298,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let reply = core.start_account(request).await?.into_inner();
             let status = reply.status.unwrap_or_default();
             output::account_started(&status, &reply.recovery_code, json);
+        }
+        Command::Account(AccountCommand::Passphrase { address, recovery_code }) => {
+            let (old, new) = read_passphrase_change(&address, recovery_code)?;
+            let (old_passphrase, code) =
+                if recovery_code { (String::new(), old.to_string()) } else { (old.to_string(), String::new()) };
+            let request = pb::ChangePassphraseRequest {
+                address: address.clone(),
+                old_passphrase,
+                new_passphrase: new.to_string(),
+                recovery_code: code,
+            };
+            core.change_passphrase(request).await?;
+            output::passphrase_changed(&address, json);
         }
         Command::Account(AccountCommand::Stop { address }) => {
             let status = core.stop_account(pb::StopAccountRequest { address }).await?.into_inner();

@@ -224,6 +224,13 @@ pub fn account_status(status: &pb::AccountStatus, verb: &str, json: bool) {
     self::status(std::slice::from_ref(status), false);
 }
 
+pub fn passphrase_changed(address: &str, json: bool) {
+    if json {
+        return print_json(&serde_json::json!({ "address": address, "passphrase_changed": true }));
+    }
+    println!("changed the passphrase of {address}; the recovery code stays the same");
+}
+
 pub fn removed(address: &str, purged: bool, json: bool) {
     if json {
         return print_json(&serde_json::json!({ "address": address, "removed": true, "purged": purged }));
