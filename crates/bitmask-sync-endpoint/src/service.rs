@@ -1,0 +1,255 @@
+//! The `bitmask.sync.v1.SyncEndpoint` gRPC edge over a [`SyncStorage`].
+
+use std::sync::Arc;
+
+use bitmask_proto::sync::v1 as pb;
+use bitmask_proto::sync::v1::sync_endpoint_server::SyncEndpoint;
+use tokio::sync::mpsc;
+use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+use crate::sessions::{SessionError, Sessions};
+use crate::storage::{PushOutcome, PushedDocument, StorageError, StoredDocument, SyncStorage};
+
+/// Documents per pull message unless the client asks for another size.
+const DEFAULT_BATCH: usize = 500;
+const MAX_BATCH: usize = 5000;
+/// The largest blob accepted (the client stores larger payloads in parts).
+pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024;
+const BLOB_CHUNK: usize = 64 * 1024;
+
+/// TLS for the endpoint from the provider's certificate and key (PEM).
+pub fn server_tls(certificate_pem: &[u8], key_pem: &[u8]) -> ServerTlsConfig {
+    ServerTlsConfig::new().identity(Identity::from_pem(certificate_pem, key_pem))
+}
+
+#[derive(Clone)]
+pub struct SyncService {
+    storage: Arc<dyn SyncStorage>,
+    sessions: Arc<Sessions>,
+}
+
+impl std::fmt::Debug for SyncService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncService").finish_non_exhaustive()
+    }
+}
+
+fn status_of(error: StorageError) -> Status {
+    match error {
+        StorageError::SecretsVersion { .. } => Status::aborted(error.to_string()),
+        StorageError::BlobSize => Status::invalid_argument(error.to_string()),
+        StorageError::Damaged | StorageError::Sled(_) => Status::internal(error.to_string()),
+    }
+}
+
+fn document_to_pb(document: StoredDocument) -> pb::SyncedDocument {
+    pb::SyncedDocument {
+        id: document.id,
+        rev: document.rev,
+        parent_rev: Vec::new(),
+        sealed: document.sealed,
+        deleted: document.deleted,
+        generation: document.generation,
+    }
+}
+
+impl SyncService {
+    pub fn new(storage: Arc<dyn SyncStorage>, sessions: Arc<Sessions>) -> Self {
+        Self { storage, sessions }
+    }
+
+    /// The user whose session token the request carries.
+    fn user<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        self.sessions.user(token).map_err(|error| match error {
+            SessionError::Missing | SessionError::Unknown | SessionError::Expired => {
+                Status::unauthenticated(error.to_string())
+            }
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn SyncStorage) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let storage = Arc::clone(&self.storage);
+        tokio::task::spawn_blocking(move || work(storage.as_ref()))
+            .await
+            .map_err(|error| Status::internal(format!("storage task failed: {error}")))?
+            .map_err(status_of)
+    }
+}
+
+type PullStream = tonic::codegen::BoxStream<pb::PullResponse>;
+type BlobStream = tonic::codegen::BoxStream<pb::BlobChunk>;
+
+#[tonic::async_trait]
+impl SyncEndpoint for SyncService {
+    async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
+        let user = self.user(&request)?;
+        let request = request.into_inner();
+        let batch = match request.batch_size as usize {
+            0 => DEFAULT_BATCH,
+            size => size.min(MAX_BATCH),
+        };
+        let (sender, receiver) = mpsc::channel(4);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut since = request.since_generation;
+            loop {
+                let reader = user.clone();
+                let result = service.blocking(move |storage| storage.pull(&reader, since, batch)).await;
+                let (documents, up_to) = match result {
+                    Ok(page) => page,
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let done = documents.len() < batch;
+                since = documents.last().map(|document| document.generation).unwrap_or(up_to);
+                let message = pb::PullResponse {
+                    documents: documents.into_iter().map(document_to_pb).collect(),
+                    up_to_generation: if done { up_to } else { since },
+                    done,
+                };
+                if sender.send(Ok(message)).await.is_err() || done {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    async fn push(
+        &self,
+        request: Request<tonic::Streaming<pb::PushRequest>>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let user = self.user(&request)?;
+        let mut stream = request.into_inner();
+        let mut reply = pb::PushResponse::default();
+        let mut device = String::new();
+        while let Some(message) = stream.message().await? {
+            let document = match message.item {
+                Some(pb::push_request::Item::Header(header)) => {
+                    device = header.device;
+                    continue;
+                }
+                Some(pb::push_request::Item::Document(document)) => document,
+                None => return Err(Status::invalid_argument("an empty push message")),
+            };
+            if document.id.is_empty() || document.rev.is_empty() {
+                return Err(Status::invalid_argument("a pushed document needs an id and a revision"));
+            }
+            let pushed = PushedDocument {
+                id: document.id,
+                rev: document.rev,
+                parent_rev: document.parent_rev,
+                sealed: document.sealed,
+                deleted: document.deleted,
+            };
+            let writer = user.clone();
+            match self.blocking(move |storage| storage.push(&writer, pushed)).await? {
+                PushOutcome::Accepted(generation) => {
+                    reply.accepted += 1;
+                    reply.generation = reply.generation.max(generation);
+                }
+                PushOutcome::Conflict(current) => {
+                    reply
+                        .conflicts
+                        .push(pb::Conflict { id: current.id.clone(), current: Some(document_to_pb(current)) });
+                }
+            }
+        }
+        tracing::info!(%device, accepted = reply.accepted, conflicts = reply.conflicts.len(), "push");
+        Ok(Response::new(reply))
+    }
+
+    async fn missing_blobs(
+        &self,
+        request: Request<pb::MissingBlobsRequest>,
+    ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
+        let user = self.user(&request)?;
+        let ids = request.into_inner().ids;
+        let missing = self
+            .blocking(move |storage| {
+                let mut missing = Vec::new();
+                for id in ids {
+                    if !storage.has_blob(&user, &id)? {
+                        missing.push(id);
+                    }
+                }
+                Ok(missing)
+            })
+            .await?;
+        Ok(Response::new(pb::MissingBlobsResponse { missing }))
+    }
+
+    async fn put_blob(
+        &self,
+        request: Request<tonic::Streaming<pb::PutBlobRequest>>,
+    ) -> Result<Response<pb::PutBlobResponse>, Status> {
+        let user = self.user(&request)?;
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("an empty blob upload"))?;
+        if first.id.is_empty() {
+            return Err(Status::invalid_argument("a blob upload names its id first"));
+        }
+        if first.size as usize > MAX_BLOB_BYTES {
+            return Err(Status::invalid_argument(format!("a blob has at most {MAX_BLOB_BYTES} bytes")));
+        }
+        let (id, size) = (first.id, first.size);
+        let mut data = first.data;
+        while let Some(message) = stream.message().await? {
+            if data.len() + message.data.len() > MAX_BLOB_BYTES {
+                return Err(Status::invalid_argument(format!("a blob has at most {MAX_BLOB_BYTES} bytes")));
+            }
+            data.extend_from_slice(&message.data);
+        }
+        if data.len() as u64 != size {
+            return Err(status_of(StorageError::BlobSize));
+        }
+        self.blocking(move |storage| storage.put_blob(&user, &id, &data)).await?;
+        Ok(Response::new(pb::PutBlobResponse {}))
+    }
+
+    async fn get_blob(&self, request: Request<pb::GetBlobRequest>) -> Result<Response<BlobStream>, Status> {
+        let user = self.user(&request)?;
+        let request = request.into_inner();
+        let id = request.id.clone();
+        let data = self.blocking(move |storage| storage.get_blob(&user, &id)).await?;
+        let data = data.ok_or_else(|| Status::not_found("no such blob"))?;
+        let offset = (request.offset as usize).min(data.len());
+        let chunks: Vec<Result<pb::BlobChunk, Status>> =
+            data[offset..].chunks(BLOB_CHUNK).map(|chunk| Ok(pb::BlobChunk { data: chunk.to_vec() })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn get_secrets(
+        &self,
+        request: Request<pb::GetSecretsRequest>,
+    ) -> Result<Response<pb::SealedSecrets>, Status> {
+        let user = self.user(&request)?;
+        let secrets = self.blocking(move |storage| storage.secrets(&user)).await?;
+        let (blob, version) = secrets.ok_or_else(|| Status::not_found("no secrets are stored for this user"))?;
+        Ok(Response::new(pb::SealedSecrets { blob, version }))
+    }
+
+    async fn put_secrets(
+        &self,
+        request: Request<pb::PutSecretsRequest>,
+    ) -> Result<Response<pb::PutSecretsResponse>, Status> {
+        let user = self.user(&request)?;
+        let request = request.into_inner();
+        let secrets = request.secrets.ok_or_else(|| Status::invalid_argument("no secrets given"))?;
+        let expected = request.expected_version;
+        let version = self.blocking(move |storage| storage.put_secrets(&user, &secrets.blob, expected)).await?;
+        Ok(Response::new(pb::PutSecretsResponse { version }))
+    }
+}

@@ -1,0 +1,211 @@
+//! What the provider keeps per user: opaque sealed documents ordered by a
+//! per-user generation, blobs, and the sealed storage secrets. It never sees
+//! a key: ids, revisions and contents are whatever the client sealed.
+//!
+//! [`SyncStorage`] is the seam for other backends (PostgreSQL for
+//! deployments of several provider instances); [`SledStorage`] is the
+//! embedded default.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record is damaged")]
+    Damaged,
+    #[error("the secrets are at version {current}, not {expected}")]
+    SecretsVersion { current: u64, expected: u64 },
+    #[error("blob upload does not match its announced size")]
+    BlobSize,
+}
+
+/// One document as the provider holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredDocument {
+    pub id: Vec<u8>,
+    pub rev: Vec<u8>,
+    pub sealed: Vec<u8>,
+    pub deleted: bool,
+    pub generation: u64,
+}
+
+/// A document a client pushes, replacing `parent_rev` (empty: new).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedDocument {
+    pub id: Vec<u8>,
+    pub rev: Vec<u8>,
+    pub parent_rev: Vec<u8>,
+    pub sealed: Vec<u8>,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Stored at this generation (or already there: a retried push).
+    Accepted(u64),
+    /// The provider has another revision: the client merges and pushes again.
+    Conflict(StoredDocument),
+}
+
+/// Per-user storage of a sync endpoint. Every write is durable when it returns.
+pub trait SyncStorage: Send + Sync + 'static {
+    /// Documents changed after `since`, in generation order, at most `limit`;
+    /// and the generation read up to (the user's current one when fewer than
+    /// `limit` came back).
+    fn pull(&self, user: &str, since: u64, limit: usize) -> Result<(Vec<StoredDocument>, u64), StorageError>;
+    fn push(&self, user: &str, document: PushedDocument) -> Result<PushOutcome, StorageError>;
+    fn has_blob(&self, user: &str, id: &[u8]) -> Result<bool, StorageError>;
+    fn put_blob(&self, user: &str, id: &[u8], data: &[u8]) -> Result<(), StorageError>;
+    fn get_blob(&self, user: &str, id: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    fn secrets(&self, user: &str) -> Result<Option<(Vec<u8>, u64)>, StorageError>;
+    /// Compare-and-set on the version (0: none yet); returns the new version.
+    fn put_secrets(&self, user: &str, blob: &[u8], expected_version: u64) -> Result<u64, StorageError>;
+}
+
+/// The embedded default: one sled database, a few trees per user.
+#[derive(Debug, Clone)]
+pub struct SledStorage {
+    db: sled::Db,
+}
+
+fn tree_name(user: &str, kind: &str) -> Vec<u8> {
+    // A length prefix keeps users whose names share a prefix apart.
+    let mut name = (user.len() as u32).to_be_bytes().to_vec();
+    name.extend_from_slice(user.as_bytes());
+    name.extend_from_slice(kind.as_bytes());
+    name
+}
+
+impl SledStorage {
+    pub fn open(dir: &std::path::Path) -> Result<Self, StorageError> {
+        Ok(Self { db: sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()? })
+    }
+
+    fn tree(&self, user: &str, kind: &str) -> Result<sled::Tree, StorageError> {
+        Ok(self.db.open_tree(tree_name(user, kind))?)
+    }
+}
+
+const GENERATION: &[u8] = b"generation";
+const SECRETS: &[u8] = b"secrets";
+
+fn u64_of(bytes: &[u8]) -> Result<u64, StorageError> {
+    bytes.try_into().map(u64::from_be_bytes).map_err(|_| StorageError::Damaged)
+}
+
+impl SyncStorage for SledStorage {
+    fn pull(&self, user: &str, since: u64, limit: usize) -> Result<(Vec<StoredDocument>, u64), StorageError> {
+        let (documents, generations, meta) =
+            (self.tree(user, "documents")?, self.tree(user, "generations")?, self.tree(user, "meta")?);
+        // Read the generation first and stop there: a push landing meanwhile
+        // has a later generation and comes with the next pull.
+        let current = meta.get(GENERATION)?.map(|bytes| u64_of(&bytes)).transpose()?.unwrap_or(0);
+        let mut out = Vec::new();
+        if since >= current {
+            return Ok((out, current));
+        }
+        for entry in generations.range(since.saturating_add(1).to_be_bytes()..=current.to_be_bytes()) {
+            if limit != 0 && out.len() >= limit {
+                break;
+            }
+            let (_, id) = entry?;
+            let record = documents.get(&id)?.ok_or(StorageError::Damaged)?;
+            out.push(serde_json::from_slice(&record).map_err(|_| StorageError::Damaged)?);
+        }
+        Ok((out, current))
+    }
+
+    fn push(&self, user: &str, document: PushedDocument) -> Result<PushOutcome, StorageError> {
+        let (documents, generations, meta) =
+            (self.tree(user, "documents")?, self.tree(user, "generations")?, self.tree(user, "meta")?);
+        use sled::Transactional as _;
+        let outcome = (&documents, &generations, &meta)
+            .transaction(|(tx_documents, tx_generations, tx_meta)| {
+                let current: Option<StoredDocument> = match tx_documents.get(&document.id)? {
+                    Some(bytes) => Some(
+                        serde_json::from_slice(&bytes)
+                            .map_err(|_| sled::transaction::ConflictableTransactionError::Abort(()))?,
+                    ),
+                    None => None,
+                };
+                // (No current version but a parent named: the client saw a version we lost; keep its own.)
+                match &current {
+                    // A retried push of what is already there: nothing new.
+                    Some(current) if current.rev == document.rev => {
+                        return Ok(PushOutcome::Accepted(current.generation));
+                    }
+                    Some(current) if current.rev != document.parent_rev => {
+                        return Ok(PushOutcome::Conflict(current.clone()));
+                    }
+                    _ => {}
+                }
+                let generation = match tx_meta.get(GENERATION)? {
+                    Some(bytes) => bytes
+                        .as_ref()
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| sled::transaction::ConflictableTransactionError::Abort(()))?,
+                    None => 0,
+                } + 1;
+                if let Some(current) = &current {
+                    tx_generations.remove(&current.generation.to_be_bytes())?;
+                }
+                let stored = StoredDocument {
+                    id: document.id.clone(),
+                    rev: document.rev.clone(),
+                    sealed: document.sealed.clone(),
+                    deleted: document.deleted,
+                    generation,
+                };
+                let bytes = serde_json::to_vec(&stored)
+                    .map_err(|_| sled::transaction::ConflictableTransactionError::Abort(()))?;
+                tx_documents.insert(document.id.as_slice(), bytes)?;
+                tx_generations.insert(&generation.to_be_bytes(), document.id.as_slice())?;
+                tx_meta.insert(GENERATION, &generation.to_be_bytes())?;
+                Ok(PushOutcome::Accepted(generation))
+            })
+            .map_err(|error: sled::transaction::TransactionError<()>| match error {
+                sled::transaction::TransactionError::Storage(error) => StorageError::Sled(error),
+                sled::transaction::TransactionError::Abort(()) => StorageError::Damaged,
+            })?;
+        self.db.flush()?;
+        Ok(outcome)
+    }
+
+    fn has_blob(&self, user: &str, id: &[u8]) -> Result<bool, StorageError> {
+        Ok(self.tree(user, "blobs")?.contains_key(id)?)
+    }
+
+    fn put_blob(&self, user: &str, id: &[u8], data: &[u8]) -> Result<(), StorageError> {
+        self.tree(user, "blobs")?.insert(id, data)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn get_blob(&self, user: &str, id: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.tree(user, "blobs")?.get(id)?.map(|bytes| bytes.to_vec()))
+    }
+
+    fn secrets(&self, user: &str) -> Result<Option<(Vec<u8>, u64)>, StorageError> {
+        let Some(bytes) = self.tree(user, "meta")?.get(SECRETS)? else { return Ok(None) };
+        let (version, blob) = bytes.split_first_chunk::<8>().ok_or(StorageError::Damaged)?;
+        Ok(Some((blob.to_vec(), u64::from_be_bytes(*version))))
+    }
+
+    fn put_secrets(&self, user: &str, blob: &[u8], expected_version: u64) -> Result<u64, StorageError> {
+        let meta = self.tree(user, "meta")?;
+        let current = self.secrets(user)?.map(|(_, version)| version).unwrap_or(0);
+        if current != expected_version {
+            return Err(StorageError::SecretsVersion { current, expected: expected_version });
+        }
+        let version = current + 1;
+        let mut value = version.to_be_bytes().to_vec();
+        value.extend_from_slice(blob);
+        let previous = if current == 0 { None } else { meta.get(SECRETS)? };
+        meta.compare_and_swap(SECRETS, previous, Some(value))?
+            .map_err(|_| StorageError::SecretsVersion { current: current + 1, expected: expected_version })?;
+        self.db.flush()?;
+        Ok(version)
+    }
+}
