@@ -114,6 +114,12 @@ impl Keys {
         hmac(&self.ids, &[b"schema", kind.as_bytes(), name.as_bytes()])
     }
 
+    /// What the provider sees of a document's revision: a keyed tag, equal
+    /// for equal revisions and otherwise meaningless.
+    pub fn rev_tag(&self, storage_key: &[u8], rev: &str) -> Vec<u8> {
+        hmac(&self.ids, &[b"rev", storage_key, rev.as_bytes()])[..16].to_vec()
+    }
+
     /// A short keyed tag of an index name, the prefix of its entries.
     pub fn index_tag(&self, index: &str) -> [u8; 8] {
         let full = hmac(&self.index, &[b"index", index.as_bytes()]);

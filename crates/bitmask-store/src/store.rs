@@ -38,22 +38,28 @@ const STORAGE_KEY_LEN: usize = 32;
 
 /// What is sealed under a document's storage key.
 #[derive(Debug, Serialize, Deserialize)]
-struct DocumentRecord {
-    id: String,
-    collection: String,
-    rev: String,
-    content: Box<RawValue>,
-    deleted: bool,
-    updated_ms: u64,
-    sequence: u64,
+pub(crate) struct DocumentRecord {
+    pub(crate) id: String,
+    pub(crate) collection: String,
+    pub(crate) rev: String,
+    pub(crate) content: Box<RawValue>,
+    pub(crate) deleted: bool,
+    pub(crate) updated_ms: u64,
+    pub(crate) sequence: u64,
+    /// The revision the provider holds, as far as this device knows.
+    #[serde(default)]
+    pub(crate) synced_rev: Option<String>,
+    /// The content at `synced_rev`: the common ancestor of a three-way merge.
+    #[serde(default)]
+    pub(crate) base: Option<Box<RawValue>>,
 }
 
 impl DocumentRecord {
-    fn live(&self) -> bool {
+    pub(crate) fn live(&self) -> bool {
         !self.deleted
     }
 
-    fn to_document(&self) -> Document {
+    pub(crate) fn to_document(&self) -> Document {
         Document {
             id: self.id.clone(),
             collection: self.collection.clone(),
@@ -66,9 +72,9 @@ impl DocumentRecord {
 }
 
 #[derive(Debug, Default, Clone)]
-struct Schema {
-    collections: HashMap<String, CollectionDef>,
-    indexes: HashMap<String, IndexDef>,
+pub(crate) struct Schema {
+    pub(crate) collections: HashMap<String, CollectionDef>,
+    pub(crate) indexes: HashMap<String, IndexDef>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,7 +86,7 @@ enum SchemaRecord {
 #[derive(Debug)]
 pub(crate) struct Unlocked {
     pub(crate) keys: Keys,
-    schema: Schema,
+    pub(crate) schema: Schema,
 }
 
 /// One account's store. Thread-safe; every method blocks on disk I/O, so
@@ -103,18 +109,27 @@ pub struct Store {
     kdf: KdfParams,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
 }
 
-fn next_rev(previous: Option<&str>) -> String {
-    let generation = previous.and_then(|rev| rev.split('-').next()).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
-    let mut random = [0u8; 6];
-    rand::rngs::OsRng.fill_bytes(&mut random);
-    format!("{}-{}", generation + 1, data_encoding::HEXLOWER.encode(&random))
+/// The edit count at the front of a revision ("3-9f2c…" → 3).
+pub(crate) fn rev_number(rev: &str) -> u64 {
+    rev.split('-').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A new revision numbered `number`.
+pub(crate) fn numbered_rev(number: u64) -> String {
+    let mut random = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    format!("{number}-{}", data_encoding::HEXLOWER.encode(&random))
+}
+
+fn next_rev(previous: Option<&str>) -> String {
+    numbered_rev(previous.map(rev_number).unwrap_or(0) + 1)
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -202,6 +217,26 @@ impl Store {
         Ok(recovery_code)
     }
 
+    /// The sealed secrets record, to back up at the provider (it opens only
+    /// with the passphrase or the recovery code).
+    pub fn export_secrets(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self.meta.get(SECRETS)?.ok_or(StoreError::Uninitialized)?.to_vec())
+    }
+
+    /// A second device: takes the secrets backed up by the first one and
+    /// unlocks with the passphrase; a wrong passphrase stores nothing.
+    pub fn initialize_from_backup(&self, backup: &[u8], passphrase: &str) -> Result<(), StoreError> {
+        let _writer = lock(&self.writer);
+        if self.meta.contains_key(SECRETS)? {
+            return Err(StoreError::AlreadyInitialized);
+        }
+        let record: SecretsRecord =
+            serde_json::from_slice(backup).map_err(|_| StoreError::Corrupt("secrets backup"))?;
+        let master = record.open_with_passphrase(passphrase)?;
+        self.save_secrets(&record)?;
+        self.install(&master)
+    }
+
     /// Opens the secrets with the passphrase; a wrong one changes nothing.
     pub fn unlock(&self, passphrase: &str) -> Result<(), StoreError> {
         let master = self.secrets()?.open_with_passphrase(passphrase)?;
@@ -243,6 +278,18 @@ impl Store {
         }
         *write(&self.unlocked) = Some(Arc::new(RwLock::new(Unlocked { keys, schema })));
         Ok(())
+    }
+
+    pub(crate) fn writer_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.writer)
+    }
+
+    pub(crate) fn documents_tree(&self) -> &sled::Tree {
+        &self.documents
+    }
+
+    pub(crate) fn meta_tree(&self) -> &sled::Tree {
+        &self.meta
     }
 
     pub(crate) fn blobs_tree(&self) -> &sled::Tree {
@@ -530,11 +577,11 @@ pub enum Credential<'a> {
     RecoveryCode(&'a str),
 }
 
-fn u64_from(bytes: &[u8]) -> u64 {
+pub(crate) fn u64_from(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
-fn open_document(keys: &Keys, storage_key: &[u8], sealed: &[u8]) -> Result<DocumentRecord, StoreError> {
+pub(crate) fn open_document(keys: &Keys, storage_key: &[u8], sealed: &[u8]) -> Result<DocumentRecord, StoreError> {
     let plain = keys.open(storage_key, DOCUMENT_CONTEXT, sealed).map_err(|_| StoreError::Corrupt("document"))?;
     serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("document"))
 }
@@ -593,9 +640,19 @@ fn index_keys(keys: &Keys, def: &IndexDef, record: &DocumentRecord, storage_key:
     vec![key]
 }
 
+/// The sync bookkeeping a local write keeps from the version it replaces.
+fn sync_fields(previous: Option<&DocumentRecord>) -> (Option<String>, Option<Box<RawValue>>) {
+    previous.map(|previous| (previous.synced_rev.clone(), previous.base.clone())).unwrap_or_default()
+}
+
+pub(crate) fn null() -> Box<RawValue> {
+    #[allow(clippy::expect_used)] // "null" is JSON
+    RawValue::from_string("null".into()).expect("null is JSON")
+}
+
 /// The state of one batch while it is computed: what it read, and what it
 /// will write. Nothing touches the disk until `commit`.
-struct Pending<'a> {
+pub(crate) struct Pending<'a> {
     store: &'a Store,
     unlocked: &'a Unlocked,
     sequence: u64,
@@ -610,7 +667,7 @@ struct Pending<'a> {
 }
 
 impl<'a> Pending<'a> {
-    fn new(store: &'a Store, unlocked: &'a Unlocked) -> Result<Self, StoreError> {
+    pub(crate) fn new(store: &'a Store, unlocked: &'a Unlocked) -> Result<Self, StoreError> {
         Ok(Self {
             store,
             unlocked,
@@ -623,7 +680,7 @@ impl<'a> Pending<'a> {
         })
     }
 
-    fn current(&mut self, storage_key: [u8; 32]) -> Result<Option<&DocumentRecord>, StoreError> {
+    pub(crate) fn current(&mut self, storage_key: [u8; 32]) -> Result<Option<&DocumentRecord>, StoreError> {
         if !self.documents.contains_key(&storage_key) {
             let record = self.store.load(&self.unlocked.keys, &storage_key)?;
             self.original_sequences.insert(storage_key, record.as_ref().map(|record| record.sequence));
@@ -696,6 +753,7 @@ impl<'a> Pending<'a> {
             });
         }
         let rev = next_rev(previous.map(|previous| previous.rev.as_str()));
+        let (synced_rev, base) = sync_fields(previous);
         let record = DocumentRecord {
             id,
             collection,
@@ -704,6 +762,8 @@ impl<'a> Pending<'a> {
             deleted: false,
             updated_ms: now_ms(),
             sequence: 0,
+            synced_rev,
+            base,
         };
         self.replace(storage_key, record)?;
         Ok(WriteResult::Rev(rev))
@@ -718,22 +778,24 @@ impl<'a> Pending<'a> {
             return Err(StoreError::NotFound(id.to_owned()));
         };
         let rev = next_rev(Some(&previous.rev));
+        let (synced_rev, base) = sync_fields(Some(previous));
         let record = DocumentRecord {
             id: id.to_owned(),
             collection: previous.collection.clone(),
             rev: rev.clone(),
-            #[allow(clippy::expect_used)] // "null" is JSON
-            content: RawValue::from_string("null".into()).expect("null is JSON"),
+            content: null(),
             deleted: true,
             updated_ms: now_ms(),
             sequence: 0,
+            synced_rev,
+            base,
         };
         self.replace(storage_key, record)?;
         Ok(WriteResult::Rev(rev))
     }
 
     /// Puts `record` in place of the current version, moving its index entries.
-    fn replace(&mut self, storage_key: [u8; 32], mut record: DocumentRecord) -> Result<(), StoreError> {
+    pub(crate) fn replace(&mut self, storage_key: [u8; 32], mut record: DocumentRecord) -> Result<(), StoreError> {
         let keys = &self.unlocked.keys;
         let indexes: Vec<&IndexDef> =
             self.unlocked.schema.indexes.values().filter(|def| def.collection == record.collection).collect();
@@ -780,7 +842,7 @@ impl<'a> Pending<'a> {
     }
 
     /// Writes everything in one transaction and flushes it to disk.
-    fn commit(self) -> Result<Vec<Change>, StoreError> {
+    pub(crate) fn commit(self) -> Result<Vec<Change>, StoreError> {
         let keys = &self.unlocked.keys;
         let mut documents = Vec::with_capacity(self.changed.len());
         let mut changes = Vec::with_capacity(self.changed.len());

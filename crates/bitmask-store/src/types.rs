@@ -166,6 +166,12 @@ pub enum StoreError {
     InvalidQuery(String),
     #[error("index {index:?} is unique and another document has the same key")]
     UniqueViolation { index: String },
+    #[error(
+        "the provider offered revision {offered:?} of {id:?}, older than the {known:?} it had: refused as a rollback"
+    )]
+    RolledBack { id: String, known: String, offered: String },
+    #[error("document {0:?} is immutable and another device wrote a different version")]
+    ImmutableConflict(String),
     #[error("stored data failed its integrity check ({0}): it was changed or damaged")]
     Corrupt(&'static str),
     #[error("invalid key derivation parameters: {0}")]
