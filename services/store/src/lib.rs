@@ -69,8 +69,8 @@ pub fn status_of(error: StoreError) -> Status {
         StoreError::NotFound(_) | StoreError::UnknownCollection(_) | StoreError::UnknownIndex(_) => {
             Status::not_found(message)
         }
-        StoreError::Conflict { .. } => Status::aborted(message),
-        StoreError::Corrupt(_) => Status::data_loss(message),
+        StoreError::Conflict { .. } | StoreError::ImmutableConflict(_) => Status::aborted(message),
+        StoreError::Corrupt(_) | StoreError::RolledBack { .. } => Status::data_loss(message),
         StoreError::Kdf(_) | StoreError::Storage(_) => Status::internal(message),
     }
 }
