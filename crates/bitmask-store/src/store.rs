@@ -217,6 +217,30 @@ impl Store {
         Ok(recovery_code)
     }
 
+    /// Stores a small sealed setting of this device (e.g. where to sync).
+    pub fn set_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let unlocked = self.unlocked()?;
+        let unlocked = read(&unlocked);
+        let key = unlocked.keys.schema_key("setting", name);
+        self.meta.insert(key, unlocked.keys.seal(&key, b"setting", value))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let unlocked = self.unlocked()?;
+        let unlocked = read(&unlocked);
+        let key = unlocked.keys.schema_key("setting", name);
+        match self.meta.get(key)? {
+            Some(sealed) => {
+                let plain =
+                    unlocked.keys.open(&key, b"setting", &sealed).map_err(|_| StoreError::Corrupt("setting"))?;
+                Ok(Some(plain.to_vec()))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The sealed secrets record, to back up at the provider (it opens only
     /// with the passphrase or the recovery code).
     pub fn export_secrets(&self) -> Result<Vec<u8>, StoreError> {

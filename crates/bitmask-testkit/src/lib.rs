@@ -157,7 +157,9 @@ impl World {
     pub fn spawn_service(&self, binary: &str, account: &str) -> KillOnDrop {
         let mut command = Command::new(bin(binary));
         self.with_dirs(&mut command);
-        command.args(["--account", account]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        // Its log goes to a file of the world, not into the test's output.
+        let log = std::fs::File::create(self.path().join(format!("{binary}.log"))).unwrap();
+        command.args(["--account", account]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         KillOnDrop(command.spawn().unwrap())
     }
 

@@ -19,16 +19,71 @@ const WATCH_BUFFER: usize = 1024;
 /// The largest request (an atomic batch of documents).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+pub mod sync;
+
 #[derive(Debug, Clone)]
 pub struct StoreService {
     store: Arc<Store>,
-    changes: broadcast::Sender<Change>,
+    changes: broadcast::Sender<(Change, pb::change::Origin)>,
+    sync: Arc<sync::SyncControl>,
 }
 
 impl StoreService {
+    /// The service, and its background sync (periodic, and soon after local
+    /// writes) once sync is configured. Call inside the Tokio runtime.
     pub fn new(store: Store) -> Self {
         let (changes, _) = broadcast::channel(WATCH_BUFFER);
-        Self { store: Arc::new(store), changes }
+        let service = Self { store: Arc::new(store), changes, sync: Arc::default() };
+        tokio::spawn(service.clone().sync_in_background());
+        service
+    }
+
+    async fn sync_in_background(self) {
+        loop {
+            let interval = self.sync_config().await.map(|config| config.interval()).unwrap_or(sync::DEFAULT_INTERVAL);
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.sync.local_change.notified() => tokio::time::sleep(sync::DEBOUNCE).await,
+            }
+            if let Some(config) = self.sync_config().await
+                && let Err(status) = self.sync_once(&config, None).await
+            {
+                tracing::warn!(error = %status.message(), "background sync failed");
+            }
+        }
+    }
+
+    /// The configuration, when the store is unlocked and sync configured.
+    async fn sync_config(&self) -> Option<sync::SyncConfig> {
+        self.blocking(|store| match store.state()? {
+            StoreState::Unlocked => sync::load_config(store),
+            _ => Ok(None),
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// One sync at a time; records its outcome for GetSyncStatus.
+    async fn sync_once(
+        &self,
+        config: &sync::SyncConfig,
+        updates: Option<&mpsc::Sender<Result<pb::SyncProgress, Status>>>,
+    ) -> Result<(u64, u64), Status> {
+        let _running = self.sync.running.lock().await;
+        self.sync.state().running = true;
+        let publish = |change: Change| {
+            let _ = self.changes.send((change, pb::change::Origin::Sync));
+        };
+        let result = sync::run(&self.store, config, updates, &publish).await;
+        let mut state = self.sync.state();
+        state.running = false;
+        state.last_time = Some(std::time::SystemTime::now());
+        state.last_result = match &result {
+            Ok((sent, received)) => format!("ok: sent {sent}, received {received}"),
+            Err(status) => status.message().to_owned(),
+        };
+        result
     }
 
     /// Runs blocking store work off the async threads.
@@ -43,11 +98,13 @@ impl StoreService {
             .map_err(status_of)
     }
 
+    /// Announces local changes to watchers and to the background sync.
     fn publish(&self, changes: Vec<Change>) {
         for change in changes {
             // No receiver is fine: nobody watches.
-            let _ = self.changes.send(change);
+            let _ = self.changes.send((change, pb::change::Origin::Local));
         }
+        self.sync.local_change.notify_one();
     }
 }
 
@@ -157,6 +214,7 @@ fn policy_to_pb(policy: ConflictPolicy) -> pb::ConflictPolicy {
 
 type WatchStream = tonic::codegen::BoxStream<pb::Change>;
 type BlobStream = tonic::codegen::BoxStream<pb::BlobChunk>;
+type SyncStream = tonic::codegen::BoxStream<pb::SyncProgress>;
 
 #[tonic::async_trait]
 impl StoreApi for StoreService {
@@ -175,11 +233,32 @@ impl StoreApi for StoreService {
         request: Request<pb::InitializeRequest>,
     ) -> Result<Response<pb::InitializeResponse>, Status> {
         let request = request.into_inner();
-        if request.from_provider {
-            return Err(Status::unimplemented("restoring the secrets from the provider comes with sync"));
-        }
         let passphrase = zeroize::Zeroizing::new(request.passphrase);
-        let code = self.blocking(move |store| store.initialize(&passphrase)).await?;
+        let pending = self.sync.state().pending_config.clone();
+        if request.from_provider {
+            let config = pending.ok_or_else(|| {
+                Status::failed_precondition("configure sync first: the secrets come from the provider")
+            })?;
+            let backup = sync::fetch_secrets(&config).await?;
+            self.blocking(move |store| {
+                store.initialize_from_backup(&backup, &passphrase)?;
+                sync::save_config(store, &config)
+            })
+            .await?;
+            self.sync.state().pending_config = None;
+            tracing::info!("store initialized from the provider's backup");
+            return Ok(Response::new(pb::InitializeResponse { recovery_code: String::new() }));
+        }
+        let code = self
+            .blocking(move |store| {
+                let code = store.initialize(&passphrase)?;
+                if let Some(config) = &pending {
+                    sync::save_config(store, config)?;
+                }
+                Ok(code)
+            })
+            .await?;
+        self.sync.state().pending_config = None;
         tracing::info!("store initialized");
         Ok(Response::new(pb::InitializeResponse { recovery_code: code.to_string() }))
     }
@@ -199,6 +278,10 @@ impl StoreApi for StoreService {
         )
         .await
         .inspect_err(|status| tracing::warn!(code = ?status.code(), "unlock refused"))?;
+        let pending = self.sync.state().pending_config.take();
+        if let Some(config) = pending {
+            self.blocking(move |store| sync::save_config(store, &config)).await?;
+        }
         tracing::info!("store unlocked");
         Ok(Response::new(pb::UnlockResponse {}))
     }
@@ -380,6 +463,88 @@ impl StoreApi for StoreService {
         Ok(Response::new(pb::AddToCounterResponse { value }))
     }
 
+    async fn configure_sync(
+        &self,
+        request: Request<pb::ConfigureSyncRequest>,
+    ) -> Result<Response<pb::ConfigureSyncResponse>, Status> {
+        let request = request.into_inner();
+        if !request.url.starts_with("https://") {
+            return Err(Status::invalid_argument("the sync endpoint must be an https:// URL"));
+        }
+        if !request.ca_certificate_pem.contains("BEGIN CERTIFICATE") {
+            return Err(Status::invalid_argument("the provider's CA certificate (PEM) is required: it is pinned"));
+        }
+        if request.user.is_empty() || request.session_token.is_empty() {
+            return Err(Status::invalid_argument("a user and a session token are required"));
+        }
+        let config = sync::SyncConfig {
+            url: request.url,
+            ca_certificate_pem: request.ca_certificate_pem,
+            user: request.user,
+            session_token: request.session_token,
+            interval_seconds: request.interval_seconds,
+        };
+        let saved = config.clone();
+        let unlocked = self
+            .blocking(move |store| match store.state()? {
+                StoreState::Unlocked => sync::save_config(store, &saved).map(|()| true),
+                _ => Ok(false),
+            })
+            .await?;
+        if !unlocked {
+            // Kept in memory until the store has keys to seal it with.
+            self.sync.state().pending_config = Some(config);
+        }
+        Ok(Response::new(pb::ConfigureSyncResponse {}))
+    }
+
+    async fn sync(&self, request: Request<pb::SyncRequest>) -> Result<Response<SyncStream>, Status> {
+        let config = self
+            .sync_config()
+            .await
+            .ok_or_else(|| Status::failed_precondition("sync is not configured, or the store is locked"))?;
+        if request.into_inner().if_idle && self.sync.state().running {
+            let idle = pb::SyncProgress {
+                phase: pb::sync_progress::Phase::Done.into(),
+                message: "a sync is under way".into(),
+                ..Default::default()
+            };
+            return Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(idle)]))));
+        }
+        let (sender, receiver) = mpsc::channel(16);
+        let service = self.clone();
+        tokio::spawn(async move {
+            if let Err(status) = service.sync_once(&config, Some(&sender)).await {
+                let _ = sender.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    async fn get_sync_status(
+        &self,
+        _request: Request<pb::GetSyncStatusRequest>,
+    ) -> Result<Response<pb::SyncStatus>, Status> {
+        let (configured, cursor, pending) = self
+            .blocking(|store| {
+                if store.state()? != StoreState::Unlocked {
+                    return Ok((false, Default::default(), 0));
+                }
+                Ok((sync::load_config(store)?.is_some(), store.sync_cursor()?, store.outgoing(0)?.len()))
+            })
+            .await?;
+        let state = self.sync.state().clone();
+        Ok(Response::new(pb::SyncStatus {
+            configured: configured || state.pending_config.is_some(),
+            running: state.running,
+            last_sync_time: state.last_time.map(prost_types::Timestamp::from),
+            last_result: state.last_result,
+            local_generation: cursor.pushed_sequence,
+            remote_generation: cursor.pulled_generation,
+            pending_local_changes: pending as u64,
+        }))
+    }
+
     async fn put_blob(
         &self,
         request: Request<tonic::Streaming<pb::PutBlobRequest>>,
@@ -479,10 +644,10 @@ impl StoreApi for StoreService {
         let collections = request.collections;
         let include_content = request.include_content;
         let wanted = move |change: &Change| collections.is_empty() || collections.contains(&change.document.collection);
-        let to_pb = move |change: Change| pb::Change {
+        let to_pb = move |change: Change, origin: pb::change::Origin| pb::Change {
             sequence: change.sequence,
             document: Some(document_to_pb(change.document, include_content)),
-            origin: pb::change::Origin::Local.into(),
+            origin: origin.into(),
         };
         let (sender, receiver) = mpsc::channel::<Result<pb::Change, Status>>(64);
         let service = self.clone();
@@ -497,7 +662,9 @@ impl StoreApi for StoreService {
                         Ok(changes) => {
                             for change in changes {
                                 last = last.max(change.sequence);
-                                if wanted(&change) && sender.send(Ok(to_pb(change))).await.is_err() {
+                                // A replay cannot tell where a change came from.
+                                let origin = pb::change::Origin::Unspecified;
+                                if wanted(&change) && sender.send(Ok(to_pb(change, origin))).await.is_err() {
                                     return;
                                 }
                             }
@@ -512,9 +679,9 @@ impl StoreApi for StoreService {
                 tokio::select! {
                     _ = sender.closed() => return,
                     received = live.recv() => match received {
-                        Ok(change) if change.sequence > last => {
+                        Ok((change, origin)) if change.sequence > last => {
                             last = change.sequence;
-                            if wanted(&change) && sender.send(Ok(to_pb(change))).await.is_err() {
+                            if wanted(&change) && sender.send(Ok(to_pb(change, origin))).await.is_err() {
                                 return;
                             }
                         }

@@ -1,0 +1,257 @@
+//! The network half of sync: the store talks to the provider's sync endpoint
+//! over TLS (the provider's CA pinned), with the session token from login.
+//! One sync pushes local changes (merging what the provider answers as
+//! conflicts), then pulls the provider's changes, in rounds until nothing is
+//! left to push. It is resumable at any point: the store records what was
+//! pushed and pulled only after it happened, and the provider takes a
+//! retried document once.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bitmask_proto::store::v1 as pb;
+use bitmask_proto::sync::v1 as sync_pb;
+use bitmask_proto::sync::v1::sync_endpoint_client::SyncEndpointClient;
+use bitmask_store::{Change, RemoteDocument, RemoteOutcome, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::{Request, Status};
+
+/// The store setting that holds where to sync.
+const CONFIG_SETTING: &str = "sync";
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// Local writes are pushed this long after the last one.
+pub const DEBOUNCE: Duration = Duration::from_secs(1);
+const ROUNDS: usize = 3;
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SyncConfig {
+    pub url: String,
+    pub ca_certificate_pem: String,
+    pub user: String,
+    pub session_token: String,
+    pub interval_seconds: u32,
+}
+
+impl std::fmt::Debug for SyncConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncConfig").field("url", &self.url).field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+impl SyncConfig {
+    pub fn interval(&self) -> Duration {
+        match self.interval_seconds {
+            0 => DEFAULT_INTERVAL,
+            seconds => Duration::from_secs(seconds.into()),
+        }
+    }
+}
+
+/// What `GetSyncStatus` reports.
+#[derive(Debug, Default, Clone)]
+pub struct SyncState {
+    pub running: bool,
+    pub last_time: Option<SystemTime>,
+    pub last_result: String,
+    /// A configuration given before the store could seal it (a new device).
+    pub pending_config: Option<SyncConfig>,
+}
+
+type Authorize = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+pub type EndpointClient = SyncEndpointClient<InterceptedService<Channel, Authorize>>;
+
+/// Connects to the endpoint, trusting only the pinned CA.
+pub async fn connect(config: &SyncConfig) -> Result<EndpointClient, Status> {
+    let url: tonic::transport::Uri =
+        config.url.parse().map_err(|_| Status::invalid_argument(format!("{:?} is not a URL", config.url)))?;
+    if url.scheme_str() != Some("https") {
+        return Err(Status::invalid_argument("the sync endpoint must be an https:// URL"));
+    }
+    let host = url.host().unwrap_or_default().to_owned();
+    let tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&config.ca_certificate_pem)).domain_name(host);
+    let channel = Channel::builder(url)
+        .tls_config(tls)
+        .map_err(|error| Status::invalid_argument(format!("TLS configuration: {error}")))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|error| Status::unavailable(format!("cannot reach the provider at {}: {error}", config.url)))?;
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", config.session_token)
+        .parse()
+        .map_err(|_| Status::invalid_argument("the session token is not valid metadata"))?;
+    let authorize: Authorize = Box::new(move |mut request: Request<()>| {
+        request.metadata_mut().insert("authorization", bearer.clone());
+        Ok(request)
+    });
+    Ok(SyncEndpointClient::with_interceptor(channel, authorize).max_decoding_message_size(64 << 20))
+}
+
+/// The store's sync configuration, if any.
+pub fn load_config(store: &Store) -> Result<Option<SyncConfig>, StoreError> {
+    match store.setting(CONFIG_SETTING)? {
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| StoreError::Corrupt("sync setting")),
+        None => Ok(None),
+    }
+}
+
+pub fn save_config(store: &Store, config: &SyncConfig) -> Result<(), StoreError> {
+    let bytes = zeroize::Zeroizing::new(serde_json::to_vec(config).map_err(|_| StoreError::Corrupt("sync setting"))?);
+    store.set_setting(CONFIG_SETTING, &bytes)
+}
+
+/// The storage secrets backed up at the provider (for a second device).
+pub async fn fetch_secrets(config: &SyncConfig) -> Result<Vec<u8>, Status> {
+    let mut client = connect(config).await?;
+    let secrets = client.get_secrets(sync_pb::GetSecretsRequest {}).await?.into_inner();
+    Ok(secrets.blob)
+}
+
+fn blocking_error(error: tokio::task::JoinError) -> Status {
+    Status::internal(format!("store task failed: {error}"))
+}
+
+async fn blocking<T: Send + 'static>(
+    store: &Arc<Store>,
+    work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Status> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || work(&store)).await.map_err(blocking_error)?.map_err(crate::status_of)
+}
+
+fn progress(phase: pb::sync_progress::Phase, done: u64, total: u64, message: impl Into<String>) -> pb::SyncProgress {
+    pb::SyncProgress {
+        phase: phase.into(),
+        documents_done: done,
+        documents_total: total,
+        bytes_done: 0,
+        bytes_total: 0,
+        message: message.into(),
+    }
+}
+
+/// Runs one sync; reports progress on `updates` (if the caller listens) and
+/// hands every change it made locally to `publish`.
+pub async fn run(
+    store: &Arc<Store>,
+    config: &SyncConfig,
+    updates: Option<&mpsc::Sender<Result<pb::SyncProgress, Status>>>,
+    publish: &(dyn Fn(Change) + Sync),
+) -> Result<(u64, u64), Status> {
+    let report = |update: pb::SyncProgress| async move {
+        if let Some(updates) = updates {
+            let _ = updates.send(Ok(update)).await;
+        }
+    };
+    report(progress(pb::sync_progress::Phase::Connecting, 0, 0, config.url.clone())).await;
+    let mut client = connect(config).await?;
+    // The secrets go to the provider once, so a new device can recover.
+    if let Err(status) = client.get_secrets(sync_pb::GetSecretsRequest {}).await {
+        if status.code() != tonic::Code::NotFound {
+            return Err(status);
+        }
+        let backup = blocking(store, |store| store.export_secrets()).await?;
+        let secrets = sync_pb::SealedSecrets { blob: backup, version: 0 };
+        client.put_secrets(sync_pb::PutSecretsRequest { secrets: Some(secrets), expected_version: 0 }).await?;
+    }
+    let (mut sent, mut received) = (0u64, 0u64);
+    for _ in 0..ROUNDS {
+        // Push.
+        let outgoing = blocking(store, |store| store.outgoing(0)).await?;
+        let up_to = outgoing.iter().map(|document| document.sequence).max().unwrap_or(0);
+        let total = outgoing.len() as u64;
+        report(progress(pb::sync_progress::Phase::Sending, 0, total, "")).await;
+        let mut conflicts = Vec::new();
+        if !outgoing.is_empty() {
+            let header = sync_pb::PushRequest {
+                item: Some(sync_pb::push_request::Item::Header(sync_pb::PushHeader { device: String::new() })),
+            };
+            let documents = outgoing.iter().map(|document| sync_pb::PushRequest {
+                item: Some(sync_pb::push_request::Item::Document(sync_pb::SyncedDocument {
+                    id: document.id.clone(),
+                    rev: document.rev.clone(),
+                    parent_rev: document.parent_rev.clone(),
+                    sealed: document.sealed.clone(),
+                    deleted: document.deleted,
+                    generation: 0,
+                })),
+            });
+            let requests: Vec<_> = std::iter::once(header).chain(documents).collect();
+            let reply = client.push(tokio_stream::iter(requests)).await?.into_inner();
+            conflicts = reply.conflicts;
+            let rejected: Vec<&[u8]> = conflicts.iter().map(|conflict| conflict.id.as_slice()).collect();
+            let accepted: Vec<_> =
+                outgoing.iter().filter(|document| !rejected.contains(&document.id.as_slice())).cloned().collect();
+            sent += accepted.len() as u64;
+            blocking(store, move |store| store.mark_pushed(&accepted, up_to)).await?;
+            report(progress(pb::sync_progress::Phase::Sending, total, total, "")).await;
+        }
+        for conflict in conflicts {
+            let Some(current) = conflict.current else { continue };
+            apply(store, current, publish).await?;
+        }
+        // Pull.
+        let since = blocking(store, |store| store.sync_cursor()).await?.pulled_generation;
+        let mut stream =
+            client.pull(sync_pb::PullRequest { since_generation: since, batch_size: 0 }).await?.into_inner();
+        let mut pulled = 0u64;
+        while let Some(message) = stream.message().await? {
+            for document in message.documents {
+                apply(store, document, publish).await?;
+                pulled += 1;
+            }
+            report(progress(pb::sync_progress::Phase::Receiving, pulled, 0, "")).await;
+            if message.done {
+                let generation = message.up_to_generation;
+                blocking(store, move |store| store.set_pulled_generation(generation)).await?;
+                break;
+            }
+        }
+        received += pulled;
+        if blocking(store, |store| store.outgoing(1)).await?.is_empty() {
+            break;
+        }
+    }
+    report(progress(
+        pb::sync_progress::Phase::Done,
+        sent + received,
+        sent + received,
+        format!("sent {sent}, received {received}"),
+    ))
+    .await;
+    Ok((sent, received))
+}
+
+/// Applies one document from the provider; a refused one (tampered, rolled
+/// back) fails the sync and leaves the local version as it was.
+async fn apply(
+    store: &Arc<Store>,
+    document: sync_pb::SyncedDocument,
+    publish: &(dyn Fn(Change) + Sync),
+) -> Result<(), Status> {
+    let remote = RemoteDocument { id: document.id, rev: document.rev, sealed: document.sealed };
+    match blocking(store, move |store| store.apply_remote(&remote)).await? {
+        RemoteOutcome::Unchanged => {}
+        RemoteOutcome::Applied(change) | RemoteOutcome::Merged(change) => publish(change),
+    }
+    Ok(())
+}
+
+/// Shared by the service and its background task.
+#[derive(Debug, Default)]
+pub struct SyncControl {
+    pub state: Mutex<SyncState>,
+    /// Serializes syncs: one at a time.
+    pub running: tokio::sync::Mutex<()>,
+    /// Woken by local writes.
+    pub local_change: Notify,
+}
+
+impl SyncControl {
+    pub fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

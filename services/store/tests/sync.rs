@@ -1,0 +1,282 @@
+//! Two devices of one account, each a real `bitmask-store` process, syncing
+//! through a sync endpoint served over TLS in the test (CA pinned, session
+//! token): recovery from the passphrase alone, convergence, and a sync cut off
+//! half-way in either direction, then resumed.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bitmask_proto::store::v1 as pb;
+use bitmask_proto::store::v1::store_client::StoreClient;
+use bitmask_proto::sync::v1::sync_endpoint_server::SyncEndpointServer;
+use bitmask_sync_endpoint::{
+    PushOutcome, PushedDocument, Sessions, SledStorage, StorageError, StoredDocument, SyncService, SyncStorage,
+    server_tls,
+};
+use bitmask_testkit::{KillOnDrop, World};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const ACCOUNT: &str = "alice@example.org";
+const PASSPHRASE: &str = "correct horse battery";
+
+/// The provider's storage, failing on purpose after a number of calls: a
+/// connection cut in the middle of a sync.
+#[derive(Debug)]
+struct Flaky {
+    inner: SledStorage,
+    pulls_left: AtomicUsize,
+    pushes_left: AtomicUsize,
+}
+
+impl SyncStorage for Flaky {
+    fn pull(&self, user: &str, since: u64, limit: usize) -> Result<(Vec<StoredDocument>, u64), StorageError> {
+        if self.pulls_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            return Err(StorageError::Damaged);
+        }
+        self.inner.pull(user, since, limit)
+    }
+    fn push(&self, user: &str, document: PushedDocument) -> Result<PushOutcome, StorageError> {
+        if self.pushes_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            return Err(StorageError::Damaged);
+        }
+        self.inner.push(user, document)
+    }
+    fn has_blob(&self, user: &str, id: &[u8]) -> Result<bool, StorageError> {
+        self.inner.has_blob(user, id)
+    }
+    fn put_blob(&self, user: &str, id: &[u8], data: &[u8]) -> Result<(), StorageError> {
+        self.inner.put_blob(user, id, data)
+    }
+    fn get_blob(&self, user: &str, id: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get_blob(user, id)
+    }
+    fn secrets(&self, user: &str) -> Result<Option<(Vec<u8>, u64)>, StorageError> {
+        self.inner.secrets(user)
+    }
+    fn put_secrets(&self, user: &str, blob: &[u8], expected_version: u64) -> Result<u64, StorageError> {
+        self.inner.put_secrets(user, blob, expected_version)
+    }
+}
+
+struct Provider {
+    url: String,
+    ca_pem: String,
+    token: String,
+    storage: Arc<Flaky>,
+    _dir: tempfile::TempDir,
+}
+
+async fn provider() -> Provider {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate =
+        rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().signed_by(&key, &issuer).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Flaky {
+        inner: SledStorage::open(dir.path()).unwrap(),
+        pulls_left: AtomicUsize::new(usize::MAX),
+        pushes_left: AtomicUsize::new(usize::MAX),
+    });
+    let sessions = Arc::new(Sessions::default());
+    let token = sessions.issue("alice", Duration::from_secs(3600));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tonic::transport::Server::builder()
+        .tls_config(server_tls(certificate.pem().as_bytes(), key.serialize_pem().as_bytes()))
+        .unwrap()
+        .add_service(SyncEndpointServer::new(SyncService::new(storage.clone(), sessions)));
+    tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    Provider { url: format!("https://localhost:{port}"), ca_pem: ca.pem(), token, storage, _dir: dir }
+}
+
+struct Device {
+    _world: World,
+    _process: KillOnDrop,
+    client: StoreClient<Channel>,
+}
+
+async fn device(provider: &Provider) -> Device {
+    let world = World::new();
+    let mut process = world.spawn_service("bitmask-store", ACCOUNT);
+    let socket = world.socket(ACCOUNT, "store");
+    world.wait_for_socket(&socket, &mut process);
+    let mut client = StoreClient::new(bitmask_runtime::client::connect_unix(&socket).await.unwrap());
+    let configure = pb::ConfigureSyncRequest {
+        url: provider.url.clone(),
+        ca_certificate_pem: provider.ca_pem.clone(),
+        user: "alice".into(),
+        session_token: provider.token.clone(),
+        interval_seconds: 3600,
+    };
+    client.configure_sync(configure).await.unwrap();
+    Device { _world: world, _process: process, client }
+}
+
+async fn declare(client: &mut StoreClient<Channel>) {
+    let collection = pb::CollectionDefinition {
+        name: "meta".into(),
+        conflict_policy: pb::ConflictPolicy::MergeSets.into(),
+        local_only: false,
+    };
+    client.declare_collection(collection).await.unwrap();
+    let index = pb::IndexDefinition { name: "all".into(), collection: "meta".into(), fields: vec![], unique: false };
+    client.declare_index(index).await.unwrap();
+}
+
+/// Runs a sync and returns its last progress message, or the error.
+async fn sync(client: &mut StoreClient<Channel>) -> Result<pb::SyncProgress, tonic::Status> {
+    let mut stream = client.sync(pb::SyncRequest { if_idle: false }).await?.into_inner();
+    let mut last = None;
+    while let Some(progress) = stream.message().await? {
+        last = Some(progress);
+    }
+    last.ok_or_else(|| tonic::Status::internal("no progress"))
+}
+
+async fn all(client: &mut StoreClient<Channel>) -> Vec<(String, Vec<u8>)> {
+    let page = client.query(pb::QueryRequest { index: "all".into(), ..Default::default() }).await.unwrap().into_inner();
+    let mut documents: Vec<_> = page.documents.into_iter().map(|document| (document.id, document.content)).collect();
+    documents.sort();
+    documents
+}
+
+fn put(id: &str, content: serde_json::Value) -> pb::PutRequest {
+    pb::PutRequest {
+        id: id.into(),
+        collection: "meta".into(),
+        content: content.to_string().into_bytes(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_device_recovers_from_the_passphrase_and_both_converge() {
+    let provider = provider().await;
+    let mut one = device(&provider).await;
+    one.client.initialize(pb::InitializeRequest { passphrase: PASSPHRASE.into(), from_provider: false }).await.unwrap();
+    declare(&mut one.client).await;
+    for n in 0..300 {
+        one.client.put(put(&format!("m/{n}"), serde_json::json!({"n": n, "flags": []}))).await.unwrap();
+    }
+    let done = sync(&mut one.client).await.unwrap();
+    assert_eq!(done.phase(), pb::sync_progress::Phase::Done);
+    assert!(done.message.contains("sent 300"), "{}", done.message);
+
+    let mut two = device(&provider).await;
+    let wrong = pb::InitializeRequest { passphrase: "wrong".into(), from_provider: true };
+    assert_eq!(two.client.initialize(wrong).await.unwrap_err().code(), Code::Unauthenticated);
+    let state = two.client.get_state(pb::GetStateRequest {}).await.unwrap().into_inner();
+    assert_eq!(state.state(), pb::store_state::State::Uninitialized, "a wrong passphrase changes nothing");
+    two.client.initialize(pb::InitializeRequest { passphrase: PASSPHRASE.into(), from_provider: true }).await.unwrap();
+    declare(&mut two.client).await;
+    let mut watch = two
+        .client
+        .watch(pb::WatchRequest { collections: vec![], since_sequence: None, include_content: false })
+        .await
+        .unwrap()
+        .into_inner();
+    sync(&mut two.client).await.unwrap();
+    assert_eq!(all(&mut two.client).await, all(&mut one.client).await);
+    assert_eq!(all(&mut two.client).await.len(), 300);
+    let change = watch.message().await.unwrap().unwrap();
+    assert_eq!(change.origin(), pb::change::Origin::Sync, "watchers learn of synced documents");
+
+    // Both edit the same flags while apart; a deletion on one side.
+    one.client.put(put("m/1", serde_json::json!({"n": 1, "flags": ["\\Seen"]}))).await.unwrap();
+    two.client.put(put("m/1", serde_json::json!({"n": 1, "flags": ["\\Flagged"]}))).await.unwrap();
+    two.client.delete(pb::DeleteRequest { id: "m/2".into(), expected_rev: String::new() }).await.unwrap();
+    sync(&mut one.client).await.unwrap();
+    sync(&mut two.client).await.unwrap();
+    sync(&mut one.client).await.unwrap();
+    let one_docs = all(&mut one.client).await;
+    assert_eq!(one_docs, all(&mut two.client).await);
+    assert_eq!(one_docs.len(), 299);
+    let merged: serde_json::Value =
+        serde_json::from_slice(&one_docs.iter().find(|(id, _)| id == "m/1").unwrap().1).unwrap();
+    let mut flags: Vec<String> = serde_json::from_value(merged["flags"].clone()).unwrap();
+    flags.sort();
+    assert_eq!(flags, ["\\Flagged", "\\Seen"]);
+
+    let status = one.client.get_sync_status(pb::GetSyncStatusRequest {}).await.unwrap().into_inner();
+    assert!(status.configured && status.last_result.starts_with("ok"), "{status:?}");
+    assert_eq!(status.pending_local_changes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_cut_off_half_way_resumes_without_loss_or_duplicates() {
+    let provider = provider().await;
+    let mut one = device(&provider).await;
+    one.client.initialize(pb::InitializeRequest { passphrase: PASSPHRASE.into(), from_provider: false }).await.unwrap();
+    declare(&mut one.client).await;
+    for n in 0..1200 {
+        one.client.put(put(&format!("m/{n}"), serde_json::json!({"n": n}))).await.unwrap();
+    }
+    // The push breaks after 700 documents.
+    provider.storage.pushes_left.store(700, Ordering::SeqCst);
+    assert!(sync(&mut one.client).await.is_err());
+    provider.storage.pushes_left.store(usize::MAX, Ordering::SeqCst);
+    sync(&mut one.client).await.unwrap();
+    let (stored, generation) = provider.storage.inner.pull("alice", 0, 0).unwrap();
+    assert_eq!((stored.len(), generation), (1200, 1200), "each document stored once");
+
+    // The pull breaks after the first batch of 500.
+    let mut two = device(&provider).await;
+    two.client.initialize(pb::InitializeRequest { passphrase: PASSPHRASE.into(), from_provider: true }).await.unwrap();
+    declare(&mut two.client).await;
+    provider.storage.pulls_left.store(1, Ordering::SeqCst);
+    assert!(sync(&mut two.client).await.is_err());
+    assert_eq!(all(&mut two.client).await.len(), 500, "the first batch arrived before the cut");
+    provider.storage.pulls_left.store(usize::MAX, Ordering::SeqCst);
+    sync(&mut two.client).await.unwrap();
+    assert_eq!(all(&mut two.client).await, all(&mut one.client).await);
+    assert_eq!(provider.storage.inner.pull("alice", 0, 0).unwrap().1, 1200, "nothing was pushed back twice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_ca_is_refused_and_sync_needs_a_configuration() {
+    let provider = provider().await;
+    let world = World::new();
+    let mut process = world.spawn_service("bitmask-store", ACCOUNT);
+    let socket = world.socket(ACCOUNT, "store");
+    world.wait_for_socket(&socket, &mut process);
+    let mut client = StoreClient::new(bitmask_runtime::client::connect_unix(&socket).await.unwrap());
+    client.initialize(pb::InitializeRequest { passphrase: PASSPHRASE.into(), from_provider: false }).await.unwrap();
+    assert_eq!(sync(&mut client).await.unwrap_err().code(), Code::FailedPrecondition);
+    let bad = pb::ConfigureSyncRequest { url: "http://localhost:1".into(), ..Default::default() };
+    assert_eq!(client.configure_sync(bad).await.unwrap_err().code(), Code::InvalidArgument);
+
+    // A CA of someone else: the provider's certificate does not verify.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = other_params.self_signed(&other_key).unwrap();
+    let configure = pb::ConfigureSyncRequest {
+        url: provider.url.clone(),
+        ca_certificate_pem: other_ca.pem(),
+        user: "alice".into(),
+        session_token: provider.token.clone(),
+        interval_seconds: 3600,
+    };
+    client.configure_sync(configure).await.unwrap();
+    let refused = sync(&mut client).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // A wrong session token: the provider says who is wrong.
+    let configure = pb::ConfigureSyncRequest {
+        url: provider.url.clone(),
+        ca_certificate_pem: provider.ca_pem.clone(),
+        user: "alice".into(),
+        session_token: "stolen".into(),
+        interval_seconds: 3600,
+    };
+    client.configure_sync(configure).await.unwrap();
+    assert_eq!(sync(&mut client).await.unwrap_err().code(), Code::Unauthenticated);
+}
