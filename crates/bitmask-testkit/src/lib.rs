@@ -244,3 +244,49 @@ pub fn check_service_cli(binary: &str) {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(text(&output).contains("cannot prepare socket directory"), "{}", text(&output));
 }
+
+/// A sync endpoint over TLS on loopback, as a provider serves it: its own CA,
+/// a certificate for `localhost`, and a session token for user "alice".
+#[derive(Debug)]
+pub struct TestProvider {
+    pub url: String,
+    pub ca_pem: String,
+    pub token: String,
+    pub sessions: std::sync::Arc<bitmask_sync_endpoint::Sessions>,
+}
+
+impl TestProvider {
+    /// Serves `storage` on a free port; call inside a Tokio runtime.
+    pub async fn start(storage: std::sync::Arc<dyn bitmask_sync_endpoint::SyncStorage>) -> Self {
+        use bitmask_proto::sync::v1::sync_endpoint_server::SyncEndpointServer;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate =
+            rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().signed_by(&key, &issuer).unwrap();
+        let sessions = std::sync::Arc::new(bitmask_sync_endpoint::Sessions::default());
+        let token = sessions.issue("alice", Duration::from_secs(3600));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tls = bitmask_sync_endpoint::server_tls(certificate.pem().as_bytes(), key.serialize_pem().as_bytes());
+        let service = bitmask_sync_endpoint::SyncService::new(storage, sessions.clone());
+        let server =
+            tonic::transport::Server::builder().tls_config(tls).unwrap().add_service(SyncEndpointServer::new(service));
+        tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+        Self { url: format!("https://localhost:{port}"), ca_pem: ca.pem(), token, sessions }
+    }
+
+    /// The request that points a store at this provider as "alice".
+    pub fn configure_request(&self) -> bitmask_proto::store::v1::ConfigureSyncRequest {
+        bitmask_proto::store::v1::ConfigureSyncRequest {
+            url: self.url.clone(),
+            ca_certificate_pem: self.ca_pem.clone(),
+            user: "alice".into(),
+            session_token: self.token.clone(),
+            interval_seconds: 3600,
+        }
+    }
+}

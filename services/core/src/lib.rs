@@ -126,6 +126,33 @@ pub struct CoreService {
     passphrases: Passphrases,
 }
 
+impl CoreService {
+    /// Fails unless the account's services run.
+    fn running_store(&self, address: &str) -> Result<(), Status> {
+        let status = self.supervisor.status(Some(address)).map_err(status_of)?;
+        if status.first().is_none_or(|status| status.state == AccountState::Stopped) {
+            return Err(Status::failed_precondition(format!("account {address} is stopped: start it first")));
+        }
+        Ok(())
+    }
+
+    /// Adds the store's last sync to a running account's status.
+    async fn with_sync_status(&self, mut status: pb::AccountStatus) -> pb::AccountStatus {
+        if status.state() == pb::AccountState::Stopped {
+            return status;
+        }
+        let query = async {
+            let mut store = store_client(self.supervisor.paths(), &status.address).await.ok()?;
+            store.get_sync_status(store_pb::GetSyncStatusRequest {}).await.ok().map(tonic::Response::into_inner)
+        };
+        if let Ok(Some(sync)) = tokio::time::timeout(std::time::Duration::from_secs(1), query).await {
+            status.last_sync_time = sync.last_sync_time;
+            status.last_sync_result = sync.last_result;
+        }
+        status
+    }
+}
+
 fn status_of(error: SupervisorError) -> Status {
     let message = error.to_string();
     match error {
@@ -309,6 +336,7 @@ fn required(address: String) -> Result<String, Status> {
 }
 
 type StatusStream = tonic::codegen::BoxStream<pb::AccountStatus>;
+type SyncStream = tonic::codegen::BoxStream<store_pb::SyncProgress>;
 
 #[tonic::async_trait]
 impl Core for CoreService {
@@ -397,10 +425,7 @@ impl Core for CoreService {
             }
             _ => return Err(Status::invalid_argument("give the current passphrase or the recovery code")),
         };
-        let running = self.supervisor.status(Some(&address)).map_err(status_of)?;
-        if running.first().is_none_or(|status| status.state == AccountState::Stopped) {
-            return Err(Status::failed_precondition(format!("account {address} is stopped: start it first")));
-        }
+        self.running_store(&address)?;
         let mut store = store_client(self.supervisor.paths(), &address).await?;
         let request = store_pb::ChangePassphraseRequest {
             credential: Some(credential),
@@ -414,14 +439,26 @@ impl Core for CoreService {
         Ok(Response::new(pb::ChangePassphraseResponse {}))
     }
 
+    async fn sync(&self, request: Request<pb::SyncRequest>) -> Result<Response<SyncStream>, Status> {
+        let address = required(request.into_inner().address)?;
+        self.running_store(&address)?;
+        let mut store = store_client(self.supervisor.paths(), &address).await?;
+        let progress = store.sync(store_pb::SyncRequest { if_idle: false }).await?.into_inner();
+        Ok(Response::new(Box::pin(progress)))
+    }
+
     async fn get_status(
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let address = non_empty(request.into_inner().address);
         let accounts = self.supervisor.status(address.as_deref()).map_err(status_of)?;
+        let mut with_sync = Vec::with_capacity(accounts.len());
+        for account in accounts {
+            with_sync.push(self.with_sync_status(self.passphrases.status_to_pb(account)).await);
+        }
         Ok(Response::new(pb::GetStatusResponse {
-            accounts: accounts.into_iter().map(|account| self.passphrases.status_to_pb(account)).collect(),
+            accounts: with_sync,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
         }))

@@ -39,6 +39,8 @@ enum Command {
     /// Add, list, start, stop and remove accounts
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Sync the account's store with its provider now, showing progress
+    Sync { address: String },
     /// Every account (or one) and the state of each of its services
     Status {
         address: Option<String>,
@@ -169,6 +171,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Account(AccountCommand::Passphrase { .. }) => "account passphrase",
         Command::Account(AccountCommand::Remove { .. }) => "account remove",
         Command::Status { .. } => "status",
+        Command::Sync { .. } => "sync",
     }
 }
 
@@ -319,6 +322,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Account(AccountCommand::Remove { address, purge }) => {
             core.remove_account(pb::RemoveAccountRequest { address: address.clone(), purge_data: purge }).await?;
             output::removed(&address, purge, json);
+        }
+        Command::Sync { address } => {
+            let mut progress = core.sync(pb::SyncRequest { address: address.clone() }).await?.into_inner();
+            let mut printer = output::SyncPrinter::new(json);
+            while let Some(update) = progress.message().await? {
+                printer.update(&update);
+            }
+            printer.finish();
         }
         Command::Status { address, watch: false } => {
             let request = pb::GetStatusRequest { address: address.unwrap_or_default() };

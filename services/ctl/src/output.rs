@@ -68,6 +68,10 @@ struct AccountStatusView<'a> {
     address: &'a str,
     state: &'static str,
     locked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_sync: Option<String>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    last_sync_result: &'a str,
     imap_port: u32,
     smtp_port: u32,
     services: Vec<ServiceView<'a>>,
@@ -117,6 +121,11 @@ impl<'a> From<&'a pb::AccountStatus> for AccountStatusView<'a> {
             address: &status.address,
             state: account_state(status.state()),
             locked: status.locked,
+            last_sync: status.last_sync_time.as_ref().and_then(|time| SystemTime::try_from(*time).ok()).map(|time| {
+                let seconds = SystemTime::now().duration_since(time).unwrap_or(Duration::ZERO).as_secs();
+                format!("{seconds}s ago")
+            }),
+            last_sync_result: &status.last_sync_result,
             imap_port: status.imap_port,
             smtp_port: status.smtp_port,
             services: status
@@ -258,6 +267,9 @@ pub fn status(accounts: &[pb::AccountStatus], json: bool) {
             "{}  {}  (IMAP port {}, SMTP port {}{lock})",
             view.address, view.state, view.imap_port, view.smtp_port
         );
+        if let Some(when) = &view.last_sync {
+            println!("  last sync {when}: {}", view.last_sync_result);
+        }
         let mut rows =
             vec![["SERVICE", "STATE", "PID", "RESTARTS", "PORT", "SOCKET", "LAST EXIT"].map(String::from).to_vec()];
         for service in &view.services {
@@ -279,6 +291,66 @@ pub fn status(accounts: &[pb::AccountStatus], json: bool) {
         for service in view.services.iter().filter(|service| !service.message.is_empty() && service.state != "serving")
         {
             println!("  {} log: {}", service.service, service.message.replace('\n', "\n    "));
+        }
+    }
+}
+
+/// Shows sync progress: one updating line on a terminal, plain lines (or
+/// JSON lines) otherwise.
+#[derive(Debug)]
+pub struct SyncPrinter {
+    json: bool,
+    terminal: bool,
+    last: Option<bitmask_proto::store::v1::SyncProgress>,
+}
+
+impl SyncPrinter {
+    pub fn new(json: bool) -> Self {
+        Self { json, terminal: !json && std::io::IsTerminal::is_terminal(&std::io::stdout()), last: None }
+    }
+
+    pub fn update(&mut self, update: &bitmask_proto::store::v1::SyncProgress) {
+        use bitmask_proto::store::v1::sync_progress::Phase;
+        let phase = match update.phase() {
+            Phase::Connecting => "connecting",
+            Phase::Sending => "sending",
+            Phase::Receiving => "receiving",
+            Phase::Blobs => "blobs",
+            Phase::Done => "done",
+            Phase::Unspecified => "working",
+        };
+        if self.json {
+            let line = serde_json::json!({
+                "phase": phase, "documents_done": update.documents_done, "documents_total": update.documents_total,
+                "message": update.message,
+            });
+            println!("{line}");
+        } else {
+            let count = match update.documents_total {
+                0 => format!("{}", update.documents_done),
+                total => format!("{}/{total}", update.documents_done),
+            };
+            let bar = match update.documents_total {
+                0 => String::new(),
+                total => {
+                    let filled = (update.documents_done.min(total) * 20 / total) as usize;
+                    format!("[{}{}] ", "#".repeat(filled), ".".repeat(20 - filled))
+                }
+            };
+            let text = format!("{phase:<10} {bar}{count} documents {}", update.message);
+            if self.terminal {
+                print!("\r\x1b[2K{text}");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            } else {
+                println!("{}", text.trim_end());
+            }
+        }
+        self.last = Some(update.clone());
+    }
+
+    pub fn finish(&self) {
+        if self.terminal {
+            println!();
         }
     }
 }

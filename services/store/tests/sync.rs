@@ -7,16 +7,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bitmask_proto::store::v1 as pb;
 use bitmask_proto::store::v1::store_client::StoreClient;
-use bitmask_proto::sync::v1::sync_endpoint_server::SyncEndpointServer;
-use bitmask_sync_endpoint::{
-    PushOutcome, PushedDocument, Sessions, SledStorage, StorageError, StoredDocument, SyncService, SyncStorage,
-    server_tls,
-};
-use bitmask_testkit::{KillOnDrop, World};
+use bitmask_sync_endpoint::{PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument, SyncStorage};
+use bitmask_testkit::{KillOnDrop, TestProvider, World};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -63,39 +58,19 @@ impl SyncStorage for Flaky {
 }
 
 struct Provider {
-    url: String,
-    ca_pem: String,
-    token: String,
+    test: TestProvider,
     storage: Arc<Flaky>,
     _dir: tempfile::TempDir,
 }
 
 async fn provider() -> Provider {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let certificate =
-        rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().signed_by(&key, &issuer).unwrap();
-
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(Flaky {
         inner: SledStorage::open(dir.path()).unwrap(),
         pulls_left: AtomicUsize::new(usize::MAX),
         pushes_left: AtomicUsize::new(usize::MAX),
     });
-    let sessions = Arc::new(Sessions::default());
-    let token = sessions.issue("alice", Duration::from_secs(3600));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tonic::transport::Server::builder()
-        .tls_config(server_tls(certificate.pem().as_bytes(), key.serialize_pem().as_bytes()))
-        .unwrap()
-        .add_service(SyncEndpointServer::new(SyncService::new(storage.clone(), sessions)));
-    tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
-    Provider { url: format!("https://localhost:{port}"), ca_pem: ca.pem(), token, storage, _dir: dir }
+    Provider { test: TestProvider::start(storage.clone()).await, storage, _dir: dir }
 }
 
 struct Device {
@@ -110,14 +85,7 @@ async fn device(provider: &Provider) -> Device {
     let socket = world.socket(ACCOUNT, "store");
     world.wait_for_socket(&socket, &mut process);
     let mut client = StoreClient::new(bitmask_runtime::client::connect_unix(&socket).await.unwrap());
-    let configure = pb::ConfigureSyncRequest {
-        url: provider.url.clone(),
-        ca_certificate_pem: provider.ca_pem.clone(),
-        user: "alice".into(),
-        session_token: provider.token.clone(),
-        interval_seconds: 3600,
-    };
-    client.configure_sync(configure).await.unwrap();
+    client.configure_sync(provider.test.configure_request()).await.unwrap();
     Device { _world: world, _process: process, client }
 }
 
@@ -259,24 +227,13 @@ async fn a_wrong_ca_is_refused_and_sync_needs_a_configuration() {
     let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let other_ca = other_params.self_signed(&other_key).unwrap();
-    let configure = pb::ConfigureSyncRequest {
-        url: provider.url.clone(),
-        ca_certificate_pem: other_ca.pem(),
-        user: "alice".into(),
-        session_token: provider.token.clone(),
-        interval_seconds: 3600,
-    };
+    let configure =
+        pb::ConfigureSyncRequest { ca_certificate_pem: other_ca.pem(), ..provider.test.configure_request() };
     client.configure_sync(configure).await.unwrap();
     let refused = sync(&mut client).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     // A wrong session token: the provider says who is wrong.
-    let configure = pb::ConfigureSyncRequest {
-        url: provider.url.clone(),
-        ca_certificate_pem: provider.ca_pem.clone(),
-        user: "alice".into(),
-        session_token: "stolen".into(),
-        interval_seconds: 3600,
-    };
+    let configure = pb::ConfigureSyncRequest { session_token: "stolen".into(), ..provider.test.configure_request() };
     client.configure_sync(configure).await.unwrap();
     assert_eq!(sync(&mut client).await.unwrap_err().code(), Code::Unauthenticated);
 }
