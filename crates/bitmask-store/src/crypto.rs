@@ -214,11 +214,16 @@ pub fn open_with(secret: &[u8; 32], label: &[u8], sealed: &[u8]) -> Result<Zeroi
 }
 
 /// The padded size for `len` bytes of plaintext (plus the 4-byte length):
-/// powers of two from 256 bytes to 64 KiB, then multiples of 64 KiB.
+/// at least 256 bytes, then the next multiple of a sixteenth of the next
+/// power of two: at most 12.5 % more, and only about four bits of the size
+/// show.
 pub fn padded_len(len: usize) -> usize {
     let framed = len + 4;
-    const STEP: usize = 64 * 1024;
-    if framed <= STEP { framed.next_power_of_two().max(256) } else { framed.div_ceil(STEP) * STEP }
+    if framed <= 256 {
+        return 256;
+    }
+    let step = framed.next_power_of_two() / 16;
+    framed.div_ceil(step) * step
 }
 
 fn pad(plaintext: &[u8]) -> Vec<u8> {
@@ -269,11 +274,13 @@ mod tests {
         let longer = keys.seal(b"k", b"", &[b'a'; 200]);
         assert_eq!(short.len(), longer.len());
         assert_eq!(padded_len(0), 256);
-        assert_eq!(padded_len(300), 512);
-        assert_eq!(padded_len(20_000), 32 * 1024);
-        assert_eq!(padded_len(70_000), 128 * 1024);
-        for len in [0, 1, 252, 253, 5000, 65532, 65533, 200_000] {
+        assert_eq!(padded_len(300), 320);
+        assert_eq!(padded_len(20_000), 20 * 1024);
+        assert_eq!(padded_len(20_481), 22 * 1024);
+        assert_eq!(padded_len(70_000), 72 * 1024);
+        for len in [0, 1, 252, 253, 5000, 65532, 65533, 200_000, 1 << 20] {
             assert!(padded_len(len) >= len + 4);
+            assert!(padded_len(len) <= (len + 4) * 9 / 8 + 256, "{len}");
             let sealed = keys.seal(b"k", b"", &vec![7u8; len]);
             assert_eq!(keys.open(b"k", b"", &sealed).unwrap().len(), len);
         }

@@ -308,6 +308,10 @@ impl Store {
         lock(&self.writer)
     }
 
+    pub(crate) fn changes_tree(&self) -> &sled::Tree {
+        &self.changes
+    }
+
     pub(crate) fn documents_tree(&self) -> &sled::Tree {
         &self.documents
     }

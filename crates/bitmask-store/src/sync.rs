@@ -100,18 +100,17 @@ impl Store {
         let keys = &unlocked.keys;
         let since = meta_u64(self, PUSHED)?;
         let mut out = Vec::new();
-        for change in self.changes_since(since, 0)? {
+        for entry in self.changes_tree().range(since.saturating_add(1).to_be_bytes()..) {
             if limit != 0 && out.len() >= limit {
                 break;
             }
-            let local_only =
-                unlocked.schema.collections.get(&change.document.collection).is_some_and(|def| def.local_only);
+            let (_, storage_key) = entry?;
+            let Some(record) = self.documents_tree().get(&storage_key)? else { continue };
+            let record = open_document(keys, &storage_key, &record)?;
+            let local_only = unlocked.schema.collections.get(&record.collection).is_some_and(|def| def.local_only);
             if local_only {
                 continue;
             }
-            let storage_key = keys.document_key(&change.document.id);
-            let Some(record) = self.documents_tree().get(storage_key)? else { continue };
-            let record = open_document(keys, &storage_key, &record)?;
             if record.synced_rev.as_deref() == Some(record.rev.as_str()) {
                 continue; // it came from the provider
             }

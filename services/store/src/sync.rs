@@ -25,6 +25,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// Local writes are pushed this long after the last one.
 pub const DEBOUNCE: Duration = Duration::from_secs(1);
 const ROUNDS: usize = 3;
+/// Documents per push message stream.
+const PUSH_BATCH: usize = 500;
 
 #[derive(Clone, Serialize, Deserialize)]
 pub struct SyncConfig {
@@ -159,13 +161,14 @@ pub async fn run(
     }
     let (mut sent, mut received) = (0u64, 0u64);
     for _ in 0..ROUNDS {
-        // Push.
-        let outgoing = blocking(store, |store| store.outgoing(0)).await?;
-        let up_to = outgoing.iter().map(|document| document.sequence).max().unwrap_or(0);
-        let total = outgoing.len() as u64;
-        report(progress(pb::sync_progress::Phase::Sending, 0, total, "")).await;
+        // Push, in batches: the outgoing changes are read and sealed a batch at a time.
         let mut conflicts = Vec::new();
-        if !outgoing.is_empty() {
+        loop {
+            let outgoing = blocking(store, |store| store.outgoing(PUSH_BATCH)).await?;
+            if outgoing.is_empty() {
+                break;
+            }
+            let up_to = outgoing.iter().map(|document| document.sequence).max().unwrap_or(0);
             let header = sync_pb::PushRequest {
                 item: Some(sync_pb::push_request::Item::Header(sync_pb::PushHeader { device: String::new() })),
             };
@@ -181,14 +184,15 @@ pub async fn run(
             });
             let requests: Vec<_> = std::iter::once(header).chain(documents).collect();
             let reply = client.push(tokio_stream::iter(requests)).await?.into_inner();
-            conflicts = reply.conflicts;
-            let rejected: Vec<&[u8]> = conflicts.iter().map(|conflict| conflict.id.as_slice()).collect();
+            let rejected: Vec<&[u8]> = reply.conflicts.iter().map(|conflict| conflict.id.as_slice()).collect();
             let accepted: Vec<_> =
                 outgoing.iter().filter(|document| !rejected.contains(&document.id.as_slice())).cloned().collect();
             sent += accepted.len() as u64;
             blocking(store, move |store| store.mark_pushed(&accepted, up_to)).await?;
-            report(progress(pb::sync_progress::Phase::Sending, total, total, "")).await;
+            conflicts.extend(reply.conflicts);
+            report(progress(pb::sync_progress::Phase::Sending, sent, 0, "")).await;
         }
+        // Conflicts come back merged as new local changes, pushed next round.
         for conflict in conflicts {
             let Some(current) = conflict.current else { continue };
             apply(store, current, publish).await?;
