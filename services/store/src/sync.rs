@@ -150,14 +150,20 @@ pub async fn run(
     };
     report(progress(pb::sync_progress::Phase::Connecting, 0, 0, config.url.clone())).await;
     let mut client = connect(config).await?;
-    // The secrets go to the provider once, so a new device can recover.
-    if let Err(status) = client.get_secrets(sync_pb::GetSecretsRequest {}).await {
-        if status.code() != tonic::Code::NotFound {
-            return Err(status);
+    // The provider keeps the sealed secrets, so a new device can recover;
+    // after a passphrase change they differ and are replaced.
+    let local_secrets = blocking(store, |store| store.export_secrets()).await?;
+    let (remote_secrets, version) = match client.get_secrets(sync_pb::GetSecretsRequest {}).await {
+        Ok(secrets) => {
+            let secrets = secrets.into_inner();
+            (Some(secrets.blob), secrets.version)
         }
-        let backup = blocking(store, |store| store.export_secrets()).await?;
-        let secrets = sync_pb::SealedSecrets { blob: backup, version: 0 };
-        client.put_secrets(sync_pb::PutSecretsRequest { secrets: Some(secrets), expected_version: 0 }).await?;
+        Err(status) if status.code() == tonic::Code::NotFound => (None, 0),
+        Err(status) => return Err(status),
+    };
+    if remote_secrets.as_deref() != Some(local_secrets.as_slice()) {
+        let secrets = sync_pb::SealedSecrets { blob: local_secrets, version: 0 };
+        client.put_secrets(sync_pb::PutSecretsRequest { secrets: Some(secrets), expected_version: version }).await?;
     }
     let (mut sent, mut received) = (0u64, 0u64);
     for _ in 0..ROUNDS {
