@@ -21,7 +21,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::Store;
-use crate::store::{DocumentRecord, Pending, null, numbered_rev, open_document, read, rev_number, u64_from};
+use crate::store::{DocumentRecord, Pending, Unlocked, null, numbered_rev, open_document, read, rev_number, u64_from};
 use crate::types::{Change, ConflictPolicy, StoreError};
 
 const SYNC_CONTEXT: &[u8] = b"sync";
@@ -176,104 +176,133 @@ impl Store {
         let _writer = self.writer_lock();
         let unlocked = self.unlocked()?;
         let unlocked = read(&unlocked);
-        let keys = &unlocked.keys;
-        let storage_key: [u8; 32] =
-            remote.id.as_slice().try_into().map_err(|_| StoreError::Corrupt("synced document id"))?;
-        let mut context = SYNC_CONTEXT.to_vec();
-        context.extend_from_slice(&remote.rev);
-        // Sealed under this id and this revision tag: a swapped, altered or
-        // re-labelled document does not open.
-        let plain =
-            keys.open(&storage_key, &context, &remote.sealed).map_err(|_| StoreError::Corrupt("synced document"))?;
-        let payload: Payload = serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("synced document"))?;
-        if keys.document_key(&payload.id) != storage_key || keys.rev_tag(&storage_key, &payload.rev) != remote.rev {
-            return Err(StoreError::Corrupt("synced document"));
-        }
-
         let mut pending = Pending::new(self, &unlocked)?;
-        let local = pending.current(storage_key)?;
-        let Some(local) = local else {
-            let record = remote_record(payload);
-            pending.replace(storage_key, record)?;
-            return Ok(RemoteOutcome::Applied(single(pending.commit()?)?));
-        };
-        if local.rev == payload.rev {
-            return Ok(RemoteOutcome::Unchanged);
+        Ok(match take_remote(&mut pending, &unlocked, remote)? {
+            Taken::Unchanged => RemoteOutcome::Unchanged,
+            Taken::Applied => RemoteOutcome::Applied(single(pending.commit()?)?),
+            Taken::Merged => RemoteOutcome::Merged(single(pending.commit()?)?),
+        })
+    }
+
+    /// Takes in a batch of documents from the provider in one transaction
+    /// (one flush); any refused document refuses the batch. Returns the
+    /// changes made.
+    pub fn apply_remote_batch(&self, remotes: &[RemoteDocument]) -> Result<Vec<Change>, StoreError> {
+        let _writer = self.writer_lock();
+        let unlocked = self.unlocked()?;
+        let unlocked = read(&unlocked);
+        let mut pending = Pending::new(self, &unlocked)?;
+        for remote in remotes {
+            take_remote(&mut pending, &unlocked, remote)?;
         }
-        if let Some(synced) = &local.synced_rev {
-            let (known, offered) = (rev_number(synced), rev_number(&payload.rev));
-            if offered < known || (offered == known && *synced != payload.rev) {
-                return Err(StoreError::RolledBack { id: payload.id, known: synced.clone(), offered: payload.rev });
+        pending.commit()
+    }
+}
+
+/// What taking in a remote document did to the batch.
+enum Taken {
+    Unchanged,
+    Applied,
+    Merged,
+}
+
+fn take_remote(pending: &mut Pending<'_>, unlocked: &Unlocked, remote: &RemoteDocument) -> Result<Taken, StoreError> {
+    let keys = &unlocked.keys;
+    let storage_key: [u8; 32] =
+        remote.id.as_slice().try_into().map_err(|_| StoreError::Corrupt("synced document id"))?;
+    let mut context = SYNC_CONTEXT.to_vec();
+    context.extend_from_slice(&remote.rev);
+    // Sealed under this id and this revision tag: a swapped, altered or
+    // re-labelled document does not open.
+    let plain =
+        keys.open(&storage_key, &context, &remote.sealed).map_err(|_| StoreError::Corrupt("synced document"))?;
+    let payload: Payload = serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("synced document"))?;
+    if keys.document_key(&payload.id) != storage_key || keys.rev_tag(&storage_key, &payload.rev) != remote.rev {
+        return Err(StoreError::Corrupt("synced document"));
+    }
+
+    let local = pending.current(storage_key)?;
+    let Some(local) = local else {
+        let record = remote_record(payload);
+        pending.replace(storage_key, record)?;
+        return Ok(Taken::Applied);
+    };
+    if local.rev == payload.rev {
+        return Ok(Taken::Unchanged);
+    }
+    if let Some(synced) = &local.synced_rev {
+        let (known, offered) = (rev_number(synced), rev_number(&payload.rev));
+        if offered < known || (offered == known && *synced != payload.rev) {
+            return Err(StoreError::RolledBack { id: payload.id, known: synced.clone(), offered: payload.rev });
+        }
+    }
+    let local_edited = local.synced_rev.as_deref() != Some(local.rev.as_str());
+    if !local_edited {
+        let record = remote_record(payload);
+        pending.replace(storage_key, record)?;
+        return Ok(Taken::Applied);
+    }
+    // Both sides changed the document.
+    let policy = unlocked
+        .schema
+        .collections
+        .get(&payload.collection)
+        .map(|def| def.policy)
+        .unwrap_or(ConflictPolicy::LastWriterWins);
+    let number = rev_number(&local.rev).max(rev_number(&payload.rev)) + 1;
+    let merged = match policy {
+        ConflictPolicy::Immutable => {
+            if local.content.get() != payload.content.get() || local.deleted != payload.deleted {
+                return Err(StoreError::ImmutableConflict(payload.id));
             }
-        }
-        let local_edited = local.synced_rev.as_deref() != Some(local.rev.as_str());
-        if !local_edited {
             let record = remote_record(payload);
             pending.replace(storage_key, record)?;
-            return Ok(RemoteOutcome::Applied(single(pending.commit()?)?));
+            return Ok(Taken::Applied);
         }
-        // Both sides changed the document.
-        let policy = unlocked
-            .schema
-            .collections
-            .get(&payload.collection)
-            .map(|def| def.policy)
-            .unwrap_or(ConflictPolicy::LastWriterWins);
-        let number = rev_number(&local.rev).max(rev_number(&payload.rev)) + 1;
-        let merged = match policy {
-            ConflictPolicy::Immutable => {
-                if local.content.get() != payload.content.get() || local.deleted != payload.deleted {
-                    return Err(StoreError::ImmutableConflict(payload.id));
-                }
+        ConflictPolicy::LastWriterWins => {
+            let remote_wins = (payload.updated_ms, payload.rev.as_str()) > (local.updated_ms, local.rev.as_str());
+            if remote_wins {
                 let record = remote_record(payload);
                 pending.replace(storage_key, record)?;
-                return Ok(RemoteOutcome::Applied(single(pending.commit()?)?));
+                return Ok(Taken::Applied);
             }
-            ConflictPolicy::LastWriterWins => {
-                let remote_wins = (payload.updated_ms, payload.rev.as_str()) > (local.updated_ms, local.rev.as_str());
-                if remote_wins {
-                    let record = remote_record(payload);
-                    pending.replace(storage_key, record)?;
-                    return Ok(RemoteOutcome::Applied(single(pending.commit()?)?));
-                }
-                DocumentRecord {
-                    id: local.id.clone(),
-                    collection: local.collection.clone(),
-                    rev: numbered_rev(number),
-                    content: local.content.clone(),
-                    deleted: local.deleted,
-                    updated_ms: local.updated_ms,
-                    sequence: 0,
-                    synced_rev: Some(payload.rev.clone()),
-                    base: Some(payload.content.clone()),
-                }
+            DocumentRecord {
+                id: local.id.clone(),
+                collection: local.collection.clone(),
+                rev: numbered_rev(number),
+                content: local.content.clone(),
+                deleted: local.deleted,
+                updated_ms: local.updated_ms,
+                sequence: 0,
+                synced_rev: Some(payload.rev.clone()),
+                base: Some(payload.content.clone()),
             }
-            ConflictPolicy::MergeSets => {
-                let deleted = local.deleted || payload.deleted;
-                let content = if deleted {
-                    null()
-                } else {
-                    let parse = |raw: &RawValue| serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Null);
-                    let base = local.base.as_deref().map(parse).unwrap_or(Value::Null);
-                    let value = merge_sets(&base, &parse(&local.content), &parse(&payload.content));
-                    RawValue::from_string(value.to_string()).map_err(|_| StoreError::Corrupt("merge"))?
-                };
-                DocumentRecord {
-                    id: local.id.clone(),
-                    collection: local.collection.clone(),
-                    rev: numbered_rev(number),
-                    content,
-                    deleted,
-                    updated_ms: local.updated_ms.max(payload.updated_ms),
-                    sequence: 0,
-                    synced_rev: Some(payload.rev.clone()),
-                    base: Some(payload.content.clone()),
-                }
+        }
+        ConflictPolicy::MergeSets => {
+            let deleted = local.deleted || payload.deleted;
+            let content = if deleted {
+                null()
+            } else {
+                let parse = |raw: &RawValue| serde_json::from_str::<Value>(raw.get()).unwrap_or(Value::Null);
+                let base = local.base.as_deref().map(parse).unwrap_or(Value::Null);
+                let value = merge_sets(&base, &parse(&local.content), &parse(&payload.content));
+                RawValue::from_string(value.to_string()).map_err(|_| StoreError::Corrupt("merge"))?
+            };
+            DocumentRecord {
+                id: local.id.clone(),
+                collection: local.collection.clone(),
+                rev: numbered_rev(number),
+                content,
+                deleted,
+                updated_ms: local.updated_ms.max(payload.updated_ms),
+                sequence: 0,
+                synced_rev: Some(payload.rev.clone()),
+                base: Some(payload.content.clone()),
             }
-        };
-        pending.replace(storage_key, merged)?;
-        Ok(RemoteOutcome::Merged(single(pending.commit()?)?))
-    }
+        }
+    };
+    pending.replace(storage_key, merged)?;
+    Ok(Taken::Merged)
 }
 
 fn single(mut changes: Vec<Change>) -> Result<Change, StoreError> {

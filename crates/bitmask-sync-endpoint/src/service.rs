@@ -74,6 +74,32 @@ impl SyncService {
         })
     }
 
+    async fn store_batch(
+        &self,
+        user: &str,
+        batch: Vec<PushedDocument>,
+        reply: &mut pb::PushResponse,
+    ) -> Result<(), Status> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let writer = user.to_owned();
+        for outcome in self.blocking(move |storage| storage.push_many(&writer, batch)).await? {
+            match outcome {
+                PushOutcome::Accepted(generation) => {
+                    reply.accepted += 1;
+                    reply.generation = reply.generation.max(generation);
+                }
+                PushOutcome::Conflict(current) => {
+                    reply
+                        .conflicts
+                        .push(pb::Conflict { id: current.id.clone(), current: Some(document_to_pb(current)) });
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&dyn SyncStorage) -> Result<T, StorageError> + Send + 'static,
@@ -135,6 +161,8 @@ impl SyncEndpoint for SyncService {
         let mut stream = request.into_inner();
         let mut reply = pb::PushResponse::default();
         let mut device = String::new();
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
         while let Some(message) = stream.message().await? {
             let document = match message.item {
                 Some(pb::push_request::Item::Header(header)) => {
@@ -147,26 +175,21 @@ impl SyncEndpoint for SyncService {
             if document.id.is_empty() || document.rev.is_empty() {
                 return Err(Status::invalid_argument("a pushed document needs an id and a revision"));
             }
-            let pushed = PushedDocument {
+            batch_bytes += document.sealed.len();
+            batch.push(PushedDocument {
                 id: document.id,
                 rev: document.rev,
                 parent_rev: document.parent_rev,
                 sealed: document.sealed,
                 deleted: document.deleted,
-            };
-            let writer = user.clone();
-            match self.blocking(move |storage| storage.push(&writer, pushed)).await? {
-                PushOutcome::Accepted(generation) => {
-                    reply.accepted += 1;
-                    reply.generation = reply.generation.max(generation);
-                }
-                PushOutcome::Conflict(current) => {
-                    reply
-                        .conflicts
-                        .push(pb::Conflict { id: current.id.clone(), current: Some(document_to_pb(current)) });
-                }
+            });
+            // Stored (and flushed) together, a batch at a time.
+            if batch.len() >= MAX_BATCH || batch_bytes >= MAX_BLOB_BYTES {
+                self.store_batch(&user, std::mem::take(&mut batch), &mut reply).await?;
+                batch_bytes = 0;
             }
         }
+        self.store_batch(&user, batch, &mut reply).await?;
         tracing::info!(%device, accepted = reply.accepted, conflicts = reply.conflicts.len(), "push");
         Ok(Response::new(reply))
     }

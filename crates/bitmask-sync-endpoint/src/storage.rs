@@ -55,6 +55,10 @@ pub trait SyncStorage: Send + Sync + 'static {
     /// `limit` came back).
     fn pull(&self, user: &str, since: u64, limit: usize) -> Result<(Vec<StoredDocument>, u64), StorageError>;
     fn push(&self, user: &str, document: PushedDocument) -> Result<PushOutcome, StorageError>;
+    /// Several documents, durable together (one flush); by default one by one.
+    fn push_many(&self, user: &str, documents: Vec<PushedDocument>) -> Result<Vec<PushOutcome>, StorageError> {
+        documents.into_iter().map(|document| self.push(user, document)).collect()
+    }
     fn has_blob(&self, user: &str, id: &[u8]) -> Result<bool, StorageError>;
     fn put_blob(&self, user: &str, id: &[u8], data: &[u8]) -> Result<(), StorageError>;
     fn get_blob(&self, user: &str, id: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
@@ -117,60 +121,65 @@ impl SyncStorage for SledStorage {
     }
 
     fn push(&self, user: &str, document: PushedDocument) -> Result<PushOutcome, StorageError> {
+        let mut outcomes = self.push_many(user, vec![document])?;
+        outcomes.pop().ok_or(StorageError::Damaged)
+    }
+
+    fn push_many(&self, user: &str, pushed: Vec<PushedDocument>) -> Result<Vec<PushOutcome>, StorageError> {
         let (documents, generations, meta) =
             (self.tree(user, "documents")?, self.tree(user, "generations")?, self.tree(user, "meta")?);
         use sled::Transactional as _;
-        let outcome = (&documents, &generations, &meta)
+        let outcomes = (&documents, &generations, &meta)
             .transaction(|(tx_documents, tx_generations, tx_meta)| {
-                let current: Option<StoredDocument> = match tx_documents.get(&document.id)? {
-                    Some(bytes) => Some(
-                        serde_json::from_slice(&bytes)
-                            .map_err(|_| sled::transaction::ConflictableTransactionError::Abort(()))?,
-                    ),
-                    None => None,
-                };
-                // (No current version but a parent named: the client saw a version we lost; keep its own.)
-                match &current {
-                    // A retried push of what is already there: nothing new.
-                    Some(current) if current.rev == document.rev => {
-                        return Ok(PushOutcome::Accepted(current.generation));
-                    }
-                    Some(current) if current.rev != document.parent_rev => {
-                        return Ok(PushOutcome::Conflict(current.clone()));
-                    }
-                    _ => {}
-                }
-                let generation = match tx_meta.get(GENERATION)? {
-                    Some(bytes) => bytes
-                        .as_ref()
-                        .try_into()
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| sled::transaction::ConflictableTransactionError::Abort(()))?,
+                let abort = || sled::transaction::ConflictableTransactionError::Abort(());
+                let mut generation = match tx_meta.get(GENERATION)? {
+                    Some(bytes) => bytes.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| abort())?,
                     None => 0,
-                } + 1;
-                if let Some(current) = &current {
-                    tx_generations.remove(&current.generation.to_be_bytes())?;
-                }
-                let stored = StoredDocument {
-                    id: document.id.clone(),
-                    rev: document.rev.clone(),
-                    sealed: document.sealed.clone(),
-                    deleted: document.deleted,
-                    generation,
                 };
-                let bytes = serde_json::to_vec(&stored)
-                    .map_err(|_| sled::transaction::ConflictableTransactionError::Abort(()))?;
-                tx_documents.insert(document.id.as_slice(), bytes)?;
-                tx_generations.insert(&generation.to_be_bytes(), document.id.as_slice())?;
+                let mut outcomes = Vec::with_capacity(pushed.len());
+                for document in &pushed {
+                    let current: Option<StoredDocument> = match tx_documents.get(&document.id)? {
+                        Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|_| abort())?),
+                        None => None,
+                    };
+                    // (No current version but a parent named: the client saw a version we lost; keep its own.)
+                    match &current {
+                        // A retried push of what is already there: nothing new.
+                        Some(current) if current.rev == document.rev => {
+                            outcomes.push(PushOutcome::Accepted(current.generation));
+                            continue;
+                        }
+                        Some(current) if current.rev != document.parent_rev => {
+                            outcomes.push(PushOutcome::Conflict(current.clone()));
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    generation += 1;
+                    if let Some(current) = &current {
+                        tx_generations.remove(&current.generation.to_be_bytes())?;
+                    }
+                    let stored = StoredDocument {
+                        id: document.id.clone(),
+                        rev: document.rev.clone(),
+                        sealed: document.sealed.clone(),
+                        deleted: document.deleted,
+                        generation,
+                    };
+                    let bytes = serde_json::to_vec(&stored).map_err(|_| abort())?;
+                    tx_documents.insert(document.id.as_slice(), bytes)?;
+                    tx_generations.insert(&generation.to_be_bytes(), document.id.as_slice())?;
+                    outcomes.push(PushOutcome::Accepted(generation));
+                }
                 tx_meta.insert(GENERATION, &generation.to_be_bytes())?;
-                Ok(PushOutcome::Accepted(generation))
+                Ok(outcomes)
             })
             .map_err(|error: sled::transaction::TransactionError<()>| match error {
                 sled::transaction::TransactionError::Storage(error) => StorageError::Sled(error),
                 sled::transaction::TransactionError::Abort(()) => StorageError::Damaged,
             })?;
         self.db.flush()?;
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     fn has_blob(&self, user: &str, id: &[u8]) -> Result<bool, StorageError> {

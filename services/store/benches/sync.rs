@@ -60,7 +60,10 @@ fn body(n: usize) -> Vec<u8> {
 fn rates(label: &str, bytes: usize, elapsed: Duration) -> (f64, f64) {
     let documents_per_second = DOCUMENTS as f64 / elapsed.as_secs_f64();
     let megabytes_per_second = bytes as f64 / 1e6 / elapsed.as_secs_f64();
-    println!("{label:<58} {:>8.2} s {documents_per_second:>9.0} docs/s {megabytes_per_second:>8.1} MB/s", elapsed.as_secs_f64());
+    println!(
+        "{label:<58} {:>8.2} s {documents_per_second:>9.0} docs/s {megabytes_per_second:>8.1} MB/s",
+        elapsed.as_secs_f64()
+    );
     (documents_per_second, megabytes_per_second)
 }
 

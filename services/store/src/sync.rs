@@ -209,10 +209,8 @@ pub async fn run(
             client.pull(sync_pb::PullRequest { since_generation: since, batch_size: 0 }).await?.into_inner();
         let mut pulled = 0u64;
         while let Some(message) = stream.message().await? {
-            for document in message.documents {
-                apply(store, document, publish).await?;
-                pulled += 1;
-            }
+            pulled += message.documents.len() as u64;
+            apply_batch(store, message.documents, publish).await?;
             report(progress(pb::sync_progress::Phase::Receiving, pulled, 0, "")).await;
             if message.done {
                 let generation = message.up_to_generation;
@@ -233,6 +231,24 @@ pub async fn run(
     ))
     .await;
     Ok((sent, received))
+}
+
+/// Applies a batch of documents from the provider in one transaction; a
+/// refused one (tampered, rolled back) fails the sync, and the batch is taken
+/// again by the next one.
+async fn apply_batch(
+    store: &Arc<Store>,
+    documents: Vec<sync_pb::SyncedDocument>,
+    publish: &(dyn Fn(Change) + Sync),
+) -> Result<(), Status> {
+    let remotes: Vec<RemoteDocument> = documents
+        .into_iter()
+        .map(|document| RemoteDocument { id: document.id, rev: document.rev, sealed: document.sealed })
+        .collect();
+    for change in blocking(store, move |store| store.apply_remote_batch(&remotes)).await? {
+        publish(change);
+    }
+    Ok(())
 }
 
 /// Applies one document from the provider; a refused one (tampered, rolled
