@@ -208,11 +208,97 @@ impl Store {
 
     pub fn delete_blob(&self, id: &str) -> Result<bool, StoreError> {
         let Some((key, meta)) = self.blob_meta(id)? else { return Ok(false) };
+        self.synced_blobs_tree().remove(&key)?;
         self.blobs_tree().remove(key)?;
         for index in 0..meta.chunks {
             self.chunks_tree().remove(chunk_key(&meta.prefix, index))?;
         }
         self.flush()?;
         Ok(true)
+    }
+}
+
+/// Sealed blobs as the provider holds them: the sealed metadata, then each
+/// sealed chunk, each with a 4-byte length in front.
+impl Store {
+    /// Blobs this device has and the provider does not (local-only ones excluded).
+    pub fn unsynced_blobs(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        for entry in self.blobs_tree().iter() {
+            let (key, _) = entry?;
+            if self.synced_blobs_tree().contains_key(&key)? {
+                continue;
+            }
+            let id = data_encoding::HEXLOWER.encode(&key);
+            if let Some((_, meta)) = self.blob_meta(&id)?
+                && !meta.local_only
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn mark_blob_synced(&self, id: &str) -> Result<(), StoreError> {
+        self.synced_blobs_tree().insert(decode_id(id)?, &[])?;
+        self.flush()
+    }
+
+    /// The blob sealed as stored, for the provider (it opens nothing).
+    pub fn export_blob(&self, id: &str) -> Result<Vec<u8>, StoreError> {
+        let (key, meta) = self.blob_meta(id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let sealed_meta = self.blobs_tree().get(&key)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let mut out = Vec::new();
+        let mut frame = |bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        };
+        frame(&sealed_meta);
+        for index in 0..meta.chunks {
+            let chunk =
+                self.chunks_tree().get(chunk_key(&meta.prefix, index))?.ok_or(StoreError::Corrupt("blob chunk"))?;
+            frame(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Takes in a blob from the provider after checking that its metadata
+    /// and every chunk open under this account's keys and its id.
+    pub fn import_blob(&self, id: &str, exported: &[u8]) -> Result<BlobInfo, StoreError> {
+        let key = decode_id(id)?;
+        let corrupt = || StoreError::Corrupt("synced blob");
+        let mut frames = Vec::new();
+        let mut rest = exported;
+        while !rest.is_empty() {
+            let (length, tail) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+            let length = u32::from_be_bytes(*length) as usize;
+            let frame = tail.get(..length).ok_or_else(corrupt)?;
+            frames.push(frame);
+            rest = &tail[length..];
+        }
+        let (sealed_meta, chunks) = frames.split_first().ok_or_else(corrupt)?;
+        let unlocked = self.unlocked()?;
+        let unlocked = crate::store::read(&unlocked);
+        let plain = unlocked.keys.open(&key, META_CONTEXT, sealed_meta).map_err(|_| corrupt())?;
+        let meta: BlobMeta = serde_json::from_slice(&plain).map_err(|_| corrupt())?;
+        if chunks.len() != meta.chunks as usize {
+            return Err(corrupt());
+        }
+        let mut batch = sled::Batch::default();
+        for (index, sealed) in chunks.iter().enumerate() {
+            let chunk = chunk_key(&meta.prefix, index as u32);
+            unlocked.keys.open(&chunk, CHUNK_CONTEXT, sealed).map_err(|_| corrupt())?;
+            batch.insert(&chunk[..], *sealed);
+        }
+        self.chunks_tree().apply_batch(batch)?;
+        self.blobs_tree().insert(&key, *sealed_meta)?;
+        self.synced_blobs_tree().insert(&key, &[])?;
+        self.flush()?;
+        Ok(BlobInfo {
+            id: id.to_owned(),
+            size: meta.size,
+            content_type: meta.content_type,
+            local_only: meta.local_only,
+        })
     }
 }

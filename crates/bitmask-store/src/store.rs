@@ -103,6 +103,8 @@ pub struct Store {
     schema: sled::Tree,
     blobs: sled::Tree,
     chunks: sled::Tree,
+    /// Ids of blobs the provider has.
+    synced_blobs: sled::Tree,
     unlocked: RwLock<Option<Arc<RwLock<Unlocked>>>>,
     /// Serializes writers: one write (or batch) at a time computes and commits.
     writer: Mutex<()>,
@@ -174,6 +176,7 @@ impl Store {
             schema: db.open_tree("schema")?,
             blobs: db.open_tree("blobs")?,
             chunks: db.open_tree("chunks")?,
+            synced_blobs: db.open_tree("synced_blobs")?,
             db,
             unlocked: RwLock::new(None),
             writer: Mutex::new(()),
@@ -322,6 +325,10 @@ impl Store {
 
     pub(crate) fn blobs_tree(&self) -> &sled::Tree {
         &self.blobs
+    }
+
+    pub(crate) fn synced_blobs_tree(&self) -> &sled::Tree {
+        &self.synced_blobs
     }
 
     pub(crate) fn chunks_tree(&self) -> &sled::Tree {

@@ -98,6 +98,25 @@ impl StoreService {
             .map_err(status_of)
     }
 
+    /// Makes sure a blob is here: one stored only at the provider (written
+    /// by another device) is fetched first.
+    async fn ensure_blob(&self, id: &str) -> Result<(), Status> {
+        let lookup = id.to_owned();
+        if self.blocking(move |store| store.stat_blob(&lookup)).await?.is_some() {
+            return Ok(());
+        }
+        match self.sync_config().await {
+            Some(config) => sync::fetch_blob(&self.store, &config, id).await.map_err(|status| {
+                if status.code() == tonic::Code::NotFound {
+                    status_of(StoreError::NotFound(id.to_owned()))
+                } else {
+                    status
+                }
+            }),
+            None => Err(status_of(StoreError::NotFound(id.to_owned()))),
+        }
+    }
+
     /// Announces local changes to watchers and to the background sync.
     fn publish(&self, changes: Vec<Change>) {
         for change in changes {
@@ -587,10 +606,7 @@ impl StoreApi for StoreService {
 
     async fn get_blob(&self, request: Request<pb::GetBlobRequest>) -> Result<Response<BlobStream>, Status> {
         let request = request.into_inner();
-        let id = request.id.clone();
-        if self.blocking(move |store| store.stat_blob(&id)).await?.is_none() {
-            return Err(status_of(StoreError::NotFound(request.id)));
-        }
+        self.ensure_blob(&request.id).await?;
         let (sender, receiver) = mpsc::channel::<Result<pb::BlobChunk, Status>>(4);
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
@@ -606,6 +622,7 @@ impl StoreApi for StoreService {
 
     async fn stat_blob(&self, request: Request<pb::StatBlobRequest>) -> Result<Response<pb::BlobInfo>, Status> {
         let id = request.into_inner().id;
+        self.ensure_blob(&id).await?;
         let lookup = id.clone();
         let info = self.blocking(move |store| store.stat_blob(&lookup)).await?;
         let info = info.ok_or_else(|| status_of(StoreError::NotFound(id)))?;

@@ -165,7 +165,7 @@ pub async fn run(
         let secrets = sync_pb::SealedSecrets { blob: local_secrets, version: 0 };
         client.put_secrets(sync_pb::PutSecretsRequest { secrets: Some(secrets), expected_version: version }).await?;
     }
-    let (mut sent, mut received) = (0u64, 0u64);
+    let (mut sent, mut received, mut blobs_sent) = (0u64, 0u64, 0u64);
     for _ in 0..ROUNDS {
         // Push, in batches: the outgoing changes are read and sealed a batch at a time.
         let mut conflicts = Vec::new();
@@ -198,6 +198,7 @@ pub async fn run(
             conflicts.extend(reply.conflicts);
             report(progress(pb::sync_progress::Phase::Sending, sent, 0, "")).await;
         }
+        blobs_sent += push_blobs(store, &mut client).await?;
         // Conflicts come back merged as new local changes, pushed next round.
         for conflict in conflicts {
             let Some(current) = conflict.current else { continue };
@@ -227,10 +228,68 @@ pub async fn run(
         pb::sync_progress::Phase::Done,
         sent + received,
         sent + received,
-        format!("sent {sent}, received {received}"),
+        format!("sent {sent}, received {received}, blobs sent {blobs_sent}"),
     ))
     .await;
     Ok((sent, received))
+}
+
+/// The largest sealed blob the provider takes.
+const MAX_SYNCED_BLOB: usize = 64 * 1024 * 1024;
+
+/// Uploads the blobs the provider lacks (a failed one stays unsynced and is
+/// tried again by the next sync). Returns how many were uploaded.
+async fn push_blobs(store: &Arc<Store>, client: &mut EndpointClient) -> Result<u64, Status> {
+    let ids = blocking(store, |store| store.unsynced_blobs()).await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<Vec<u8>> = ids.iter().filter_map(|id| data_encoding::HEXLOWER.decode(id.as_bytes()).ok()).collect();
+    let missing = client.missing_blobs(sync_pb::MissingBlobsRequest { ids: keys }).await?.into_inner().missing;
+    let mut uploaded = 0;
+    for id in ids {
+        let key = data_encoding::HEXLOWER.decode(id.as_bytes()).unwrap_or_default();
+        if missing.contains(&key) {
+            let lookup = id.clone();
+            let exported = blocking(store, move |store| store.export_blob(&lookup)).await?;
+            if exported.len() > MAX_SYNCED_BLOB {
+                tracing::warn!(blob = %id, size = exported.len(), "blob too large to sync");
+                continue;
+            }
+            let size = exported.len() as u64;
+            let mut parts: Vec<sync_pb::PutBlobRequest> = exported
+                .chunks(1 << 20)
+                .map(|chunk| sync_pb::PutBlobRequest { data: chunk.to_vec(), ..Default::default() })
+                .collect();
+            if parts.is_empty() {
+                parts.push(sync_pb::PutBlobRequest::default());
+            }
+            parts[0].id = key;
+            parts[0].size = size;
+            client.put_blob(tokio_stream::iter(parts)).await?;
+            uploaded += 1;
+        }
+        blocking(store, move |store| store.mark_blob_synced(&id)).await?;
+    }
+    Ok(uploaded)
+}
+
+/// Fetches a blob this device lacks from the provider and keeps it.
+pub async fn fetch_blob(store: &Arc<Store>, config: &SyncConfig, id: &str) -> Result<(), Status> {
+    let key =
+        data_encoding::HEXLOWER.decode(id.as_bytes()).map_err(|_| Status::not_found(format!("no document {id:?}")))?;
+    let mut client = connect(config).await?;
+    let mut stream = client.get_blob(sync_pb::GetBlobRequest { id: key, offset: 0 }).await?.into_inner();
+    let mut exported = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        if exported.len() + chunk.data.len() > MAX_SYNCED_BLOB {
+            return Err(Status::resource_exhausted("the provider sent a blob larger than any we store"));
+        }
+        exported.extend_from_slice(&chunk.data);
+    }
+    let id = id.to_owned();
+    blocking(store, move |store| store.import_blob(&id, &exported)).await?;
+    Ok(())
 }
 
 /// Applies a batch of documents from the provider in one transaction; a

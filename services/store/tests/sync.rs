@@ -180,6 +180,34 @@ async fn a_second_device_recovers_from_the_passphrase_and_both_converge() {
     assert!(status.configured && status.last_result.starts_with("ok"), "{status:?}");
     assert_eq!(status.pending_local_changes, 0);
 
+    // A blob written on device 1 is read on device 2, fetched from the provider on demand.
+    let data: Vec<u8> = b"Attachment-Marker-XYZZY ".iter().copied().cycle().take(3 * 1024 * 1024 + 5).collect();
+    let mut parts: Vec<pb::PutBlobRequest> =
+        data.chunks(1 << 20).map(|chunk| pb::PutBlobRequest { data: chunk.to_vec(), ..Default::default() }).collect();
+    parts[0].size = data.len() as u64;
+    parts[0].content_type = "application/pdf".into();
+    let blob = one.client.put_blob(futures::stream::iter(parts)).await.unwrap().into_inner();
+    let done = sync(&mut one.client).await.unwrap();
+    assert!(done.message.contains("blobs sent 1"), "{}", done.message);
+    let mut stream = two
+        .client
+        .get_blob(pb::GetBlobRequest { id: blob.id.clone(), offset: 0, length: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        received.extend_from_slice(&chunk.data);
+    }
+    assert!(received == data, "device 2 reads the blob device 1 wrote");
+    let absent = two.client.get_blob(pb::GetBlobRequest { id: "00".repeat(32), offset: 0, length: 0 }).await;
+    assert_eq!(absent.unwrap_err().code(), Code::NotFound);
+    let provider_bytes = all_bytes(provider._dir.path());
+    assert!(
+        !provider_bytes.windows(23).any(|window| window == b"Attachment-Marker-XYZZY"),
+        "blob plaintext at the provider"
+    );
+
     // A local write reaches the provider by itself (background sync), soon.
     one.client.put(put("m/new", serde_json::json!({"n": -1}))).await.unwrap();
     let before = provider.storage.inner.pull("alice", 0, 0).unwrap().1;
@@ -259,4 +287,13 @@ async fn a_wrong_ca_is_refused_and_sync_needs_a_configuration() {
     let configure = pb::ConfigureSyncRequest { session_token: "stolen".into(), ..provider.test.configure_request() };
     client.configure_sync(configure).await.unwrap();
     assert_eq!(sync(&mut client).await.unwrap_err().code(), Code::Unauthenticated);
+}
+
+fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { bytes.extend(all_bytes(&path)) } else { bytes.extend(std::fs::read(&path).unwrap()) }
+    }
+    bytes
 }
