@@ -787,21 +787,7 @@ impl<'a> Pending<'a> {
                 reason: format!("it belongs to collection {:?}", previous.collection),
             });
         }
-        let rev = next_rev(previous.map(|previous| previous.rev.as_str()));
-        let (synced_rev, base) = sync_fields(previous);
-        let record = DocumentRecord {
-            id,
-            collection,
-            rev: rev.clone(),
-            content,
-            deleted: false,
-            updated_ms: now_ms(),
-            sequence: 0,
-            synced_rev,
-            base,
-        };
-        self.replace(storage_key, record)?;
-        Ok(WriteResult::Rev(rev))
+        self.write_version(storage_key, id, collection, content, false)
     }
 
     fn delete(&mut self, id: &str, expected_rev: Option<String>) -> Result<WriteResult, StoreError> {
@@ -812,14 +798,29 @@ impl<'a> Pending<'a> {
         let Some(previous) = self.current(storage_key)?.filter(|previous| previous.live()) else {
             return Err(StoreError::NotFound(id.to_owned()));
         };
-        let rev = next_rev(Some(&previous.rev));
-        let (synced_rev, base) = sync_fields(Some(previous));
+        let collection = previous.collection.clone();
+        self.write_version(storage_key, id.to_owned(), collection, null(), true)
+    }
+
+    /// Writes a new local version over the current one (a deletion writes a
+    /// tombstone), keeping what sync knows of the document.
+    fn write_version(
+        &mut self,
+        storage_key: [u8; 32],
+        id: String,
+        collection: String,
+        content: Box<RawValue>,
+        deleted: bool,
+    ) -> Result<WriteResult, StoreError> {
+        let previous = self.current(storage_key)?;
+        let rev = next_rev(previous.map(|previous| previous.rev.as_str()));
+        let (synced_rev, base) = sync_fields(previous);
         let record = DocumentRecord {
-            id: id.to_owned(),
-            collection: previous.collection.clone(),
+            id,
+            collection,
             rev: rev.clone(),
-            content: null(),
-            deleted: true,
+            content,
+            deleted,
             updated_ms: now_ms(),
             sequence: 0,
             synced_rev,

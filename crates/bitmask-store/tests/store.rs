@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use bitmask_store::*;
+use bitmask_testkit::{all_bytes, contains};
 
 const ACCOUNT: &str = "alice@example.org";
 const CHEAP: KdfParams = KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 };
@@ -345,24 +346,6 @@ fn indexes_answer_equality_ranges_order_and_pages() {
     let store = open(dir.path());
     store.unlock("correct horse").unwrap();
     assert_eq!(store.query(&Query { index: "all-meta".into(), ..Query::default() }).unwrap().documents.len(), 11);
-}
-
-/// Every byte of every file under `dir`.
-fn all_bytes(dir: &Path) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            bytes.extend(all_bytes(&path));
-        } else {
-            bytes.extend(std::fs::read(&path).unwrap());
-        }
-    }
-    bytes
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
 }
 
 #[test]

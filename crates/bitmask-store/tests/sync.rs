@@ -8,6 +8,7 @@ use std::path::Path;
 
 use bitmask_store::*;
 use bitmask_sync_endpoint::{PushOutcome, PushedDocument, SledStorage, StoredDocument, SyncStorage};
+use bitmask_testkit::{all_bytes, contains};
 use serde_json::json;
 
 const ACCOUNT: &str = "alice@example.org";
@@ -43,6 +44,16 @@ fn second_device(dir: &Path, provider: &SledStorage) -> Store {
     store
 }
 
+fn pushed(document: &OutgoingDocument) -> PushedDocument {
+    PushedDocument {
+        id: document.id.clone(),
+        rev: document.rev.clone(),
+        parent_rev: document.parent_rev.clone(),
+        sealed: document.sealed.clone(),
+        deleted: document.deleted,
+    }
+}
+
 fn remote(document: &StoredDocument) -> RemoteDocument {
     RemoteDocument { id: document.id.clone(), rev: document.rev.clone(), sealed: document.sealed.clone() }
 }
@@ -56,14 +67,7 @@ fn sync(store: &Store, provider: &SledStorage) -> Vec<StoreError> {
         let up_to = outgoing.iter().map(|document| document.sequence).max().unwrap_or(0);
         let mut accepted = Vec::new();
         for document in &outgoing {
-            let pushed = PushedDocument {
-                id: document.id.clone(),
-                rev: document.rev.clone(),
-                parent_rev: document.parent_rev.clone(),
-                sealed: document.sealed.clone(),
-                deleted: document.deleted,
-            };
-            match provider.push(USER, pushed).unwrap() {
+            match provider.push(USER, pushed(document)).unwrap() {
                 PushOutcome::Accepted(_) => accepted.push(document.clone()),
                 PushOutcome::Conflict(current) => {
                     if let Err(error) = store.apply_remote(&remote(&current)) {
@@ -230,14 +234,7 @@ fn a_sync_cut_off_half_way_resumes_without_loss_or_duplicates() {
     // Half of the documents reach the provider, then the connection drops
     // before the device records anything.
     for document in one.outgoing(25).unwrap() {
-        let pushed = PushedDocument {
-            id: document.id.clone(),
-            rev: document.rev.clone(),
-            parent_rev: document.parent_rev.clone(),
-            sealed: document.sealed.clone(),
-            deleted: document.deleted,
-        };
-        assert!(matches!(provider.push(USER, pushed).unwrap(), PushOutcome::Accepted(_)));
+        assert!(matches!(provider.push(USER, pushed(&document)).unwrap(), PushOutcome::Accepted(_)));
     }
     drop(one);
     let one = Store::open_with_kdf(dirs.1.path(), ACCOUNT, CHEAP).unwrap();
@@ -258,15 +255,6 @@ fn a_sync_cut_off_half_way_resumes_without_loss_or_duplicates() {
         assert_eq!(content(&two, &format!("d/{n}")), Some(json!({"n": n})));
     }
     assert_eq!(provider.pull(USER, 0, 0).unwrap().0.len(), 50);
-}
-
-fn all_bytes(dir: &Path) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() { bytes.extend(all_bytes(&path)) } else { bytes.extend(std::fs::read(&path).unwrap()) }
-    }
-    bytes
 }
 
 #[test]
@@ -292,9 +280,6 @@ fn the_provider_holds_no_plaintext() {
     let bytes = all_bytes(dirs.0.path());
     assert!(bytes.len() > 30 * 256);
     for marker in markers {
-        assert!(
-            !bytes.windows(marker.len()).any(|window| window == marker.as_bytes()),
-            "{marker:?} reached the provider"
-        );
+        assert!(!contains(&bytes, marker.as_bytes()), "{marker:?} reached the provider");
     }
 }
