@@ -1,0 +1,12 @@
+//! OpenPGP for bitmask (LEAP's keymanager, rebuilt on sequoia-openpgp).
+//!
+//! - [`validation`]: validation levels, key sources and the rules by which
+//!   a new key may replace the active key of an address;
+//! - [`openpgp`]: generate, parse, export, encrypt+sign, decrypt+verify,
+//!   detached signatures, over sequoia-openpgp with its OpenSSL backend.
+//!
+//! **Architecture invariant:** only the key service holds private key
+//! material in memory; secrets leave it only by an explicit export.
+
+pub mod openpgp;
+pub mod validation;

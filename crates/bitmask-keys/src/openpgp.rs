@@ -1,0 +1,346 @@
+//! OpenPGP operations on sequoia-openpgp: keys, encrypt and sign, decrypt
+//! and verify. Synchronous and free of I/O; the key service calls it on a
+//! blocking thread and streams the bytes.
+
+use std::io::Write as _;
+use std::time::SystemTime;
+
+use openpgp::cert::prelude::*;
+use openpgp::crypto::SessionKey;
+use openpgp::packet::{PKESK, SKESK};
+use openpgp::parse::Parse as _;
+use openpgp::parse::stream::{
+    DecryptionHelper, DecryptorBuilder, DetachedVerifierBuilder, MessageLayer, MessageStructure, VerificationError,
+    VerificationHelper, VerifierBuilder,
+};
+use openpgp::policy::StandardPolicy;
+use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message, Signer};
+use openpgp::serialize::{Serialize as _, SerializeInto as _};
+use openpgp::types::SymmetricAlgorithm;
+use openpgp::{Cert, KeyHandle};
+use sequoia_openpgp as openpgp;
+
+pub use openpgp::Cert as Certificate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgpError {
+    #[error("not an OpenPGP key: {0}")]
+    NotAKey(String),
+    #[error("the key of {0} has no usable key for {1}")]
+    Unusable(String, &'static str),
+    #[error("no secret key of this account can decrypt the message (it was encrypted to someone else)")]
+    NotForUs,
+    #[error("the message is not valid OpenPGP: {0}")]
+    Malformed(String),
+    #[error("OpenPGP: {0}")]
+    Other(String),
+}
+
+fn other(error: impl std::fmt::Display) -> PgpError {
+    PgpError::Other(error.to_string())
+}
+
+/// Which kind of key to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// Ed25519 signing, Cv25519 encryption.
+    #[default]
+    Cv25519,
+    Rsa4096,
+}
+
+fn policy() -> StandardPolicy<'static> {
+    StandardPolicy::new()
+}
+
+/// A new key for `address`: a certification primary key with signing and
+/// encryption subkeys, valid for three years.
+pub fn generate(address: &str, algorithm: Algorithm) -> Result<Cert, PgpError> {
+    let suite = match algorithm {
+        Algorithm::Cv25519 => CipherSuite::Cv25519,
+        Algorithm::Rsa4096 => CipherSuite::RSA4k,
+    };
+    let (cert, _revocation) =
+        CertBuilder::general_purpose(Some(format!("<{address}>"))).set_cipher_suite(suite).generate().map_err(other)?;
+    Ok(cert)
+}
+
+/// Every certificate in `data` (armored or binary, one or several).
+pub fn parse_certs(data: &[u8]) -> Result<Vec<Cert>, PgpError> {
+    let parser = openpgp::cert::CertParser::from_bytes(data).map_err(|error| PgpError::NotAKey(error.to_string()))?;
+    let certs: Vec<Cert> =
+        parser.collect::<openpgp::Result<Vec<_>>>().map_err(|error| PgpError::NotAKey(error.to_string()))?;
+    if certs.is_empty() {
+        return Err(PgpError::NotAKey("no certificate found".into()));
+    }
+    Ok(certs)
+}
+
+/// The public certificate, armored or binary.
+pub fn export_public(cert: &Cert, armor: bool) -> Result<Vec<u8>, PgpError> {
+    if armor { cert.armored().to_vec().map_err(other) } else { cert.to_vec().map_err(other) }
+}
+
+/// The certificate with its secret keys (an explicit export only).
+pub fn export_secret(cert: &Cert, armor: bool) -> Result<zeroize::Zeroizing<Vec<u8>>, PgpError> {
+    let bytes = if armor { cert.as_tsk().armored().to_vec() } else { cert.as_tsk().to_vec() };
+    bytes.map(zeroize::Zeroizing::new).map_err(other)
+}
+
+/// The lowercase e-mail addresses of the certificate's user ids.
+pub fn addresses(cert: &Cert) -> Vec<String> {
+    cert.userids().filter_map(|userid| userid.userid().email_normalized().ok().flatten()).collect()
+}
+
+pub fn fingerprint(cert: &Cert) -> String {
+    cert.fingerprint().to_hex()
+}
+
+/// When the certificate expires under the standard policy (None: never).
+pub fn expires(cert: &Cert) -> Option<SystemTime> {
+    cert.with_policy(&policy(), None).ok().and_then(|valid| valid.primary_key().key_expiration_time())
+}
+
+/// Whether the certificate is revoked, expired, or otherwise invalid now.
+pub fn usable(cert: &Cert) -> Result<(), PgpError> {
+    let policy = policy();
+    let valid = cert.with_policy(&policy, None).map_err(|error| PgpError::NotAKey(error.to_string()))?;
+    if let openpgp::types::RevocationStatus::Revoked(_) = valid.revocation_status() {
+        return Err(PgpError::Unusable(fingerprint(cert), "anything: it is revoked"));
+    }
+    valid.alive().map_err(|_| PgpError::Unusable(fingerprint(cert), "anything: it has expired"))?;
+    Ok(())
+}
+
+/// Whether `cert` carries a certification by `signer` on one of its user ids.
+pub fn certified_by(cert: &Cert, signer: &Cert) -> bool {
+    let policy = policy();
+    cert.userids().any(|userid| {
+        userid.certifications().any(|signature| {
+            signer.keys().any(|key| {
+                signature.clone().verify_userid_binding(key.key(), cert.primary_key().key(), userid.userid()).is_ok()
+            })
+        })
+    }) && cert.with_policy(&policy, None).is_ok()
+}
+
+/// Encrypts `plaintext` to every recipient (and signs it with `signer`).
+pub fn encrypt(plaintext: &[u8], recipients: &[Cert], signer: Option<&Cert>, armor: bool) -> Result<Vec<u8>, PgpError> {
+    let policy = policy();
+    let mut keys = Vec::new();
+    for cert in recipients {
+        usable(cert)?;
+        let before = keys.len();
+        keys.extend(
+            cert.keys().with_policy(&policy, None).supported().alive().revoked(false).for_transport_encryption(),
+        );
+        if keys.len() == before {
+            return Err(PgpError::Unusable(fingerprint(cert), "encryption"));
+        }
+    }
+    let signing_key = signer.map(|cert| signing_keypair(cert, &policy)).transpose()?;
+    let mut sink = Vec::new();
+    {
+        let mut message = Message::new(&mut sink);
+        if armor {
+            message = Armorer::new(message).build().map_err(other)?;
+        }
+        message = Encryptor::for_recipients(message, keys).build().map_err(other)?;
+        if let Some(keypair) = signing_key {
+            message = Signer::new(message, keypair).map_err(other)?.build().map_err(other)?;
+        }
+        let mut literal = LiteralWriter::new(message).build().map_err(other)?;
+        literal.write_all(plaintext).map_err(other)?;
+        literal.finalize().map_err(other)?;
+    }
+    Ok(sink)
+}
+
+fn signing_keypair(cert: &Cert, policy: &StandardPolicy<'_>) -> Result<openpgp::crypto::KeyPair, PgpError> {
+    let key = cert
+        .keys()
+        .unencrypted_secret()
+        .with_policy(policy, None)
+        .supported()
+        .alive()
+        .revoked(false)
+        .for_signing()
+        .next()
+        .ok_or_else(|| PgpError::Unusable(fingerprint(cert), "signing"))?;
+    key.key().clone().into_keypair().map_err(other)
+}
+
+/// A detached signature over `data` (binary mode; text mode canonicalizes
+/// line endings, as multipart/signed needs).
+pub fn sign_detached(data: &[u8], signer: &Cert, armor: bool) -> Result<Vec<u8>, PgpError> {
+    let policy = policy();
+    let keypair = signing_keypair(signer, &policy)?;
+    let mut sink = Vec::new();
+    {
+        let mut message = Message::new(&mut sink);
+        if armor {
+            message = Armorer::new(message).kind(openpgp::armor::Kind::Signature).build().map_err(other)?;
+        }
+        let mut signer = Signer::new(message, keypair).map_err(other)?.detached().build().map_err(other)?;
+        signer.write_all(data).map_err(other)?;
+        signer.finalize().map_err(other)?;
+    }
+    Ok(sink)
+}
+
+/// The outcome of checking signatures.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SignatureStatus {
+    #[default]
+    None,
+    Valid {
+        fingerprint: String,
+    },
+    Invalid {
+        detail: String,
+    },
+    UnknownSigner {
+        issuer: String,
+    },
+}
+
+/// Checks signatures and, for decryption, finds the secret key.
+struct Helper<'a> {
+    secret_certs: &'a [Cert],
+    known_certs: &'a [Cert],
+    status: SignatureStatus,
+    decrypted_with: Option<String>,
+}
+
+impl VerificationHelper for Helper<'_> {
+    fn get_certs(&mut self, ids: &[KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        Ok(self
+            .known_certs
+            .iter()
+            .chain(self.secret_certs)
+            .filter(|cert| cert.keys().any(|key| ids.iter().any(|id| id.aliases(key.key().key_handle()))))
+            .cloned()
+            .collect())
+    }
+
+    fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
+        for layer in structure {
+            if let MessageLayer::SignatureGroup { results } = layer {
+                for result in results {
+                    let status = match result {
+                        Ok(good) => SignatureStatus::Valid { fingerprint: good.ka.cert().fingerprint().to_hex() },
+                        Err(VerificationError::MissingKey { sig }) => SignatureStatus::UnknownSigner {
+                            issuer: sig.get_issuers().first().map(|issuer| issuer.to_hex()).unwrap_or_default(),
+                        },
+                        Err(error) => SignatureStatus::Invalid { detail: error.to_string() },
+                    };
+                    // A valid signature wins over the others of the group.
+                    if !matches!(self.status, SignatureStatus::Valid { .. }) {
+                        self.status = status;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DecryptionHelper for Helper<'_> {
+    fn decrypt(
+        &mut self,
+        pkesks: &[PKESK],
+        _skesks: &[SKESK],
+        sym_algo: Option<SymmetricAlgorithm>,
+        decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
+    ) -> openpgp::Result<Option<Cert>> {
+        // Any of the account's keys, older ones included, whatever their
+        // policy status now: old mail must stay readable.
+        for pkesk in pkesks {
+            for cert in self.secret_certs {
+                for key in cert.keys().unencrypted_secret() {
+                    let matches = pkesk.recipient().is_none_or(|recipient| recipient.aliases(key.key().key_handle()));
+                    if !matches {
+                        continue;
+                    }
+                    let Ok(mut keypair) = key.key().clone().into_keypair() else { continue };
+                    if pkesk
+                        .decrypt(&mut keypair, sym_algo)
+                        .is_some_and(|(algo, session_key)| decrypt(algo, &session_key))
+                    {
+                        self.decrypted_with = Some(cert.fingerprint().to_hex());
+                        return Ok(Some(cert.clone()));
+                    }
+                }
+            }
+        }
+        Err(PgpError::NotForUs.into())
+    }
+}
+
+/// What decryption gives.
+#[derive(Debug)]
+pub struct Decrypted {
+    pub plaintext: zeroize::Zeroizing<Vec<u8>>,
+    pub signature: SignatureStatus,
+    pub decrypted_with: String,
+}
+
+/// Decrypts with any of `secret_certs`, checking signatures against
+/// `known_certs` (and the account's own).
+pub fn decrypt(ciphertext: &[u8], secret_certs: &[Cert], known_certs: &[Cert]) -> Result<Decrypted, PgpError> {
+    let policy = policy();
+    let helper = Helper { secret_certs, known_certs, status: SignatureStatus::None, decrypted_with: None };
+    let mut decryptor = DecryptorBuilder::from_bytes(ciphertext)
+        .map_err(|error| PgpError::Malformed(error.to_string()))?
+        .with_policy(&policy, None, helper)
+        .map_err(classify)?;
+    let mut plaintext = zeroize::Zeroizing::new(Vec::new());
+    std::io::copy(&mut decryptor, &mut *plaintext).map_err(|error| PgpError::Malformed(error.to_string()))?;
+    let helper = decryptor.into_helper();
+    Ok(Decrypted { plaintext, signature: helper.status, decrypted_with: helper.decrypted_with.unwrap_or_default() })
+}
+
+fn classify(error: openpgp::anyhow::Error) -> PgpError {
+    match error.downcast::<PgpError>() {
+        Ok(error) => error,
+        Err(error) => PgpError::Malformed(error.to_string()),
+    }
+}
+
+/// Checks a detached signature over `data`.
+pub fn verify_detached(data: &[u8], signature: &[u8], known_certs: &[Cert]) -> Result<SignatureStatus, PgpError> {
+    let policy = policy();
+    let helper = Helper { secret_certs: &[], known_certs, status: SignatureStatus::None, decrypted_with: None };
+    let mut verifier = DetachedVerifierBuilder::from_bytes(signature)
+        .map_err(|error| PgpError::Malformed(error.to_string()))?
+        .with_policy(&policy, None, helper)
+        .map_err(classify)?;
+    // A bad signature is an outcome, not an error.
+    let _ = verifier.verify_bytes(data);
+    Ok(verifier.into_helper().status)
+}
+
+/// Checks an inline-signed message and returns its content.
+pub fn verify_inline(message: &[u8], known_certs: &[Cert]) -> Result<(Vec<u8>, SignatureStatus), PgpError> {
+    let policy = policy();
+    let helper = Helper { secret_certs: &[], known_certs, status: SignatureStatus::None, decrypted_with: None };
+    let mut verifier = VerifierBuilder::from_bytes(message)
+        .map_err(|error| PgpError::Malformed(error.to_string()))?
+        .with_policy(&policy, None, helper)
+        .map_err(classify)?;
+    let mut content = Vec::new();
+    std::io::copy(&mut verifier, &mut content).map_err(|error| PgpError::Malformed(error.to_string()))?;
+    Ok((content, verifier.into_helper().status))
+}
+
+/// Whether a certificate holds secret key material.
+pub fn has_secret(cert: &Cert) -> bool {
+    cert.is_tsk()
+}
+
+/// Serializes a certificate with its secrets for the store (sealed there).
+pub fn to_storage(cert: &Cert) -> Result<zeroize::Zeroizing<Vec<u8>>, PgpError> {
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    cert.as_tsk().serialize(&mut *bytes).map_err(other)?;
+    Ok(bytes)
+}
