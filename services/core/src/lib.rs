@@ -11,6 +11,8 @@ use std::time::SystemTime;
 
 use bitmask_proto::core::v1 as pb;
 use bitmask_proto::core::v1::core_server::{Core, CoreServer};
+use bitmask_proto::keys::v1 as keys_pb;
+use bitmask_proto::keys::v1::keys_client::KeysClient;
 use bitmask_proto::store::v1 as store_pb;
 use bitmask_proto::store::v1::store_client::StoreClient;
 use bitmask_runtime::client::TracedChannel;
@@ -82,6 +84,22 @@ async fn store_client(paths: &Paths, address: &str) -> Result<StoreClient<Traced
         .await
         .map_err(|error| Status::unavailable(format!("cannot reach the store of {address}: {error}")))?;
     Ok(StoreClient::new(bitmask_runtime::client::traced(channel)))
+}
+
+/// Asks the key service for the account key, generating it the first time.
+async fn ensure_account_key(paths: &Paths, address: &str) -> Result<(), Status> {
+    let socket =
+        paths.account(address).map_err(|error| Status::invalid_argument(error.to_string()))?.socket(ServiceKind::Keys);
+    let channel = bitmask_runtime::client::connect_unix(&socket)
+        .await
+        .map_err(|error| Status::unavailable(format!("cannot reach the key service of {address}: {error}")))?;
+    let mut keys = KeysClient::new(bitmask_runtime::client::traced(channel));
+    let request = keys_pb::EnsureAccountKeyRequest::default();
+    let key = tokio::time::timeout(std::time::Duration::from_secs(60), keys.ensure_account_key(request))
+        .await
+        .map_err(|_| Status::deadline_exceeded("the key service took too long"))??;
+    tracing::info!(account = %address, fingerprint = %key.into_inner().fingerprint, "account key ready");
+    Ok(())
 }
 
 async fn unlock_store(paths: &Paths, address: &str, passphrase: &str) -> Result<Option<String>, Status> {
@@ -384,7 +402,13 @@ impl Core for CoreService {
         let mut recovery_code = String::new();
         if !request.locked {
             match unlock_store(self.supervisor.paths(), &address, &passphrase).await {
-                Ok(code) => recovery_code = code.unwrap_or_default(),
+                Ok(code) => {
+                    recovery_code = code.unwrap_or_default();
+                    // The account key is made on the first unlock (and found after).
+                    if let Err(status) = ensure_account_key(self.supervisor.paths(), &address).await {
+                        tracing::warn!(account = %address, error = %status.message(), "no account key yet");
+                    }
+                }
                 Err(status) => {
                     // Nothing changed: an account this call started stops again.
                     if !was_running {

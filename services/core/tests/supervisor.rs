@@ -91,7 +91,7 @@ fn two_accounts_run_eight_services_that_answer_grpcurl() {
     assert!(text(&listed).contains("bitmask.core.v1.Core"), "{}", text(&listed));
     // An RPC that a later issue implements answers UNIMPLEMENTED, never a fake success.
     let keys = world.socket("alice@example.org", "keys");
-    let unimplemented = grpcurl(&keys, &["bitmask.keys.v1.Keys/ListKeys"]);
+    let unimplemented = grpcurl(&keys, &["bitmask.keys.v1.Keys/FetchKey"]);
     assert!(!unimplemented.status.success());
     assert!(text(&unimplemented).contains("Unimplemented"), "{}", text(&unimplemented));
 }

@@ -30,6 +30,13 @@ fn the_first_start_creates_the_store_and_a_wrong_passphrase_changes_nothing() {
     assert_eq!(code.len(), 39, "{code}");
     assert_eq!(started["locked"], false);
     assert!(store_state(&world).contains("STATE_UNLOCKED"), "{}", store_state(&world));
+    // The first unlock made the account key.
+    let keys = grpcurl(&world.socket("alice@example.org", "keys"), &["bitmask.keys.v1.Keys/ListKeys"]);
+    assert!(
+        text(&keys).contains("\"hasSecret\": true") && text(&keys).contains("alice@example.org"),
+        "{}",
+        text(&keys)
+    );
     // The table says so too, and a second start changes nothing.
     let table = String::from_utf8(world.ctl(&["status"]).stdout).unwrap();
     assert!(table.contains("store unlocked"), "{table}");
