@@ -127,3 +127,44 @@ fn the_passphrase_changes_with_the_old_one_or_the_recovery_code() {
     let stopped = world.ctl_with_input(&["account", "passphrase", "alice@example.org"], "third passphrase\nfourth\n");
     assert!(text(&stopped).contains("start it first"), "{}", text(&stopped));
 }
+
+#[test]
+fn bitmaskctl_keys_lists_exports_and_refuses_bad_imports() {
+    let world = World::new();
+    let _daemon = world.bitmaskd(&[]);
+    add(&world);
+    let started = world.ctl_with_input(&["account", "start", "alice@example.org"], "correct horse battery\n");
+    assert!(started.status.success(), "{}", text(&started));
+
+    let listed = world.ctl_json(&["keys", "list", "alice@example.org"]);
+    assert_eq!(listed[0]["addresses"][0], "alice@example.org");
+    assert_eq!(listed[0]["source"], "generated");
+    assert_eq!(listed[0]["validation"], "fingerprint");
+    assert_eq!(listed[0]["has_secret"], true);
+    let fingerprint = listed[0]["fingerprint"].as_str().unwrap().to_owned();
+    let table = String::from_utf8(world.ctl(&["keys", "list", "alice@example.org"]).stdout).unwrap();
+    assert!(table.contains(&fingerprint) && table.contains(" days") && table.contains("generated"), "{table}");
+
+    let public = world.ctl(&["keys", "export", "alice@example.org"]);
+    let public = String::from_utf8(public.stdout).unwrap();
+    assert!(public.contains("BEGIN PGP PUBLIC KEY BLOCK") && !public.contains("PRIVATE"), "{public}");
+    let secret = String::from_utf8(world.ctl(&["keys", "export", "alice@example.org", "--secret"]).stdout).unwrap();
+    assert!(secret.contains("BEGIN PGP PRIVATE KEY BLOCK"));
+
+    // Its own public key again: the same key, nothing changes.
+    let file = world.path().join("alice.asc");
+    std::fs::write(&file, &public).unwrap();
+    let again = world.ctl(&["keys", "import", "alice@example.org", file.to_str().unwrap()]);
+    assert!(again.status.success() && text(&again).contains(&format!("imported {fingerprint}")), "{}", text(&again));
+    std::fs::write(&file, "garbage").unwrap();
+    let garbage = world.ctl(&["keys", "import", "alice@example.org", file.to_str().unwrap()]);
+    assert_eq!(garbage.status.code(), Some(64), "{}", text(&garbage));
+    assert!(text(&garbage).contains("not an OpenPGP key"), "{}", text(&garbage));
+    let own = world.ctl(&["keys", "delete", "alice@example.org", &fingerprint]);
+    assert!(text(&own).contains("cannot be deleted"), "{}", text(&own));
+    let fetch = world.ctl(&["keys", "fetch", "alice@example.org", "bob@example.org"]);
+    assert_eq!(fetch.status.code(), Some(1), "{}", text(&fetch));
+    world.ctl_json(&["account", "stop", "alice@example.org"]);
+    let stopped = world.ctl(&["keys", "list", "alice@example.org"]);
+    assert!(text(&stopped).contains("start the account first"), "{}", text(&stopped));
+}

@@ -11,8 +11,10 @@ use std::process::ExitCode;
 
 use bitmask_proto::core::v1 as pb;
 use bitmask_proto::core::v1::core_client::CoreClient;
-use bitmask_runtime::CommonArgs;
+use bitmask_proto::keys::v1 as keys_pb;
+use bitmask_proto::keys::v1::keys_client::KeysClient;
 use bitmask_runtime::client::TracedChannel;
+use bitmask_runtime::{CommonArgs, ServiceKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic::Code;
 use tracing::Instrument as _;
@@ -41,6 +43,9 @@ enum Command {
     Account(AccountCommand),
     /// Sync the account's store with its provider now, showing progress
     Sync { address: String },
+    /// The OpenPGP keys of a started account
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Every account (or one) and the state of each of its services
     Status {
         address: Option<String>,
@@ -87,6 +92,41 @@ enum AccountCommand {
         #[arg(long)]
         purge: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Every key the account knows (or those of one address)
+    List {
+        account: String,
+        /// Only the keys of this address
+        #[arg(long = "for", value_name = "ADDRESS")]
+        address: Option<String>,
+    },
+    /// Print a key, armored (the public part unless --secret)
+    Export {
+        account: String,
+        /// The active key of this address [default: the account's own]
+        #[arg(long, conflicts_with = "fingerprint")]
+        address: Option<String>,
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Include the secret key material
+        #[arg(long)]
+        secret: bool,
+    },
+    /// Import keys from a file (armored or binary), by the replacement rules
+    Import {
+        account: String,
+        file: PathBuf,
+        /// Import it for this address only
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Look the key of an address up (provider directory, WKD)
+    Fetch { account: String, address: String },
+    /// Delete a key (not the account's own active key)
+    Delete { account: String, fingerprint: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,6 +212,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Account(AccountCommand::Remove { .. }) => "account remove",
         Command::Status { .. } => "status",
         Command::Sync { .. } => "sync",
+        Command::Keys(_) => "keys",
     }
 }
 
@@ -250,7 +291,70 @@ fn read_passphrase_change(
     Ok((old, new))
 }
 
+async fn keys_client(common: &CommonArgs, account: &str) -> Result<KeysClient<TracedChannel>, Failure> {
+    let paths = common.paths().map_err(|error| Failure { code: EXIT_USAGE, message: error.to_string() })?;
+    let socket = paths
+        .account(account)
+        .map_err(|error| Failure { code: EXIT_USAGE, message: error.to_string() })?
+        .socket(ServiceKind::Keys);
+    let channel = bitmask_runtime::client::connect_unix(&socket).await.map_err(|_| Failure {
+        code: 1,
+        message: format!("the key service of {account} is not running: start the account first"),
+    })?;
+    Ok(KeysClient::new(bitmask_runtime::client::traced(channel)))
+}
+
+async fn run_keys(common: &CommonArgs, command: KeysCommand, json: bool) -> Result<(), Failure> {
+    match command {
+        KeysCommand::List { account, address } => {
+            let mut keys = keys_client(common, &account).await?;
+            let request = keys_pb::ListKeysRequest { address: address.unwrap_or_default(), only_secret: false };
+            output::keys(&keys.list_keys(request).await?.into_inner().keys, json);
+        }
+        KeysCommand::Export { account, address, fingerprint, secret } => {
+            let mut keys = keys_client(common, &account).await?;
+            let selector = match fingerprint {
+                Some(fingerprint) => keys_pb::export_key_request::Selector::Fingerprint(fingerprint),
+                None => keys_pb::export_key_request::Selector::Address(address.unwrap_or_else(|| account.clone())),
+            };
+            let request = keys_pb::ExportKeyRequest { selector: Some(selector), include_secret: secret, armor: true };
+            let data = keys.export_key(request).await?.into_inner().data;
+            output::raw(&data);
+        }
+        KeysCommand::Import { account, file, address } => {
+            let data = std::fs::read(&file)
+                .map_err(|error| Failure { code: EXIT_USAGE, message: format!("{}: {error}", file.display()) })?;
+            let mut keys = keys_client(common, &account).await?;
+            let request = keys_pb::ImportKeyRequest {
+                data,
+                source: keys_pb::KeySource::Imported.into(),
+                validation: 0,
+                address: address.unwrap_or_default(),
+            };
+            let results = keys.import_key(request).await?.into_inner().results;
+            output::imported(&results, json);
+            if results.iter().any(|result| !result.imported) {
+                return Err(Failure { code: 1, message: "some keys were refused".into() });
+            }
+        }
+        KeysCommand::Fetch { account, address } => {
+            let mut keys = keys_client(common, &account).await?;
+            let reply = keys.fetch_key(keys_pb::FetchKeyRequest { address }).await?.into_inner();
+            output::keys(&reply.key.into_iter().collect::<Vec<_>>(), json);
+        }
+        KeysCommand::Delete { account, fingerprint } => {
+            let mut keys = keys_client(common, &account).await?;
+            keys.delete_key(keys_pb::DeleteKeyRequest { fingerprint: fingerprint.clone() }).await?;
+            output::removed_key(&fingerprint, json);
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Keys(command) = cli.command {
+        return run_keys(&cli.common, command, cli.json).await;
+    }
     let mut core = connect(&cli.common).await?;
     let json = cli.json;
     match cli.command {
@@ -336,6 +440,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let status = core.get_status(request).await?.into_inner();
             output::status(&status.accounts, json);
         }
+        Command::Keys(_) => unreachable!("handled above"),
         Command::Status { address, watch: true } => {
             let request = pb::WatchStatusRequest { address: address.unwrap_or_default() };
             let mut updates = core.watch_status(request).await?.into_inner();

@@ -354,3 +354,105 @@ impl SyncPrinter {
         }
     }
 }
+
+/// Bytes as they are (an exported key).
+pub fn raw(data: &[u8]) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(data);
+    let _ = stdout.flush();
+}
+
+#[derive(Debug, Serialize)]
+struct KeyView<'a> {
+    fingerprint: &'a str,
+    addresses: &'a [String],
+    source: String,
+    validation: String,
+    active: bool,
+    has_secret: bool,
+    used: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_unix: Option<i64>,
+}
+
+fn enum_name(debug: String) -> String {
+    // "ProviderDirectory" -> "provider-directory"
+    let mut name = String::new();
+    for (index, character) in debug.chars().enumerate() {
+        if character.is_uppercase() && index > 0 {
+            name.push('-');
+        }
+        name.extend(character.to_lowercase());
+    }
+    name
+}
+
+pub fn keys(keys: &[bitmask_proto::keys::v1::Key], json: bool) {
+    let views: Vec<KeyView> = keys
+        .iter()
+        .map(|key| KeyView {
+            fingerprint: &key.fingerprint,
+            addresses: &key.addresses,
+            source: enum_name(format!("{:?}", key.source())),
+            validation: enum_name(format!("{:?}", key.validation())),
+            active: key.active,
+            has_secret: key.has_secret,
+            used: key.used,
+            expires_unix: key.expires.map(|time| time.seconds),
+        })
+        .collect();
+    if json {
+        return print_json(&views);
+    }
+    if views.is_empty() {
+        println!("no keys");
+        return;
+    }
+    let mut rows =
+        vec![["FINGERPRINT", "ADDRESSES", "SOURCE", "LEVEL", "EXPIRES", "ACTIVE", "SECRET"].map(String::from).to_vec()];
+    for view in &views {
+        let expires = view
+            .expires_unix
+            .and_then(|seconds| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(seconds.max(0) as u64)))
+            .map(|at| match at.duration_since(SystemTime::now()) {
+                Ok(left) => format!("in {} days", left.as_secs() / 86_400),
+                Err(_) => "expired".into(),
+            })
+            .unwrap_or_else(|| "never".into());
+        rows.push(vec![
+            view.fingerprint.to_owned(),
+            view.addresses.join(","),
+            view.source.clone(),
+            view.validation.clone(),
+            expires,
+            if view.active { "yes".into() } else { "no".into() },
+            if view.has_secret { "yes".into() } else { "no".into() },
+        ]);
+    }
+    print_table(&rows, "");
+}
+
+pub fn imported(results: &[bitmask_proto::keys::v1::ImportResult], json: bool) {
+    if json {
+        let values: Vec<_> = results
+            .iter()
+            .map(|result| serde_json::json!({"fingerprint": result.fingerprint, "imported": result.imported, "reason": result.reason}))
+            .collect();
+        return print_json(&values);
+    }
+    for result in results {
+        if result.imported {
+            println!("imported {}", result.fingerprint);
+        } else {
+            println!("refused {}: {}", result.fingerprint, result.reason);
+        }
+    }
+}
+
+pub fn removed_key(fingerprint: &str, json: bool) {
+    if json {
+        return print_json(&serde_json::json!({ "fingerprint": fingerprint, "deleted": true }));
+    }
+    println!("deleted {fingerprint}");
+}

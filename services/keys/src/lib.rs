@@ -247,6 +247,13 @@ impl KeysService {
     ) -> Result<pb::ImportResult, Status> {
         let fingerprint = openpgp::fingerprint(&cert);
         let refuse = |reason: String| pb::ImportResult { fingerprint: fingerprint.clone(), imported: false, reason };
+        // A key we have already: take its public updates, keep our secrets.
+        let cert = match keys.get(&fingerprint) {
+            Some(existing) => {
+                existing.cert.clone().merge_public(cert).map_err(|error| Status::invalid_argument(error.to_string()))?
+            }
+            None => cert,
+        };
         if let Err(error) = openpgp::usable(&cert) {
             return Ok(refuse(error.to_string()));
         }
@@ -293,8 +300,11 @@ impl KeysService {
         }
         let mut candidate = candidate;
         if let Some(existing) = keys.get(&fingerprint) {
-            // Merge with what we had: keep the stronger level and the use.
-            candidate.stored.validation = candidate.stored.validation.max(existing.stored.validation);
+            // Merge with what we had: keep the stronger level (and its source) and the use.
+            if existing.stored.validation >= candidate.stored.validation {
+                candidate.stored.validation = existing.stored.validation;
+                candidate.stored.source = existing.stored.source;
+            }
             candidate.stored.used |= existing.stored.used;
             for address in &existing.stored.active_for {
                 if !active_for.contains(address) {
