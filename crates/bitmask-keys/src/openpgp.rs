@@ -54,14 +54,22 @@ fn policy() -> StandardPolicy<'static> {
 }
 
 /// A new key for `address`: a certification primary key with signing and
-/// encryption subkeys, valid for three years.
+/// encryption subkeys, valid for three years. It advertises only the
+/// encryption container GnuPG reads (SEIPDv1): with SEIPDv2 advertised,
+/// RFC 9580 senders would write messages that GnuPG 2.x cannot decrypt, and
+/// interoperability is judged against GnuPG.
 pub fn generate(address: &str, algorithm: Algorithm) -> Result<Cert, PgpError> {
     let suite = match algorithm {
         Algorithm::Cv25519 => CipherSuite::Cv25519,
         Algorithm::Rsa4096 => CipherSuite::RSA4k,
     };
-    let (cert, _revocation) =
-        CertBuilder::general_purpose(Some(format!("<{address}>"))).set_cipher_suite(suite).generate().map_err(other)?;
+    let features = openpgp::types::Features::empty().set_seipdv1();
+    let (cert, _revocation) = CertBuilder::general_purpose(Some(format!("<{address}>")))
+        .set_cipher_suite(suite)
+        .set_features(features)
+        .map_err(other)?
+        .generate()
+        .map_err(other)?;
     Ok(cert)
 }
 

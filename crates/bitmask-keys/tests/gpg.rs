@@ -134,6 +134,14 @@ fn round_trip(algorithm: Algorithm, gpg_algorithm: &str) {
     let decrypted = openpgp::decrypt(&output.stdout, std::slice::from_ref(&alice), &[]).unwrap();
     assert!(matches!(decrypted.signature, SignatureStatus::UnknownSigner { .. }), "{:?}", decrypted.signature);
 
+    // Our key in gpg (a user taking their key along): gpg reads what an
+    // OpenPGP sender like us writes to it.
+    gpg.import(&openpgp::export_secret(&alice, false).unwrap());
+    let to_alice = openpgp::encrypt(text, std::slice::from_ref(&alice), None, false).unwrap();
+    let to_alice_file = gpg.file("to-alice.pgp", &to_alice);
+    let output = gpg.ok(&["--status-fd", "1", "--output", "/dev/null", "--decrypt", path(&to_alice_file)], b"");
+    assert!(status_lines(&output).contains("[GNUPG:] DECRYPTION_OKAY"), "{}", status_lines(&output));
+
     // Detached signatures both ways.
     let signature = openpgp::sign_detached(text, &alice, true).unwrap();
     let signature_file = gpg.file("sig.asc", &signature);

@@ -27,9 +27,17 @@ fn rate(count: usize, elapsed: Duration) -> f64 {
 }
 
 async fn grpc_encrypt(client: &mut KeysClient<Channel>, data: &[u8]) -> Vec<u8> {
-    let options = pb::EncryptOptions { recipients: vec!["bob@example.org".into()], sign: true, armor: false, fetch_missing: false };
+    let options = pb::EncryptOptions {
+        recipients: vec!["bob@example.org".into()],
+        sign: true,
+        armor: false,
+        fetch_missing: false,
+    };
     let mut messages = vec![pb::EncryptRequest { item: Some(pb::encrypt_request::Item::Options(options)) }];
-    messages.extend(data.chunks(1 << 20).map(|chunk| pb::EncryptRequest { item: Some(pb::encrypt_request::Item::Data(chunk.to_vec())) }));
+    messages.extend(
+        data.chunks(1 << 20)
+            .map(|chunk| pb::EncryptRequest { item: Some(pb::encrypt_request::Item::Data(chunk.to_vec())) }),
+    );
     let mut stream = client.encrypt(tokio_stream::iter(messages)).await.unwrap().into_inner();
     let mut out = Vec::new();
     while let Some(message) = stream.message().await.unwrap() {
@@ -57,11 +65,21 @@ fn gpg(home: &std::path::Path, args: &[&str], input: &[u8]) -> Vec<u8> {
     let mut child = Command::new("gpg")
         .arg("--homedir")
         .arg(home)
-        .args(["--batch", "--yes", "--quiet", "--pinentry-mode", "loopback", "--passphrase", "", "--trust-model", "always"])
+        .args([
+            "--batch",
+            "--yes",
+            "--quiet",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--trust-model",
+            "always",
+        ])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
@@ -69,7 +87,7 @@ fn gpg(home: &std::path::Path, args: &[&str], input: &[u8]) -> Vec<u8> {
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let output = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
-    assert!(output.status.success(), "gpg {args:?} failed");
+    assert!(output.status.success(), "gpg {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     output.stdout
 }
 
@@ -85,9 +103,13 @@ fn main() {
     let (mut client, alice) = runtime.block_on(async {
         let store_channel = bitmask_runtime::client::connect_unix(world.socket(ACCOUNT, "store")).await.unwrap();
         let mut store = StoreClient::new(store_channel);
-        store.initialize(store_pb::InitializeRequest { passphrase: "bench".into(), from_provider: false }).await.unwrap();
+        store
+            .initialize(store_pb::InitializeRequest { passphrase: "bench".into(), from_provider: false })
+            .await
+            .unwrap();
         let channel = bitmask_runtime::client::connect_unix(world.socket(ACCOUNT, "keys")).await.unwrap();
-        let mut client = KeysClient::new(channel).max_decoding_message_size(80 << 20).max_encoding_message_size(80 << 20);
+        let mut client =
+            KeysClient::new(channel).max_decoding_message_size(80 << 20).max_encoding_message_size(80 << 20);
         client.ensure_account_key(pb::EnsureAccountKeyRequest::default()).await.unwrap();
         let import = pb::ImportKeyRequest {
             data: openpgp::export_public(&bob, false).unwrap(),
@@ -111,7 +133,10 @@ fn main() {
     gpg(gnupg.path(), &["--import"], &openpgp::export_secret(&alice, false).unwrap());
     gpg(gnupg.path(), &["--import"], &openpgp::export_public(&bob, false).unwrap());
 
-    println!("{:<34} {:>12} {:>12} {:>12} {:>10} {:>10}", "operation", "ours gRPC", "in-process", "gpg", "ours/inproc", "ours/gpg");
+    println!(
+        "{:<34} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "operation", "ours gRPC", "in-process", "gpg", "ours/inproc", "ours/gpg"
+    );
     for (label, size, rounds, gpg_rounds) in [("10 KB", 10 * 1024, 200, 40), ("1 MB", 1024 * 1024, 20, 10)] {
         let data: Vec<u8> = (0..size).map(|n| b"abcdefghijklmnopqrstuvwxyz\r\n"[n % 28]).collect();
 
@@ -131,7 +156,11 @@ fn main() {
         let inproc = rate(rounds, started.elapsed());
         let started = Instant::now();
         for _ in 0..gpg_rounds {
-            gpg(gnupg.path(), &["--encrypt", "--sign", "--recipient", "bob@example.org", "--local-user", ACCOUNT], &data);
+            gpg(
+                gnupg.path(),
+                &["--encrypt", "--sign", "--recipient", "bob@example.org", "--local-user", ACCOUNT],
+                &data,
+            );
         }
         let reference = rate(gpg_rounds, started.elapsed());
         assert!(openpgp::decrypt(&ciphertext, std::slice::from_ref(&bob), &alice_public).is_ok());
