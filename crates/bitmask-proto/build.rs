@@ -14,6 +14,25 @@ const PROTOS: &[&str] = &[
     "bitmask/provider/v1/provider.proto",
 ];
 
+/// Messages (and oneofs) that carry a secret: passphrases, recovery codes,
+/// tokens, exported key material. They get a redacting `Debug` (in lib.rs)
+/// instead of the derived one, so a secret never reaches a log by `{:?}`.
+pub const SECRET_TYPES: &[&str] = &[
+    ".bitmask.core.v1.StartAccountRequest",
+    ".bitmask.core.v1.StartAccountResponse",
+    ".bitmask.core.v1.ChangePassphraseRequest",
+    ".bitmask.core.v1.GetMailTokenResponse",
+    ".bitmask.store.v1.InitializeRequest",
+    ".bitmask.store.v1.InitializeResponse",
+    ".bitmask.store.v1.UnlockRequest",
+    ".bitmask.store.v1.UnlockRequest.credential",
+    ".bitmask.store.v1.ChangePassphraseRequest",
+    ".bitmask.store.v1.ChangePassphraseRequest.credential",
+    ".bitmask.store.v1.ConfigureSyncRequest",
+    ".bitmask.keys.v1.ExportKeyResponse",
+    ".bitmask.provider.v1.LoginFinishResponse",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -28,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .generate_default_stubs(true)
+        .skip_debug(SECRET_TYPES)
         .file_descriptor_set_path(out_dir.join("bitmask_descriptor.bin"))
         .compile_protos(&files, &[proto_root, well_known])?;
     Ok(())
