@@ -3,10 +3,12 @@
 //! - [`validation`]: validation levels, key sources and the rules by which
 //!   a new key may replace the active key of an address;
 //! - [`openpgp`]: generate, parse, export, encrypt+sign, decrypt+verify,
-//!   detached signatures, over sequoia-openpgp with its OpenSSL backend.
+//!   detached signatures, over sequoia-openpgp with its OpenSSL backend;
+//! - [`wkd`]: the Web Key Directory URLs of an address.
 //!
 //! **Architecture invariant:** only the key service holds private key
 //! material in memory; secrets leave it only by an explicit export.
 
 pub mod openpgp;
 pub mod validation;
+pub mod wkd;
