@@ -109,6 +109,11 @@ pub fn expires(cert: &Cert) -> Option<SystemTime> {
     cert.with_policy(&policy(), None).ok().and_then(|valid| valid.primary_key().key_expiration_time())
 }
 
+/// Whether the certificate has been revoked.
+pub fn revoked(cert: &Cert) -> bool {
+    matches!(cert.revocation_status(&policy(), None), openpgp::types::RevocationStatus::Revoked(_))
+}
+
 /// Whether the certificate is revoked, expired, or otherwise invalid now.
 pub fn usable(cert: &Cert) -> Result<(), PgpError> {
     let policy = policy();

@@ -198,6 +198,7 @@ fn bad_input_gets_clear_errors() {
     assert!(!openpgp::has_secret(&public[0]));
     assert!(matches!(openpgp::sign_detached(b"x", &public[0], false), Err(PgpError::Unusable(..))));
     let revoked = revoke(&carol);
+    assert!(openpgp::revoked(&revoked) && !openpgp::revoked(&carol));
     assert!(openpgp::usable(&revoked).is_err());
     assert!(matches!(openpgp::encrypt(b"x", &[revoked], None, false), Err(PgpError::Unusable(..))));
 }

@@ -137,8 +137,7 @@ impl Entry {
             validation: level_to_pb(stored.validation).into(),
             created: millis(Some(self.cert.primary_key().key().creation_time())),
             expires: millis(openpgp::expires(&self.cert)),
-            revoked: openpgp::usable(&self.cert).is_err()
-                && openpgp::expires(&self.cert).is_none_or(|at| at > SystemTime::now()),
+            revoked: openpgp::revoked(&self.cert),
             used: stored.used,
             refreshed: None,
             algorithm: pb::KeyAlgorithm::Unspecified.into(),
