@@ -906,9 +906,9 @@ impl<'a> Pending<'a> {
                     }
                     tx_documents.insert(storage_key, sealed.as_slice())?;
                 }
-                for change in &changes {
-                    let storage_key = keys.document_key(&change.document.id);
-                    tx_changes.insert(&change.sequence.to_be_bytes(), &storage_key)?;
+                // `documents` and `changes` are in the same order.
+                for ((storage_key, _), change) in documents.iter().zip(&changes) {
+                    tx_changes.insert(&change.sequence.to_be_bytes(), storage_key)?;
                 }
                 for (key, insert) in &self.index {
                     if *insert {

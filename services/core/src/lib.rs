@@ -77,23 +77,22 @@ impl Passphrases {
 
 /// Unlocks the store of `address`: creates its secrets on first use (and
 /// returns the recovery code), otherwise checks the passphrase.
-async fn store_client(paths: &Paths, address: &str) -> Result<StoreClient<TracedChannel>, Status> {
-    let socket =
-        paths.account(address).map_err(|error| Status::invalid_argument(error.to_string()))?.socket(ServiceKind::Store);
+/// A channel to one of the account's services.
+async fn service_channel(paths: &Paths, address: &str, kind: ServiceKind) -> Result<TracedChannel, Status> {
+    let socket = paths.account(address).map_err(|error| Status::invalid_argument(error.to_string()))?.socket(kind);
     let channel = bitmask_runtime::client::connect_unix(&socket)
         .await
-        .map_err(|error| Status::unavailable(format!("cannot reach the store of {address}: {error}")))?;
-    Ok(StoreClient::new(bitmask_runtime::client::traced(channel)))
+        .map_err(|error| Status::unavailable(format!("cannot reach the {kind} service of {address}: {error}")))?;
+    Ok(bitmask_runtime::client::traced(channel))
+}
+
+async fn store_client(paths: &Paths, address: &str) -> Result<StoreClient<TracedChannel>, Status> {
+    Ok(StoreClient::new(service_channel(paths, address, ServiceKind::Store).await?))
 }
 
 /// Asks the key service for the account key, generating it the first time.
 async fn ensure_account_key(paths: &Paths, address: &str) -> Result<(), Status> {
-    let socket =
-        paths.account(address).map_err(|error| Status::invalid_argument(error.to_string()))?.socket(ServiceKind::Keys);
-    let channel = bitmask_runtime::client::connect_unix(&socket)
-        .await
-        .map_err(|error| Status::unavailable(format!("cannot reach the key service of {address}: {error}")))?;
-    let mut keys = KeysClient::new(bitmask_runtime::client::traced(channel));
+    let mut keys = KeysClient::new(service_channel(paths, address, ServiceKind::Keys).await?);
     let request = keys_pb::EnsureAccountKeyRequest::default();
     let key = tokio::time::timeout(std::time::Duration::from_secs(60), keys.ensure_account_key(request))
         .await

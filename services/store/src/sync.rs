@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use bitmask_proto::store::v1 as pb;
 use bitmask_proto::sync::v1 as sync_pb;
 use bitmask_proto::sync::v1::sync_endpoint_client::SyncEndpointClient;
-use bitmask_store::{Change, RemoteDocument, RemoteOutcome, Store, StoreError};
+use bitmask_store::{Change, RemoteDocument, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tonic::service::interceptor::InterceptedService;
@@ -200,9 +200,9 @@ pub async fn run(
         }
         blobs_sent += push_blobs(store, &mut client).await?;
         // Conflicts come back merged as new local changes, pushed next round.
-        for conflict in conflicts {
-            let Some(current) = conflict.current else { continue };
-            apply(store, current, publish).await?;
+        let current: Vec<_> = conflicts.into_iter().filter_map(|conflict| conflict.current).collect();
+        if !current.is_empty() {
+            apply_batch(store, current, publish).await?;
         }
         // Pull.
         let since = blocking(store, |store| store.sync_cursor()).await?.pulled_generation;
@@ -306,21 +306,6 @@ async fn apply_batch(
         .collect();
     for change in blocking(store, move |store| store.apply_remote_batch(&remotes)).await? {
         publish(change);
-    }
-    Ok(())
-}
-
-/// Applies one document from the provider; a refused one (tampered, rolled
-/// back) fails the sync and leaves the local version as it was.
-async fn apply(
-    store: &Arc<Store>,
-    document: sync_pb::SyncedDocument,
-    publish: &(dyn Fn(Change) + Sync),
-) -> Result<(), Status> {
-    let remote = RemoteDocument { id: document.id, rev: document.rev, sealed: document.sealed };
-    match blocking(store, move |store| store.apply_remote(&remote)).await? {
-        RemoteOutcome::Unchanged => {}
-        RemoteOutcome::Applied(change) | RemoteOutcome::Merged(change) => publish(change),
     }
     Ok(())
 }
