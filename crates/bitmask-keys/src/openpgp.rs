@@ -53,6 +53,8 @@ fn policy() -> StandardPolicy<'static> {
     StandardPolicy::new()
 }
 
+pub use openpgp::types::PublicKeyAlgorithm;
+
 /// A new key for `address`: a certification primary key with signing and
 /// encryption subkeys, valid for three years. It advertises only the
 /// encryption container GnuPG reads (SEIPDv1): with SEIPDv2 advertised,
@@ -66,11 +68,49 @@ pub fn generate(address: &str, algorithm: Algorithm) -> Result<Cert, PgpError> {
     let features = openpgp::types::Features::empty().set_seipdv1();
     let (cert, _revocation) = CertBuilder::general_purpose(Some(format!("<{address}>")))
         .set_cipher_suite(suite)
+        .set_validity_period(VALIDITY)
         .set_features(features)
         .map_err(other)?
         .generate()
         .map_err(other)?;
     Ok(cert)
+}
+
+/// How long a new or extended account key is valid.
+pub const VALIDITY: std::time::Duration = std::time::Duration::from_secs(3 * 365 * 24 * 3600);
+
+/// The account key with its primary key and its (unrevoked) subkeys valid
+/// for `validity` from now: new binding signatures, made with the key's own
+/// secrets. The fingerprint stays the same, so correspondents who refresh it
+/// keep encrypting to it.
+pub fn extend(cert: &Cert, validity: std::time::Duration) -> Result<Cert, PgpError> {
+    let policy = policy();
+    let now = SystemTime::now();
+    let expiration = now + validity;
+    let no_secret = || PgpError::Unusable(fingerprint(cert), "extending: its secret part is not here");
+    let mut primary =
+        cert.primary_key().key().clone().parts_into_secret().map_err(|_| no_secret())?.into_keypair().map_err(other)?;
+    let mut signatures: Vec<openpgp::Packet> = cert
+        .set_expiration_time(&policy, now, &mut primary, Some(expiration))
+        .map_err(other)?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let valid = cert.with_policy(&policy, now).map_err(other)?;
+    for subkey in valid.keys().subkeys().revoked(false) {
+        // A signing subkey's binding carries its own back-signature.
+        let mut own = if subkey.for_signing() {
+            Some(subkey.key().clone().parts_into_secret().map_err(|_| no_secret())?.into_keypair().map_err(other)?)
+        } else {
+            None
+        };
+        let own = own.as_mut().map(|pair| pair as &mut dyn openpgp::crypto::Signer);
+        signatures.extend(
+            subkey.set_expiration_time(&mut primary, own, Some(expiration)).map_err(other)?.into_iter().map(Into::into),
+        );
+    }
+    let (extended, _) = cert.clone().insert_packets(signatures).map_err(other)?;
+    Ok(extended)
 }
 
 /// Every certificate in `data` (armored or binary, one or several).
@@ -139,6 +179,20 @@ pub fn certified_by(cert: &Cert, signer: &Cert) -> bool {
 
 /// Encrypts `plaintext` to every recipient (and signs it with `signer`).
 pub fn encrypt(plaintext: &[u8], recipients: &[Cert], signer: Option<&Cert>, armor: bool) -> Result<Vec<u8>, PgpError> {
+    let mut sink = Vec::new();
+    encrypt_stream(&mut &*plaintext, &mut sink, recipients, signer, armor)?;
+    Ok(sink)
+}
+
+/// Encrypts what `plaintext` yields into `sink` as it comes, holding no
+/// more than sequoia's buffers: the streaming form of [`encrypt`].
+pub fn encrypt_stream<W: std::io::Write + Send + Sync>(
+    plaintext: &mut dyn std::io::Read,
+    sink: W,
+    recipients: &[Cert],
+    signer: Option<&Cert>,
+    armor: bool,
+) -> Result<(), PgpError> {
     let policy = policy();
     let mut keys = Vec::new();
     for cert in recipients {
@@ -152,21 +206,18 @@ pub fn encrypt(plaintext: &[u8], recipients: &[Cert], signer: Option<&Cert>, arm
         }
     }
     let signing_key = signer.map(|cert| signing_keypair(cert, &policy)).transpose()?;
-    let mut sink = Vec::new();
-    {
-        let mut message = Message::new(&mut sink);
-        if armor {
-            message = Armorer::new(message).build().map_err(other)?;
-        }
-        message = Encryptor::for_recipients(message, keys).build().map_err(other)?;
-        if let Some(keypair) = signing_key {
-            message = Signer::new(message, keypair).map_err(other)?.build().map_err(other)?;
-        }
-        let mut literal = LiteralWriter::new(message).build().map_err(other)?;
-        literal.write_all(plaintext).map_err(other)?;
-        literal.finalize().map_err(other)?;
+    let mut message = Message::new(sink);
+    if armor {
+        message = Armorer::new(message).build().map_err(other)?;
     }
-    Ok(sink)
+    message = Encryptor::for_recipients(message, keys).build().map_err(other)?;
+    if let Some(keypair) = signing_key {
+        message = Signer::new(message, keypair).map_err(other)?.build().map_err(other)?;
+    }
+    let mut literal = LiteralWriter::new(message).build().map_err(other)?;
+    std::io::copy(plaintext, &mut literal).map_err(other)?;
+    literal.finalize().map_err(other)?;
+    Ok(())
 }
 
 fn signing_keypair(cert: &Cert, policy: &StandardPolicy<'_>) -> Result<openpgp::crypto::KeyPair, PgpError> {
@@ -301,16 +352,44 @@ pub struct Decrypted {
 /// Decrypts with any of `secret_certs`, checking signatures against
 /// `known_certs` (and the account's own).
 pub fn decrypt(ciphertext: &[u8], secret_certs: &[Cert], known_certs: &[Cert]) -> Result<Decrypted, PgpError> {
+    let mut plaintext = zeroize::Zeroizing::new(Vec::new());
+    let outcome = decrypt_stream(ciphertext, &mut *plaintext, secret_certs, known_certs)?;
+    Ok(Decrypted { plaintext, signature: outcome.signature, decrypted_with: outcome.decrypted_with })
+}
+
+/// What streaming decryption tells once the whole message is read.
+#[derive(Debug)]
+pub struct DecryptOutcome {
+    pub signature: SignatureStatus,
+    pub decrypted_with: String,
+}
+
+/// How much plaintext decryption holds back before it releases any: a
+/// message this small reaches the sink only once its integrity and
+/// signatures are checked. (Sequoia's default is 25 MiB, which costs several
+/// times that in growing buffers.)
+const HOLD_BACK: usize = 1 << 20;
+
+/// Decrypts what `ciphertext` yields into `sink`: the streaming form of
+/// [`decrypt`]. A message larger than [`HOLD_BACK`] streams out before its
+/// end is checked: a failure there (an error here) means the caller must
+/// discard what it got.
+pub fn decrypt_stream<'a, R: std::io::Read + Send + Sync + 'a>(
+    ciphertext: R,
+    sink: &mut dyn std::io::Write,
+    secret_certs: &'a [Cert],
+    known_certs: &'a [Cert],
+) -> Result<DecryptOutcome, PgpError> {
     let policy = policy();
     let helper = Helper { secret_certs, known_certs, status: SignatureStatus::None, decrypted_with: None };
-    let mut decryptor = DecryptorBuilder::from_bytes(ciphertext)
+    let mut decryptor = DecryptorBuilder::from_reader(ciphertext)
         .map_err(|error| PgpError::Malformed(error.to_string()))?
+        .buffer_size(HOLD_BACK)
         .with_policy(&policy, None, helper)
         .map_err(classify)?;
-    let mut plaintext = zeroize::Zeroizing::new(Vec::new());
-    std::io::copy(&mut decryptor, &mut *plaintext).map_err(|error| PgpError::Malformed(error.to_string()))?;
+    std::io::copy(&mut decryptor, sink).map_err(|error| PgpError::Malformed(error.to_string()))?;
     let helper = decryptor.into_helper();
-    Ok(Decrypted { plaintext, signature: helper.status, decrypted_with: helper.decrypted_with.unwrap_or_default() })
+    Ok(DecryptOutcome { signature: helper.status, decrypted_with: helper.decrypted_with.unwrap_or_default() })
 }
 
 fn classify(error: openpgp::anyhow::Error) -> PgpError {

@@ -34,6 +34,11 @@ pub enum KeySource {
 
 impl KeySource {
     /// The level a key from this source starts at.
+    /// Whether the key came from somewhere it can be fetched again (refresh).
+    pub fn is_fetched(self) -> bool {
+        matches!(self, Self::ProviderDirectory | Self::Wkd | Self::OpenPgpHeader)
+    }
+
     pub fn default_level(self) -> ValidationLevel {
         match self {
             Self::Generated => ValidationLevel::Fingerprint,

@@ -223,3 +223,32 @@ fn an_expired_key_is_refused_for_encryption() {
     assert!(openpgp::usable(&expired).is_err());
     assert!(matches!(openpgp::encrypt(b"x", &[expired], None, false), Err(PgpError::Unusable(..))));
 }
+
+#[test]
+fn an_expired_account_key_is_extended_and_gpg_encrypts_to_it_again() {
+    use sequoia_openpgp::cert::prelude::*;
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(10 * 86_400);
+    let (expired, _) = CertBuilder::general_purpose(Some("<old@example.org>"))
+        .set_creation_time(long_ago)
+        .set_validity_period(std::time::Duration::from_secs(86_400))
+        .generate()
+        .unwrap();
+    assert!(openpgp::usable(&expired).is_err());
+    let extended = openpgp::extend(&expired, openpgp::VALIDITY).unwrap();
+    assert_eq!(openpgp::fingerprint(&extended), openpgp::fingerprint(&expired));
+    openpgp::usable(&extended).unwrap();
+    let expires = openpgp::expires(&extended).unwrap();
+    assert!(expires > std::time::SystemTime::now() + openpgp::VALIDITY - std::time::Duration::from_secs(3600));
+    // A public key without secrets cannot be extended.
+    let public = openpgp::parse_certs(&openpgp::export_public(&expired, false).unwrap()).unwrap().remove(0);
+    assert!(matches!(openpgp::extend(&public, openpgp::VALIDITY), Err(PgpError::Unusable(..))));
+
+    // GnuPG takes the extended key and encrypts to it; we decrypt.
+    let gpg = Gpg::new();
+    gpg.import(&openpgp::export_public(&extended, true).unwrap());
+    let input = gpg.file("plain.txt", b"still here\n");
+    let output =
+        gpg.ok(&["--armor", "--output", "-", "--recipient", "old@example.org", "--encrypt", path(&input)], b"");
+    let decrypted = openpgp::decrypt(&output.stdout, std::slice::from_ref(&extended), &[]).unwrap();
+    assert_eq!(&*decrypted.plaintext, b"still here\n");
+}

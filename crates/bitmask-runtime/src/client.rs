@@ -88,3 +88,35 @@ pub async fn check_health(channel: Channel, service: &str) -> Result<ServingStat
     let reply = client.check(HealthCheckRequest { service: service.to_owned() }).await?;
     Ok(reply.into_inner().status())
 }
+
+/// Adds `authorization: Bearer <token>` to every request (the provider's session).
+pub type Authorize = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send + Sync>;
+pub type ProviderChannel = InterceptedService<Channel, Authorize>;
+
+/// Connects to the provider at `url` (https://HOST:PORT), trusting only its
+/// pinned CA, and presents `session_token` on every call.
+pub async fn connect_provider(url: &str, ca_pem: &str, session_token: &str) -> Result<ProviderChannel, Status> {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let uri: tonic::transport::Uri =
+        url.parse().map_err(|_| Status::invalid_argument(format!("{url:?} is not a URL")))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(Status::invalid_argument("the provider must be an https:// URL"));
+    }
+    let host = uri.host().unwrap_or_default().to_owned();
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(host);
+    let channel = Channel::builder(uri)
+        .tls_config(tls)
+        .map_err(|error| Status::invalid_argument(format!("TLS configuration: {error}")))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|error| Status::unavailable(format!("cannot reach the provider at {url}: {error}")))?;
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {session_token}")
+        .parse()
+        .map_err(|_| Status::invalid_argument("the session token is not valid metadata"))?;
+    let authorize: Authorize = Box::new(move |mut request: Request<()>| {
+        request.metadata_mut().insert("authorization", bearer.clone());
+        Ok(request)
+    });
+    Ok(InterceptedService::new(channel, authorize))
+}

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
+pub mod https;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -245,19 +247,29 @@ pub fn check_service_cli(binary: &str) {
     assert!(text(&output).contains("cannot prepare socket directory"), "{}", text(&output));
 }
 
-/// A sync endpoint over TLS on loopback, as a provider serves it: its own CA,
-/// a certificate for `localhost`, and a session token for user "alice".
+/// A provider on loopback as the provider binary serves it: the sync
+/// endpoint and the key directory on one TLS server, with its own CA, a
+/// certificate for `localhost`, one session table, and a session token for
+/// [`TestProvider::USER`].
 #[derive(Debug)]
 pub struct TestProvider {
     pub url: String,
     pub ca_pem: String,
+    /// A session token of [`TestProvider::USER`].
     pub token: String,
     pub sessions: std::sync::Arc<bitmask_sync_endpoint::Sessions>,
+    /// The key directory's storage (see [`TestProvider::publish`]).
+    pub keys: std::sync::Arc<bitmask_keydir::SledKeyStorage>,
+    _keys_dir: tempfile::TempDir,
 }
 
 impl TestProvider {
+    /// The user (an account's full address) whose session `token` is.
+    pub const USER: &str = "alice@example.org";
+
     /// Serves `storage` on a free port; call inside a Tokio runtime.
     pub async fn start(storage: std::sync::Arc<dyn bitmask_sync_endpoint::SyncStorage>) -> Self {
+        use bitmask_proto::provider::v1::key_directory_server::KeyDirectoryServer;
         use bitmask_proto::sync::v1::sync_endpoint_server::SyncEndpointServer;
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -268,26 +280,39 @@ impl TestProvider {
         let certificate =
             rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().signed_by(&key, &issuer).unwrap();
         let sessions = std::sync::Arc::new(bitmask_sync_endpoint::Sessions::default());
-        let token = sessions.issue("alice", Duration::from_secs(3600));
+        let token = sessions.issue(Self::USER, Duration::from_secs(3600));
+        let keys_dir = tempfile::tempdir().unwrap();
+        let keys = std::sync::Arc::new(bitmask_keydir::SledKeyStorage::open(keys_dir.path()).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let tls = bitmask_sync_endpoint::server_tls(certificate.pem().as_bytes(), key.serialize_pem().as_bytes());
-        let service = bitmask_sync_endpoint::SyncService::new(storage, sessions.clone());
-        let server =
-            tonic::transport::Server::builder().tls_config(tls).unwrap().add_service(SyncEndpointServer::new(service));
+        let sync = bitmask_sync_endpoint::SyncService::new(storage, sessions.clone());
+        let directory = bitmask_keydir::KeyDirectoryService::new(keys.clone(), sessions.clone());
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(SyncEndpointServer::new(sync))
+            .add_service(KeyDirectoryServer::new(directory));
         tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
-        Self { url: format!("https://localhost:{port}"), ca_pem: ca.pem(), token, sessions }
+        Self { url: format!("https://localhost:{port}"), ca_pem: ca.pem(), token, sessions, keys, _keys_dir: keys_dir }
     }
 
-    /// The request that points a store at this provider as "alice".
+    /// The request that points a store at this provider as [`TestProvider::USER`].
     pub fn configure_request(&self) -> bitmask_proto::store::v1::ConfigureSyncRequest {
         bitmask_proto::store::v1::ConfigureSyncRequest {
             url: self.url.clone(),
             ca_certificate_pem: self.ca_pem.clone(),
-            user: "alice".into(),
+            user: Self::USER.into(),
             session_token: self.token.clone(),
             interval_seconds: 3600,
         }
+    }
+
+    /// Publishes `armored` (a public key with a user id for `address`) in
+    /// the key directory as `address`'s own key, as if its account had, by
+    /// the directory's rules; returns the fingerprint.
+    pub fn publish(&self, address: &str, armored: &str) -> String {
+        bitmask_keydir::publish(self.keys.as_ref(), address, armored.as_bytes()).unwrap().fingerprint
     }
 }
 

@@ -53,7 +53,7 @@ fn bitmaskctl_sync_shows_progress_and_status_the_last_sync() {
     assert!(output.lines().last().unwrap().starts_with("done") && output.contains("sent "), "{output}");
     use bitmask_sync_endpoint::SyncStorage as _;
     // The three mailboxes, and the account key the first start made (sealed, for the account's other devices).
-    assert_eq!(storage.pull("alice", 0, 0).unwrap().0.len(), 4, "the provider has the four documents");
+    assert_eq!(storage.pull(TestProvider::USER, 0, 0).unwrap().0.len(), 4, "the provider has the four documents");
 
     let status = world.ctl_json(&["status", "alice@example.org"]);
     assert!(status[0]["last_sync_result"].as_str().unwrap().starts_with("ok"), "{status:#}");

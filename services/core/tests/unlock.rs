@@ -130,7 +130,11 @@ fn the_passphrase_changes_with_the_old_one_or_the_recovery_code() {
 
 #[test]
 fn bitmaskctl_keys_lists_exports_and_refuses_bad_imports() {
-    let world = World::new();
+    let mut world = World::new();
+    // WKD for example.org goes to a closed port, not to the Internet.
+    let closed = bitmask_testkit::free_port();
+    let resolve = format!("openpgpkey.example.org=127.0.0.1:{closed},example.org=127.0.0.1:{closed}");
+    world.env.push(("BITMASK_KEYS_RESOLVE".into(), resolve));
     let _daemon = world.bitmaskd(&[]);
     add(&world);
     let started = world.ctl_with_input(&["account", "start", "alice@example.org"], "correct horse battery\n");
@@ -164,6 +168,7 @@ fn bitmaskctl_keys_lists_exports_and_refuses_bad_imports() {
     assert!(text(&own).contains("cannot be deleted"), "{}", text(&own));
     let fetch = world.ctl(&["keys", "fetch", "alice@example.org", "bob@example.org"]);
     assert_eq!(fetch.status.code(), Some(1), "{}", text(&fetch));
+    assert!(text(&fetch).contains("no key found for bob@example.org; asked: provider directory"), "{}", text(&fetch));
     world.ctl_json(&["account", "stop", "alice@example.org"]);
     let stopped = world.ctl(&["keys", "list", "alice@example.org"]);
     assert!(text(&stopped).contains("start the account first"), "{}", text(&stopped));

@@ -339,8 +339,18 @@ async fn run_keys(common: &CommonArgs, command: KeysCommand, json: bool) -> Resu
         }
         KeysCommand::Fetch { account, address } => {
             let mut keys = keys_client(common, &account).await?;
-            let reply = keys.fetch_key(keys_pb::FetchKeyRequest { address }).await?.into_inner();
-            output::keys(&reply.key.into_iter().collect::<Vec<_>>(), json);
+            let reply = keys.fetch_key(keys_pb::FetchKeyRequest { address: address.clone() }).await?.into_inner();
+            let refused = reply.result.as_ref().filter(|result| !result.imported).map(|result| result.reason.clone());
+            match reply.key {
+                Some(key) => output::keys(&[key], json),
+                None => {
+                    let mut message = format!("no key found for {address}; asked: {}", reply.tried.join("; "));
+                    if let Some(reason) = refused {
+                        message.push_str(&format!("; refused: {reason}"));
+                    }
+                    return Err(Failure { code: 1, message });
+                }
+            }
         }
         KeysCommand::Delete { account, fingerprint } => {
             let mut keys = keys_client(common, &account).await?;

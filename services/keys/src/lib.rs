@@ -6,25 +6,30 @@
 //! process's memory and, sealed, in the store; a reply carries it only for an
 //! explicit `ExportKey` with `include_secret`.
 
+pub mod discovery;
+mod streaming;
+
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bitmask_keys::openpgp::{self, Algorithm, Certificate, SignatureStatus};
 use bitmask_keys::validation::{KeyFacts, KeySource, ValidationLevel, may_replace};
 use bitmask_proto::keys::v1 as pb;
 use bitmask_proto::keys::v1::keys_server::Keys;
+use bitmask_proto::provider::v1 as provider_pb;
+use bitmask_proto::provider::v1::key_directory_client::KeyDirectoryClient;
 use bitmask_proto::store::v1 as store_pb;
 use bitmask_proto::store::v1::store_client::StoreClient;
-use bitmask_runtime::client::TracedChannel;
+use bitmask_runtime::client::{ProviderChannel, TracedChannel, connect_provider};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tonic::{Request, Response, Status};
 
 const COLLECTION: &str = "keys";
 const ALL_KEYS_INDEX: &str = "keys-all";
 /// The largest message encrypted or decrypted in one call.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-const CHUNK: usize = 1024 * 1024;
 
 /// What is kept of a key in the store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +45,13 @@ struct StoredKey {
     used: bool,
     /// The certificate (with secrets for the account's own keys), binary.
     certificate: String,
+    /// The account key: the fingerprint-and-expiry last published to the
+    /// provider's directory ("" when not yet).
+    #[serde(default)]
+    published: String,
+    /// Seconds since the epoch of the last fetch from its source.
+    #[serde(default)]
+    refreshed: u64,
 }
 
 struct Entry {
@@ -53,12 +65,28 @@ impl std::fmt::Debug for Entry {
     }
 }
 
+/// The service; cheap to clone (the state is shared), so background work
+/// (publishing, refresh, streaming crypto) can hold it.
+#[derive(Debug, Clone)]
+pub struct KeysService(Arc<Inner>);
+
 #[derive(Debug)]
-pub struct KeysService {
+pub struct Inner {
     account: String,
     store: StoreClient<TracedChannel>,
+    http: discovery::Http,
     /// Loaded from the store on first use (the store may still be locked at start).
     keys: Mutex<Option<HashMap<String, Entry>>>,
+    /// Wakes the background work (an account key to publish).
+    wake: Notify,
+    refresh_every: Duration,
+}
+
+impl std::ops::Deref for KeysService {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
 }
 
 fn millis(time: Option<SystemTime>) -> Option<prost_types::Timestamp> {
@@ -139,8 +167,9 @@ impl Entry {
             expires: millis(openpgp::expires(&self.cert)),
             revoked: openpgp::revoked(&self.cert),
             used: stored.used,
-            refreshed: None,
-            algorithm: pb::KeyAlgorithm::Unspecified.into(),
+            refreshed: (stored.refreshed > 0)
+                .then_some(prost_types::Timestamp { seconds: stored.refreshed as i64, nanos: 0 }),
+            algorithm: algorithm_of(&self.cert).into(),
         }
     }
 
@@ -151,6 +180,35 @@ impl Entry {
             expires: openpgp::expires(&self.cert),
             used: self.stored.used,
         }
+    }
+}
+
+/// Where a key being imported comes from.
+#[derive(Debug, Clone, Copy)]
+struct Origin<'a> {
+    source: KeySource,
+    validation: ValidationLevel,
+    /// E.g. the URL it was fetched from.
+    detail: &'a str,
+}
+
+impl<'a> Origin<'a> {
+    fn of(source: KeySource, detail: &'a str) -> Self {
+        Self { source, validation: source.default_level(), detail }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|since| since.as_secs()).unwrap_or_default()
+}
+
+fn algorithm_of(cert: &Certificate) -> pb::KeyAlgorithm {
+    use bitmask_keys::openpgp::PublicKeyAlgorithm;
+    match cert.primary_key().key().pk_algo() {
+        PublicKeyAlgorithm::EdDSA | PublicKeyAlgorithm::Ed25519 => pb::KeyAlgorithm::Cv25519,
+        #[allow(deprecated)] // RSA sign-only keys exist in the wild
+        PublicKeyAlgorithm::RSAEncryptSign | PublicKeyAlgorithm::RSASign => pb::KeyAlgorithm::Rsa4096,
+        _ => pb::KeyAlgorithm::Unspecified,
     }
 }
 
@@ -172,11 +230,13 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 }
 
 impl KeysService {
-    pub fn new(account: String, store: TracedChannel) -> Self {
+    pub fn new(account: String, store: TracedChannel, http: discovery::Http, refresh_every: Duration) -> Self {
         let store = StoreClient::new(store).max_decoding_message_size(64 << 20);
-        Self { account, store, keys: Mutex::new(None) }
+        Self(Arc::new(Inner { account, store, http, keys: Mutex::new(None), wake: Notify::new(), refresh_every }))
     }
+}
 
+impl Inner {
     /// The keys, loaded from the store on first use.
     async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, Option<HashMap<String, Entry>>>, Status> {
         let mut keys = self.keys.lock().await;
@@ -240,10 +300,10 @@ impl KeysService {
         &self,
         keys: &mut HashMap<String, Entry>,
         cert: Certificate,
-        source: KeySource,
-        validation: ValidationLevel,
+        origin: Origin<'_>,
         only_address: Option<&str>,
     ) -> Result<pb::ImportResult, Status> {
+        let Origin { source, validation, detail } = origin;
         let fingerprint = openpgp::fingerprint(&cert);
         let refuse = |reason: String| pb::ImportResult { fingerprint: fingerprint.clone(), imported: false, reason };
         // A key we have already: take its public updates, keep our secrets.
@@ -268,11 +328,13 @@ impl KeysService {
                 fingerprint: fingerprint.clone(),
                 addresses: openpgp::addresses(&cert),
                 source,
-                source_detail: String::new(),
+                source_detail: detail.to_owned(),
                 validation,
                 active_for: Vec::new(),
                 used: false,
                 certificate: encode(&cert)?,
+                published: String::new(),
+                refreshed: if source.is_fetched() { unix_now() } else { 0 },
             },
             cert,
         };
@@ -303,8 +365,11 @@ impl KeysService {
             if existing.stored.validation >= candidate.stored.validation {
                 candidate.stored.validation = existing.stored.validation;
                 candidate.stored.source = existing.stored.source;
+                candidate.stored.source_detail = existing.stored.source_detail.clone();
             }
             candidate.stored.used |= existing.stored.used;
+            candidate.stored.published = existing.stored.published.clone();
+            candidate.stored.refreshed = candidate.stored.refreshed.max(existing.stored.refreshed);
             for address in &existing.stored.active_for {
                 if !active_for.contains(address) {
                     active_for.push(address.clone());
@@ -315,6 +380,268 @@ impl KeysService {
         self.save(&candidate).await?;
         keys.insert(fingerprint.clone(), candidate);
         Ok(pb::ImportResult { fingerprint, imported: true, reason: String::new() })
+    }
+}
+
+/// A key found at one of the remote sources.
+struct Found {
+    data: Vec<u8>,
+    source: KeySource,
+    detail: String,
+}
+
+/// How often fetched keys are fetched again.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// Account keys are extended this long before they expire.
+pub const EXTEND_BEFORE: Duration = Duration::from_secs(60 * 24 * 3600);
+
+impl Inner {
+    /// The provider's key directory, when the account has a provider (its
+    /// connection is the store's sync configuration).
+    async fn directory(&self) -> Result<Option<KeyDirectoryClient<ProviderChannel>>, Status> {
+        let request = store_pb::GetSyncConfigRequest {};
+        let config = match self.store.clone().get_sync_config(request).await {
+            Ok(config) => config.into_inner(),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => return Ok(None),
+            Err(status) => return Err(store_status(status)),
+        };
+        let channel = connect_provider(&config.url, &config.ca_certificate_pem, &config.session_token).await?;
+        Ok(Some(KeyDirectoryClient::new(channel)))
+    }
+
+    /// Asks the remote sources for `address`'s key, in order: the provider's
+    /// directory, then Web Key Directory. Nothing is imported here.
+    async fn fetch_remote(&self, address: &str, tried: &mut Vec<String>) -> Option<Found> {
+        match self.directory().await {
+            Ok(None) => tried.push("provider directory: no provider configured".into()),
+            Ok(Some(mut directory)) => {
+                match directory.lookup_key(provider_pb::LookupKeyRequest { address: address.to_owned() }).await {
+                    Ok(found) => {
+                        tried.push("provider directory: found".into());
+                        return Some(Found {
+                            data: found.into_inner().armored_key.into_bytes(),
+                            source: KeySource::ProviderDirectory,
+                            detail: "provider directory".into(),
+                        });
+                    }
+                    Err(status) if status.code() == tonic::Code::NotFound => {
+                        tried.push("provider directory: not found".into());
+                    }
+                    Err(status) => tried.push(format!("provider directory: {}", status.message())),
+                }
+            }
+            Err(status) => tried.push(format!("provider directory: {}", status.message())),
+        }
+        let outcome = discovery::wkd(&self.http, address).await;
+        tried.extend(outcome.tried);
+        outcome.found.map(|(data, url)| Found { data, source: KeySource::Wkd, detail: url })
+    }
+
+    /// Imports what a source gave for `address`: only certificates with a
+    /// user id of that address, and only for it.
+    async fn import_found(
+        &self,
+        keys: &mut HashMap<String, Entry>,
+        address: &str,
+        found: &Found,
+    ) -> Result<Vec<pb::ImportResult>, Status> {
+        let data = found.data.clone();
+        let certs = match blocking(move || openpgp::parse_certs(&data)).await? {
+            Ok(certs) => certs,
+            Err(error) => {
+                let reason = format!("{}: {error}", found.detail);
+                return Ok(vec![pb::ImportResult { fingerprint: String::new(), imported: false, reason }]);
+            }
+        };
+        let mut results = Vec::new();
+        for cert in certs {
+            if openpgp::has_secret(&cert) {
+                let reason = "a fetched or received key must not carry secret key material".into();
+                results.push(pb::ImportResult { fingerprint: openpgp::fingerprint(&cert), imported: false, reason });
+                continue;
+            }
+            if !openpgp::addresses(&cert).iter().any(|uid| uid == address) {
+                let reason = format!("the key has no user id for {address}");
+                results.push(pb::ImportResult { fingerprint: openpgp::fingerprint(&cert), imported: false, reason });
+                continue;
+            }
+            let origin = Origin::of(found.source, &found.detail);
+            results.push(self.import_one(keys, cert, origin, Some(address)).await?);
+        }
+        Ok(results)
+    }
+
+    /// FetchKey: the remote sources for `address`, imported by the rules.
+    async fn fetch(&self, address: &str) -> Result<pb::FetchKeyResponse, Status> {
+        let mut tried = Vec::new();
+        let found = self.fetch_remote(address, &mut tried).await;
+        let mut guard = self.loaded().await?;
+        let keys = guard.get_or_insert_with(HashMap::new);
+        let result = match &found {
+            Some(found) => self.import_found(keys, address, found).await?.into_iter().next(),
+            None => None,
+        };
+        let key = Self::active(keys, address).map(Entry::to_pb);
+        Ok(pb::FetchKeyResponse { key, tried, result })
+    }
+
+    /// Publishes the account key to the provider's directory unless this
+    /// version of it (fingerprint and expiry) is there already.
+    async fn publish_account_key(&self) -> Result<bool, Status> {
+        let (fingerprint, version, armored) = {
+            let guard = self.loaded().await?;
+            let Some(entry) = guard.as_ref().and_then(|keys| Self::active(keys, &self.account)) else {
+                return Ok(false);
+            };
+            let version = published_version(&entry.cert);
+            if entry.stored.published == version {
+                return Ok(false);
+            }
+            let armored = openpgp::export_public(&entry.cert, true).map_err(pgp_status)?;
+            (entry.stored.fingerprint.clone(), version, armored)
+        };
+        let Some(mut directory) = self.directory().await? else { return Ok(false) };
+        let armored_key = String::from_utf8(armored).map_err(|_| Status::internal("armor is text"))?;
+        directory.publish_key(provider_pb::PublishKeyRequest { armored_key }).await?;
+        let mut guard = self.loaded().await?;
+        if let Some(entry) = guard.as_mut().and_then(|keys| keys.get_mut(&fingerprint)) {
+            entry.stored.published = version;
+            let entry = &*entry;
+            self.save(entry).await?;
+        }
+        tracing::info!(%fingerprint, "published the account key to the provider's directory");
+        Ok(true)
+    }
+
+    /// Extends the account key when it expires within [`EXTEND_BEFORE`].
+    async fn extend_account_key(&self) -> Result<bool, Status> {
+        let mut guard = self.loaded().await?;
+        let Some(keys) = guard.as_mut() else { return Ok(false) };
+        let Some(entry) = Self::active(keys, &self.account).filter(|entry| openpgp::has_secret(&entry.cert)) else {
+            return Ok(false);
+        };
+        let due = openpgp::expires(&entry.cert).is_some_and(|at| at < SystemTime::now() + EXTEND_BEFORE);
+        if !due {
+            return Ok(false);
+        }
+        let cert = entry.cert.clone();
+        let extended = blocking(move || openpgp::extend(&cert, openpgp::VALIDITY)).await?.map_err(pgp_status)?;
+        let fingerprint = entry.stored.fingerprint.clone();
+        if let Some(entry) = keys.get_mut(&fingerprint) {
+            entry.stored.certificate = encode(&extended)?;
+            entry.cert = extended;
+            let entry = &*entry;
+            self.save(entry).await?;
+        }
+        tracing::info!(%fingerprint, "extended the account key");
+        Ok(true)
+    }
+
+    /// Refresh: the account key extended and (re)published, other keys
+    /// fetched again from where they came from, by the replacement rules.
+    /// `all`: every fetched key now; otherwise those older than the interval.
+    async fn refresh(&self, all: bool) -> pb::RefreshResponse {
+        let mut response = pb::RefreshResponse::default();
+        match self.extend_account_key().await {
+            Ok(extended) => response.refreshed += u32::from(extended),
+            Err(status) => response.errors.push(format!("extending the account key: {}", status.message())),
+        }
+        if let Err(status) = self.publish_account_key().await {
+            response.errors.push(format!("publishing the account key: {}", status.message()));
+        }
+        let due: Vec<(String, String, KeySource, String)> = match self.loaded().await {
+            Ok(guard) => {
+                let horizon = unix_now().saturating_sub(self.refresh_every.as_secs());
+                guard
+                    .iter()
+                    .flat_map(|keys| keys.values())
+                    .filter(|entry| entry.stored.source.is_fetched() && !openpgp::has_secret(&entry.cert))
+                    .filter(|entry| all || entry.stored.refreshed <= horizon)
+                    .flat_map(|entry| {
+                        entry.stored.active_for.iter().map(|address| {
+                            let stored = &entry.stored;
+                            (stored.fingerprint.clone(), address.clone(), stored.source, stored.source_detail.clone())
+                        })
+                    })
+                    .collect()
+            }
+            Err(status) => {
+                response.errors.push(status.message().to_owned());
+                return response;
+            }
+        };
+        for (fingerprint, address, source, detail) in due {
+            let mut tried = Vec::new();
+            let found = match source {
+                KeySource::OpenPgpHeader => match self.http.get(&detail).await {
+                    Ok(Some(data)) => Some(Found { data, source, detail }),
+                    Ok(None) => None,
+                    Err(error) => {
+                        response.errors.push(format!("{address}: {error}"));
+                        None
+                    }
+                },
+                _ => self.fetch_remote(&address, &mut tried).await,
+            };
+            let Some(found) = found else { continue };
+            let Ok(mut guard) = self.loaded().await else { continue };
+            let keys = guard.get_or_insert_with(HashMap::new);
+            match self.import_found(keys, &address, &found).await {
+                Ok(results) => {
+                    for result in results {
+                        if result.imported && result.fingerprint == fingerprint {
+                            response.refreshed += 1;
+                        } else if result.imported {
+                            response.replaced += 1;
+                        } else {
+                            response.errors.push(format!("{address}: {}", result.reason));
+                        }
+                    }
+                    if let Some(entry) = keys.get_mut(&fingerprint) {
+                        entry.stored.refreshed = unix_now();
+                        let entry = &*entry;
+                        if let Err(status) = self.save(entry).await {
+                            response.errors.push(status.message().to_owned());
+                        }
+                    }
+                }
+                Err(status) => response.errors.push(format!("{address}: {}", status.message())),
+            }
+        }
+        response
+    }
+}
+
+/// What identifies a published version of the account key: a new expiry
+/// (after an extension) is published again.
+fn published_version(cert: &Certificate) -> String {
+    let expires = openpgp::expires(cert)
+        .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|since| since.as_secs())
+        .unwrap_or_default();
+    format!("{}/{expires}", openpgp::fingerprint(cert))
+}
+
+impl KeysService {
+    /// The background work: publishing the account key once the provider is
+    /// known (woken by EnsureAccountKey), and the periodic refresh.
+    pub async fn background(self) {
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {
+                    if let Err(status) = self.publish_account_key().await {
+                        tracing::warn!(error = %status.message(), "cannot publish the account key yet");
+                    }
+                }
+                () = tokio::time::sleep(self.refresh_every) => {
+                    let outcome = Inner::refresh(&self, false).await;
+                    for error in &outcome.errors {
+                        tracing::warn!(%error, "key refresh");
+                    }
+                    tracing::info!(refreshed = outcome.refreshed, replaced = outcome.replaced, "key refresh done");
+                }
+            }
+        }
     }
 }
 
@@ -344,11 +671,7 @@ where
     Ok((options.unwrap_or_default(), data))
 }
 
-fn chunks<T: Send + 'static>(data: &[u8], wrap: impl Fn(Vec<u8>) -> T) -> Vec<Result<T, Status>> {
-    data.chunks(CHUNK).map(|chunk| Ok(wrap(chunk.to_vec()))).collect()
-}
-
-fn signature_to_pb(status: &SignatureStatus, keys: &HashMap<String, Entry>) -> pb::SignatureOutcome {
+fn signature_to_pb(status: &SignatureStatus, addresses: &HashMap<String, Vec<String>>) -> pb::SignatureOutcome {
     match status {
         SignatureStatus::None => {
             pb::SignatureOutcome { status: pb::SignatureStatus::None.into(), ..Default::default() }
@@ -356,7 +679,7 @@ fn signature_to_pb(status: &SignatureStatus, keys: &HashMap<String, Entry>) -> p
         SignatureStatus::Valid { fingerprint } => pb::SignatureOutcome {
             status: pb::SignatureStatus::Valid.into(),
             fingerprint: fingerprint.clone(),
-            signer_addresses: keys.get(fingerprint).map(|entry| entry.stored.addresses.clone()).unwrap_or_default(),
+            signer_addresses: addresses.get(fingerprint).cloned().unwrap_or_default(),
             ..Default::default()
         },
         SignatureStatus::Invalid { detail } => pb::SignatureOutcome {
@@ -384,14 +707,14 @@ impl Keys for KeysService {
         };
         let mut guard = self.loaded().await?;
         let keys = guard.get_or_insert_with(HashMap::new);
-        if let Some(entry) = Self::active(keys, &self.account).filter(|entry| openpgp::has_secret(&entry.cert)) {
+        // Publishing (once the provider is known) happens in the background.
+        self.wake.notify_one();
+        if let Some(entry) = Inner::active(keys, &self.account).filter(|entry| openpgp::has_secret(&entry.cert)) {
             return Ok(Response::new(entry.to_pb()));
         }
         let account = self.account.clone();
         let cert = blocking(move || openpgp::generate(&account, algorithm)).await?.map_err(pgp_status)?;
-        let result = self
-            .import_one(keys, cert, KeySource::Generated, ValidationLevel::Fingerprint, Some(&self.account))
-            .await?;
+        let result = self.import_one(keys, cert, Origin::of(KeySource::Generated, ""), Some(&self.account)).await?;
         tracing::info!(fingerprint = %result.fingerprint, "generated the account key");
         let entry = keys.get(&result.fingerprint).ok_or_else(|| Status::internal("the new key is gone"))?;
         Ok(Response::new(entry.to_pb()))
@@ -413,10 +736,22 @@ impl Keys for KeysService {
     }
 
     async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Result<Response<pb::Key>, Status> {
+        let request = request.into_inner();
+        if let (true, Some(pb::get_key_request::Selector::Address(address))) = (request.fetch, &request.selector) {
+            let address = address.to_lowercase();
+            let known = self.loaded().await?.as_ref().is_some_and(|keys| Inner::active(keys, &address).is_some());
+            if !known {
+                let fetched = self.fetch(&address).await?;
+                return fetched
+                    .key
+                    .map(Response::new)
+                    .ok_or_else(|| Status::not_found(format!("no key for {address}: {}", fetched.tried.join("; "))));
+            }
+        }
         let guard = self.loaded().await?;
         let keys = guard.as_ref().ok_or_else(|| Status::internal("keys not loaded"))?;
-        let entry = match request.into_inner().selector {
-            Some(pb::get_key_request::Selector::Address(address)) => Self::active(keys, &address.to_lowercase()),
+        let entry = match request.selector {
+            Some(pb::get_key_request::Selector::Address(address)) => Inner::active(keys, &address.to_lowercase()),
             Some(pb::get_key_request::Selector::Fingerprint(fingerprint)) => keys.get(&fingerprint.to_uppercase()),
             None => return Err(Status::invalid_argument("give an address or a fingerprint")),
         };
@@ -437,7 +772,8 @@ impl Keys for KeysService {
         let only = (!request.address.is_empty()).then_some(request.address.as_str());
         let mut results = Vec::new();
         for cert in certs {
-            results.push(self.import_one(keys, cert, source, validation, only).await?);
+            let origin = Origin { source, validation, detail: "" };
+            results.push(self.import_one(keys, cert, origin, only).await?);
         }
         Ok(Response::new(pb::ImportKeyResponse { results }))
     }
@@ -450,7 +786,7 @@ impl Keys for KeysService {
         let guard = self.loaded().await?;
         let keys = guard.as_ref().ok_or_else(|| Status::internal("keys not loaded"))?;
         let entry = match &request.selector {
-            Some(pb::export_key_request::Selector::Address(address)) => Self::active(keys, &address.to_lowercase()),
+            Some(pb::export_key_request::Selector::Address(address)) => Inner::active(keys, &address.to_lowercase()),
             Some(pb::export_key_request::Selector::Fingerprint(fingerprint)) => keys.get(&fingerprint.to_uppercase()),
             None => return Err(Status::invalid_argument("give an address or a fingerprint")),
         };
@@ -483,24 +819,79 @@ impl Keys for KeysService {
         Ok(Response::new(pb::DeleteKeyResponse {}))
     }
 
+    async fn fetch_key(&self, request: Request<pb::FetchKeyRequest>) -> Result<Response<pb::FetchKeyResponse>, Status> {
+        let address = request.into_inner().address.to_lowercase();
+        bitmask_keys::wkd::urls(&address).map_err(|error| Status::invalid_argument(error.to_string()))?;
+        Ok(Response::new(self.fetch(&address).await?))
+    }
+
+    async fn learn_from_message(
+        &self,
+        request: Request<pb::LearnFromMessageRequest>,
+    ) -> Result<Response<pb::LearnFromMessageResponse>, Status> {
+        let request = request.into_inner();
+        let message = request.message;
+        let offered = blocking(move || bitmask_keys::learn::offered(&message)).await?;
+        let Some(sender) = offered.sender else {
+            return Ok(Response::new(pb::LearnFromMessageResponse::default()));
+        };
+        let mut found = Vec::new();
+        if let Some(data) = offered.autocrypt {
+            found.push(Found { data, source: KeySource::Autocrypt, detail: "Autocrypt header".into() });
+        }
+        for data in offered.attachments {
+            found.push(Found { data, source: KeySource::Attachment, detail: "attached key".into() });
+        }
+        let mut results = Vec::new();
+        if let Some(url) = offered.openpgp_header.and_then(|header| header.url) {
+            match self.http.get(&url).await {
+                Ok(Some(data)) => found.push(Found { data, source: KeySource::OpenPgpHeader, detail: url }),
+                Ok(None) => {
+                    results.push(pb::ImportResult { reason: format!("{url}: not found"), ..Default::default() })
+                }
+                Err(error) => results.push(pb::ImportResult { reason: error.to_string(), ..Default::default() }),
+            }
+        }
+        let mut guard = self.loaded().await?;
+        let keys = guard.get_or_insert_with(HashMap::new);
+        for found in &found {
+            results.extend(self.import_found(keys, &sender, found).await?);
+        }
+        Ok(Response::new(pb::LearnFromMessageResponse { results }))
+    }
+
+    async fn refresh(&self, _request: Request<pb::RefreshRequest>) -> Result<Response<pb::RefreshResponse>, Status> {
+        Ok(Response::new(Inner::refresh(self, true).await))
+    }
+
     async fn encrypt(
         &self,
         request: Request<tonic::Streaming<pb::EncryptRequest>>,
     ) -> Result<Response<ByteStream<pb::EncryptResponse>>, Status> {
-        let (options, data) = read_stream(request.into_inner(), |message| match message.item {
-            Some(pb::encrypt_request::Item::Options(options)) => (Some(options), Vec::new()),
-            Some(pb::encrypt_request::Item::Data(data)) => (None, data),
-            None => (None, Vec::new()),
-        })
-        .await?;
+        let mut stream = request.into_inner();
+        let options = match stream.message().await?.and_then(|first| first.item) {
+            Some(pb::encrypt_request::Item::Options(options)) => options,
+            _ => return Err(Status::invalid_argument("the first message carries the options")),
+        };
         if options.recipients.is_empty() {
             return Err(Status::invalid_argument("name at least one recipient"));
+        }
+        let addresses: Vec<String> = options.recipients.iter().map(|address| address.to_lowercase()).collect();
+        if options.fetch_missing {
+            let missing: Vec<&String> = {
+                let guard = self.loaded().await?;
+                let keys = guard.as_ref().ok_or_else(|| Status::internal("keys not loaded"))?;
+                addresses.iter().filter(|address| Inner::active(keys, address).is_none()).collect()
+            };
+            for address in missing {
+                self.fetch(address).await?;
+            }
         }
         let mut guard = self.loaded().await?;
         let keys = guard.get_or_insert_with(HashMap::new);
         let mut recipients = Vec::new();
-        for address in &options.recipients {
-            let entry = Self::active(keys, &address.to_lowercase())
+        for address in &addresses {
+            let entry = Inner::active(keys, address)
                 .ok_or_else(|| Status::failed_precondition(format!("no key is known for {address}")))?;
             recipients.push(entry.stored.fingerprint.clone());
         }
@@ -508,15 +899,17 @@ impl Keys for KeysService {
             recipients.iter().filter_map(|fingerprint| keys.get(fingerprint)).map(|entry| entry.cert.clone()).collect();
         let signer = if options.sign {
             Some(
-                Self::account_key(keys, &self.account)
+                Inner::account_key(keys, &self.account)
                     .ok_or_else(|| Status::failed_precondition("the account has no key yet"))?,
             )
         } else {
             None
         };
-        let armor = options.armor;
-        let encrypted =
-            blocking(move || openpgp::encrypt(&data, &certs, signer.as_ref(), armor)).await?.map_err(pgp_status)?;
+        // Checked before anything streams, so a refusal is a clear status.
+        for cert in &certs {
+            openpgp::usable(cert).map_err(pgp_status)?;
+        }
+        // The replacement rules need to know which keys were ever used.
         for fingerprint in &recipients {
             if let Some(entry) = keys.get_mut(fingerprint).filter(|entry| !entry.stored.used) {
                 entry.stored.used = true;
@@ -524,39 +917,66 @@ impl Keys for KeysService {
                 self.save(entry).await?;
             }
         }
-        let mut messages = chunks(&encrypted, |data| pb::EncryptResponse { data, recipient_fingerprints: Vec::new() });
-        messages.push(Ok(pb::EncryptResponse { data: Vec::new(), recipient_fingerprints: recipients }));
-        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+        drop(guard);
+        let input = streaming::reader(
+            stream,
+            |message| match message.item {
+                Some(pb::encrypt_request::Item::Data(data)) => Some(data),
+                _ => None,
+            },
+            MAX_MESSAGE_BYTES,
+        );
+        let armor = options.armor;
+        let wrap = |data| pb::EncryptResponse { data, recipient_fingerprints: Vec::new() };
+        Ok(Response::new(streaming::pipe(input, wrap, move |mut input, output| {
+            openpgp::encrypt_stream(&mut input, output, &certs, signer.as_ref(), armor).map_err(pgp_status)?;
+            Ok(pb::EncryptResponse { data: Vec::new(), recipient_fingerprints: recipients })
+        })))
     }
 
     async fn decrypt(
         &self,
         request: Request<tonic::Streaming<pb::DecryptRequest>>,
     ) -> Result<Response<ByteStream<pb::DecryptResponse>>, Status> {
-        let (_options, data) = read_stream(request.into_inner(), |message| match message.item {
-            Some(pb::decrypt_request::Item::Options(options)) => (Some(options), Vec::new()),
-            Some(pb::decrypt_request::Item::Data(data)) => (None, data),
-            None => (None, Vec::new()),
-        })
-        .await?;
-        let guard = self.loaded().await?;
-        let keys = guard.as_ref().ok_or_else(|| Status::internal("keys not loaded"))?;
-        let secret: Vec<Certificate> =
-            keys.values().filter(|entry| openpgp::has_secret(&entry.cert)).map(|entry| entry.cert.clone()).collect();
-        let known: Vec<Certificate> = keys.values().map(|entry| entry.cert.clone()).collect();
-        let decrypted = blocking(move || openpgp::decrypt(&data, &secret, &known)).await?.map_err(pgp_status)?;
-        let signature = signature_to_pb(&decrypted.signature, keys);
-        let mut messages = chunks(&decrypted.plaintext, |data| pb::DecryptResponse {
-            data,
-            signature: None,
-            decrypted_with: String::new(),
-        });
-        messages.push(Ok(pb::DecryptResponse {
-            data: Vec::new(),
-            signature: Some(signature),
-            decrypted_with: decrypted.decrypted_with,
-        }));
-        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.and_then(|first| first.item);
+        let (_options, pending) = match first {
+            Some(pb::decrypt_request::Item::Options(options)) => (options, Vec::new()),
+            // Options are optional here: the data may come at once.
+            Some(pb::decrypt_request::Item::Data(data)) => (pb::DecryptOptions { verify: true }, data),
+            None => return Err(Status::invalid_argument("an empty message")),
+        };
+        let (secret, known, addresses) = {
+            let guard = self.loaded().await?;
+            let keys = guard.as_ref().ok_or_else(|| Status::internal("keys not loaded"))?;
+            let secret: Vec<Certificate> = keys
+                .values()
+                .filter(|entry| openpgp::has_secret(&entry.cert))
+                .map(|entry| entry.cert.clone())
+                .collect();
+            let known: Vec<Certificate> = keys.values().map(|entry| entry.cert.clone()).collect();
+            let addresses: HashMap<String, Vec<String>> =
+                keys.values().map(|entry| (entry.stored.fingerprint.clone(), entry.stored.addresses.clone())).collect();
+            (secret, known, addresses)
+        };
+        let input = streaming::reader(
+            stream,
+            |message| match message.item {
+                Some(pb::decrypt_request::Item::Data(data)) => Some(data),
+                _ => None,
+            },
+            MAX_MESSAGE_BYTES,
+        );
+        let wrap = |data| pb::DecryptResponse { data, signature: None, decrypted_with: String::new() };
+        Ok(Response::new(streaming::pipe(input, wrap, move |input, output| {
+            let input = std::io::Read::chain(std::io::Cursor::new(pending), input);
+            let outcome = openpgp::decrypt_stream(input, output, &secret, &known).map_err(pgp_status)?;
+            Ok(pb::DecryptResponse {
+                data: Vec::new(),
+                signature: Some(signature_to_pb(&outcome.signature, &addresses)),
+                decrypted_with: outcome.decrypted_with,
+            })
+        })))
     }
 
     async fn sign(
@@ -574,7 +994,7 @@ impl Keys for KeysService {
         }
         let guard = self.loaded().await?;
         let keys = guard.as_ref().ok_or_else(|| Status::internal("keys not loaded"))?;
-        let signer = Self::account_key(keys, &self.account)
+        let signer = Inner::account_key(keys, &self.account)
             .ok_or_else(|| Status::failed_precondition("the account has no key yet"))?;
         let armor = options.armor;
         let signature = blocking(move || openpgp::sign_detached(&data, &signer, armor)).await?.map_err(pgp_status)?;
@@ -605,6 +1025,8 @@ impl Keys for KeysService {
         })
         .await?
         .map_err(pgp_status)?;
-        Ok(Response::new(pb::VerifyResponse { signature: Some(signature_to_pb(&status, keys)), content }))
+        let addresses =
+            keys.values().map(|entry| (entry.stored.fingerprint.clone(), entry.stored.addresses.clone())).collect();
+        Ok(Response::new(pb::VerifyResponse { signature: Some(signature_to_pb(&status, &addresses)), content }))
     }
 }

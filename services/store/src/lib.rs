@@ -517,6 +517,23 @@ impl StoreApi for StoreService {
         Ok(Response::new(pb::ConfigureSyncResponse {}))
     }
 
+    async fn get_sync_config(
+        &self,
+        _request: Request<pb::GetSyncConfigRequest>,
+    ) -> Result<Response<pb::ConfigureSyncRequest>, Status> {
+        let config = self
+            .sync_config()
+            .await
+            .ok_or_else(|| Status::failed_precondition("sync is not configured, or the store is locked"))?;
+        Ok(Response::new(pb::ConfigureSyncRequest {
+            url: config.url,
+            ca_certificate_pem: config.ca_certificate_pem,
+            user: config.user,
+            session_token: config.session_token,
+            interval_seconds: config.interval_seconds,
+        }))
+    }
+
     async fn sync(&self, request: Request<pb::SyncRequest>) -> Result<Response<SyncStream>, Status> {
         let config = self
             .sync_config()

@@ -15,9 +15,7 @@ use bitmask_proto::sync::v1::sync_endpoint_client::SyncEndpointClient;
 use bitmask_store::{Change, RemoteDocument, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-use tonic::{Request, Status};
+use tonic::Status;
 
 /// The store setting that holds where to sync.
 const CONFIG_SETTING: &str = "sync";
@@ -62,34 +60,14 @@ pub struct SyncState {
     pub pending_config: Option<SyncConfig>,
 }
 
-type Authorize = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-pub type EndpointClient = SyncEndpointClient<InterceptedService<Channel, Authorize>>;
+pub type EndpointClient = SyncEndpointClient<bitmask_runtime::client::ProviderChannel>;
 
 /// Connects to the endpoint, trusting only the pinned CA.
 pub async fn connect(config: &SyncConfig) -> Result<EndpointClient, Status> {
-    let url: tonic::transport::Uri =
-        config.url.parse().map_err(|_| Status::invalid_argument(format!("{:?} is not a URL", config.url)))?;
-    if url.scheme_str() != Some("https") {
-        return Err(Status::invalid_argument("the sync endpoint must be an https:// URL"));
-    }
-    let host = url.host().unwrap_or_default().to_owned();
-    let tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&config.ca_certificate_pem)).domain_name(host);
-    let channel = Channel::builder(url)
-        .tls_config(tls)
-        .map_err(|error| Status::invalid_argument(format!("TLS configuration: {error}")))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|error| Status::unavailable(format!("cannot reach the provider at {}: {error}", config.url)))?;
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", config.session_token)
-        .parse()
-        .map_err(|_| Status::invalid_argument("the session token is not valid metadata"))?;
-    let authorize: Authorize = Box::new(move |mut request: Request<()>| {
-        request.metadata_mut().insert("authorization", bearer.clone());
-        Ok(request)
-    });
-    Ok(SyncEndpointClient::with_interceptor(channel, authorize).max_decoding_message_size(64 << 20))
+    let channel =
+        bitmask_runtime::client::connect_provider(&config.url, &config.ca_certificate_pem, &config.session_token)
+            .await?;
+    Ok(SyncEndpointClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
 /// The store's sync configuration, if any.

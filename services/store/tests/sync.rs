@@ -139,7 +139,7 @@ async fn a_second_device_recovers_from_the_passphrase_and_both_converge() {
     let done = sync(&mut one.client).await.unwrap();
     assert_eq!(done.phase(), pb::sync_progress::Phase::Done);
     // (The background sync may have sent some of them already.)
-    assert_eq!(provider.storage.inner.pull("alice", 0, 0).unwrap().0.len(), 300);
+    assert_eq!(provider.storage.inner.pull(TestProvider::USER, 0, 0).unwrap().0.len(), 300);
 
     let mut two = device(&provider).await;
     let wrong = pb::InitializeRequest { passphrase: "wrong".into(), from_provider: true };
@@ -207,9 +207,9 @@ async fn a_second_device_recovers_from_the_passphrase_and_both_converge() {
 
     // A local write reaches the provider by itself (background sync), soon.
     one.client.put(put("m/new", serde_json::json!({"n": -1}))).await.unwrap();
-    let before = provider.storage.inner.pull("alice", 0, 0).unwrap().1;
+    let before = provider.storage.inner.pull(TestProvider::USER, 0, 0).unwrap().1;
     wait_until(Duration::from_secs(10), "the background sync pushed the write", || {
-        provider.storage.inner.pull("alice", 0, 0).unwrap().1 > before
+        provider.storage.inner.pull(TestProvider::USER, 0, 0).unwrap().1 > before
     });
 
     // After a passphrase change, the next sync replaces the backup: a third
@@ -241,7 +241,7 @@ async fn a_sync_cut_off_half_way_resumes_without_loss_or_duplicates() {
     assert!(sync(&mut one.client).await.is_err());
     provider.storage.pushes_left.store(usize::MAX, Ordering::SeqCst);
     sync(&mut one.client).await.unwrap();
-    let (stored, generation) = provider.storage.inner.pull("alice", 0, 0).unwrap();
+    let (stored, generation) = provider.storage.inner.pull(TestProvider::USER, 0, 0).unwrap();
     assert_eq!((stored.len(), generation), (1200, 1200), "each document stored once");
 
     // The pull breaks after the first batch of 500.
@@ -254,7 +254,7 @@ async fn a_sync_cut_off_half_way_resumes_without_loss_or_duplicates() {
     provider.storage.pulls_left.store(usize::MAX, Ordering::SeqCst);
     sync(&mut two.client).await.unwrap();
     assert_eq!(all(&mut two.client).await, all(&mut one.client).await);
-    assert_eq!(provider.storage.inner.pull("alice", 0, 0).unwrap().1, 1200, "nothing was pushed back twice");
+    assert_eq!(provider.storage.inner.pull(TestProvider::USER, 0, 0).unwrap().1, 1200, "nothing was pushed back twice");
 }
 
 #[tokio::test(flavor = "multi_thread")]
