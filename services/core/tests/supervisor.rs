@@ -90,8 +90,8 @@ fn two_accounts_run_eight_services_that_answer_grpcurl() {
     let listed = grpcurl(&world.core_socket(), &["list"]);
     assert!(text(&listed).contains("bitmask.core.v1.Core"), "{}", text(&listed));
     // An RPC that a later issue implements answers UNIMPLEMENTED, never a fake success.
-    let keys = world.socket("alice@example.org", "keys");
-    let unimplemented = grpcurl(&keys, &["bitmask.keys.v1.Keys/FetchKey"]);
+    let smtp = world.socket("alice@example.org", "smtp");
+    let unimplemented = grpcurl(&smtp, &["bitmask.smtp.v1.Smtp/ListQueue"]);
     assert!(!unimplemented.status.success());
     assert!(text(&unimplemented).contains("Unimplemented"), "{}", text(&unimplemented));
 }
