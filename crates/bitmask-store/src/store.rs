@@ -664,15 +664,34 @@ fn index_keys(keys: &Keys, def: &IndexDef, record: &DocumentRecord, storage_key:
         return Vec::new();
     }
     let Ok(content) = serde_json::from_str::<serde_json::Value>(record.content.get()) else { return Vec::new() };
-    let mut key = keys.index_tag(&def.name).to_vec();
+    // One entry per combination: a field holding an array indexes each element.
+    let mut prefixes = vec![keys.index_tag(&def.name).to_vec()];
     for field in &def.fields {
-        match content.pointer(field).and_then(index_value) {
-            Some(value) => encode_value(keys, &def.name, &value, &mut key),
-            None => return Vec::new(),
+        let values: Vec<IndexValue> = match content.pointer(field) {
+            Some(serde_json::Value::Array(items)) => items.iter().filter_map(index_value).collect(),
+            Some(value) => index_value(value).into_iter().collect(),
+            None => Vec::new(),
+        };
+        if values.is_empty() {
+            return Vec::new();
         }
+        prefixes = prefixes
+            .iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |value| {
+                    let mut key = prefix.clone();
+                    encode_value(keys, &def.name, value, &mut key);
+                    key
+                })
+            })
+            .collect();
     }
-    key.extend_from_slice(storage_key);
-    vec![key]
+    prefixes.sort();
+    prefixes.dedup();
+    for key in &mut prefixes {
+        key.extend_from_slice(storage_key);
+    }
+    prefixes
 }
 
 /// The sync bookkeeping a local write keeps from the version it replaces.

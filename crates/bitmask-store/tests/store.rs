@@ -491,3 +491,28 @@ fn blobs_stream_in_chunks_dedupe_and_detect_tampering() {
     assert!(store.stat_blob(&info.id).unwrap().is_none());
     assert!(!store.delete_blob(&info.id).unwrap());
 }
+
+#[test]
+fn an_array_field_indexes_each_element() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh(dir.path());
+    let by_part =
+        IndexDef { name: "by-part".into(), collection: "meta".into(), fields: vec!["/parts".into()], unique: false };
+    store.declare_index(by_part).unwrap();
+    store.put(put("m1", "meta", serde_json::json!({"parts": ["a", "b", "b"]}))).unwrap();
+    store.put(put("m2", "meta", serde_json::json!({"parts": ["b", "c"]}))).unwrap();
+    store.put(put("m3", "meta", serde_json::json!({"parts": []}))).unwrap();
+    let referring = |part: &str| {
+        let query = Query { index: "by-part".into(), equal: vec![IndexValue::Text(part.into())], ..Query::default() };
+        ids(&store.query(&query).unwrap()).into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(referring("a"), ["m1"]);
+    assert_eq!(referring("b"), ["m1", "m2"], "one entry per document, even for a repeated element");
+    assert_eq!(referring("c"), ["m2"]);
+    // An update drops the entries of elements it no longer has.
+    store.put(put("m1", "meta", serde_json::json!({"parts": ["c"]}))).unwrap();
+    assert!(referring("a").is_empty());
+    assert_eq!(referring("c"), ["m1", "m2"]);
+    store.delete("m2", None).unwrap();
+    assert_eq!(referring("c"), ["m1"]);
+}

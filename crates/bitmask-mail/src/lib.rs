@@ -1,0 +1,14 @@
+//! The mail model: mailboxes and messages as documents of the account's
+//! encrypted store, with UIDs and MODSEQs local to the device.
+//!
+//! `split` cuts a raw message into a skeleton and deduplicated content
+//! documents and puts it back together byte for byte; `model` is the model
+//! over the store service (the only writer of mail documents on a device);
+//! `types` are its protocol-neutral types.
+
+pub mod model;
+pub mod split;
+pub mod types;
+
+pub use model::{MailError, MailModel};
+pub use types::{Entry, FlagOperation, Flags, MailEvent, MailboxInfo, SpecialUse};

@@ -1,0 +1,996 @@
+//! The mail model over the store service.
+//!
+//! Documents (collections in brackets; "synced" ones go to the provider
+//! sealed, "local" ones never leave the device):
+//! - `mailbox/<id>` [mailboxes, synced, last writer wins]: name, subscribed,
+//!   special use. The five default mailboxes have fixed ids, so two devices
+//!   that create them agree.
+//! - `message/<sha256>` [messages, synced, immutable]: the skeleton of one
+//!   raw message and the content documents it refers to; shared by every
+//!   copy of the message.
+//! - `content/<sha256>` [contents, synced, immutable]: a leaf body.
+//! - `copy/<random>` [copies, synced, set merge]: the message in one mailbox:
+//!   mailbox, message, internal date, size and flags (the only mutable part;
+//!   concurrent flag edits of two devices merge as sets).
+//! - `uid/<copy id>` [uids, local]: the copy's UID and MODSEQ on this device.
+//! - `mailbox-state/<mailbox id>` [mailbox-state, local]: UIDVALIDITY and
+//!   the first UID no session has seen (`\Recent`).
+//!
+//! Counters (local): `uidnext/<mailbox id>` and `modseq/<mailbox id>`.
+//!
+//! This process is the only writer of mail documents on the device (the
+//! SMTP gateway and incoming mail file through it), so one lock over the
+//! in-memory state serializes UID assignment: UIDs are strictly ascending in
+//! the order messages are added, and every write is one store batch, durable
+//! before the call returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bitmask_proto::store::v1 as pb;
+use bitmask_proto::store::v1::store_client::StoreClient;
+use bitmask_runtime::client::TracedChannel;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, MutexGuard, broadcast};
+use tonic::Status;
+
+use crate::split::{self, Segment};
+use crate::types::{Entry, FlagOperation, Flags, MailEvent, MailboxInfo, SpecialUse};
+
+const MAILBOXES: &str = "mailboxes";
+const MESSAGES: &str = "messages";
+const CONTENTS: &str = "contents";
+const COPIES: &str = "copies";
+const UIDS: &str = "uids";
+const MAILBOX_STATE: &str = "mailbox-state";
+
+const ALL_MAILBOXES: &str = "mailboxes-all";
+const UIDS_BY_MAILBOX: &str = "uids-by-mailbox";
+const COPIES_BY_MAILBOX: &str = "copies-by-mailbox";
+const COPIES_BY_MESSAGE: &str = "copies-by-message";
+const MESSAGES_BY_PART: &str = "messages-by-part";
+
+/// The mailboxes every account has, with their fixed ids.
+pub const DEFAULT_MAILBOXES: [(&str, &str, SpecialUse); 5] = [
+    ("mailbox/inbox", "INBOX", SpecialUse::None),
+    ("mailbox/sent", "Sent", SpecialUse::Sent),
+    ("mailbox/drafts", "Drafts", SpecialUse::Drafts),
+    ("mailbox/trash", "Trash", SpecialUse::Trash),
+    ("mailbox/junk", "Junk", SpecialUse::Junk),
+];
+
+/// Documents fetched or written per store call.
+const BATCH: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("no mailbox {0:?}")]
+    NoMailbox(String),
+    #[error("mailbox {0:?} exists already")]
+    MailboxExists(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("the store: {0}")]
+    Store(String),
+    #[error("stored mail is damaged: {0}")]
+    Damaged(String),
+}
+
+impl From<Status> for MailError {
+    fn from(status: Status) -> Self {
+        Self::Store(status.message().to_owned())
+    }
+}
+
+type Result<T, E = MailError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MailboxDoc {
+    name: String,
+    subscribed: bool,
+    #[serde(default)]
+    special_use: SpecialUse,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MailboxLocal {
+    uid_validity: u32,
+    recent_floor: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CopyDoc {
+    mailbox: String,
+    message: String,
+    internal_date: i64,
+    #[serde(default)]
+    zone: i32,
+    size: u64,
+    flags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UidDoc {
+    mailbox: String,
+    uid: u32,
+    modseq: u64,
+    copy: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MessageDoc {
+    size: u64,
+    skeleton: Vec<Segment>,
+    /// The content ids the skeleton refers to (indexed, for collection).
+    parts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ContentDoc {
+    data: String,
+}
+
+#[derive(Debug)]
+struct MailboxState {
+    id: String,
+    doc: MailboxDoc,
+    local: MailboxLocal,
+    uid_next: u32,
+    highest_modseq: u64,
+    entries: BTreeMap<u32, Entry>,
+    by_copy: HashMap<String, u32>,
+}
+
+impl MailboxState {
+    fn info(&self) -> MailboxInfo {
+        MailboxInfo {
+            name: self.doc.name.clone(),
+            uid_validity: self.local.uid_validity,
+            uid_next: self.uid_next,
+            subscribed: self.doc.subscribed,
+            special_use: self.doc.special_use,
+            messages: self.entries.len() as u32,
+            unseen: self.entries.values().filter(|entry| !entry.flags.seen).count() as u32,
+            recent: self.entries.range(self.local.recent_floor..).count() as u32,
+            highest_modseq: self.highest_modseq,
+        }
+    }
+
+    fn copy_doc(&self, entry: &Entry) -> CopyDoc {
+        CopyDoc {
+            mailbox: self.id.clone(),
+            message: entry.message.clone(),
+            internal_date: entry.internal_date,
+            zone: entry.zone_minutes,
+            size: entry.size,
+            flags: entry.flags.to_list(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    mailboxes: BTreeMap<String, MailboxState>,
+}
+
+/// INBOX is case-insensitive; every other name is as given.
+pub fn normalize_name(name: &str) -> String {
+    let trimmed = name.trim_end_matches('/');
+    if trimmed.eq_ignore_ascii_case("INBOX") {
+        "INBOX".into()
+    } else if trimmed.len() > 6 && trimmed[..6].eq_ignore_ascii_case("INBOX/") {
+        format!("INBOX/{}", &trimmed[6..])
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+impl State {
+    fn id_of(&self, name: &str) -> Option<String> {
+        let name = normalize_name(name);
+        self.mailboxes.values().find(|mailbox| mailbox.doc.name == name).map(|mailbox| mailbox.id.clone())
+    }
+
+    fn get(&self, name: &str) -> Result<&MailboxState> {
+        let id = self.id_of(name).ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        self.mailboxes.get(&id).ok_or_else(|| MailError::NoMailbox(name.to_owned()))
+    }
+
+    fn get_mut(&mut self, name: &str) -> Result<&mut MailboxState> {
+        let id = self.id_of(name).ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        self.mailboxes.get_mut(&id).ok_or_else(|| MailError::NoMailbox(name.to_owned()))
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|since| since.as_secs() as i64).unwrap_or_default()
+}
+
+fn random_id(prefix: &str) -> String {
+    let bytes: [u8; 16] = rand::random();
+    format!("{prefix}/{}", data_encoding::HEXLOWER.encode(&bytes))
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our document types always serialize.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(document: &pb::Document) -> Result<T> {
+    serde_json::from_slice(&document.content).map_err(|_| MailError::Damaged(document.id.clone()))
+}
+
+fn put(id: &str, collection: &str, content: Vec<u8>) -> pb::Write {
+    pb::Write {
+        op: Some(pb::write::Op::Put(pb::PutRequest {
+            id: id.to_owned(),
+            collection: collection.to_owned(),
+            content,
+            ..Default::default()
+        })),
+    }
+}
+
+fn delete(id: &str) -> pb::Write {
+    pb::Write { op: Some(pb::write::Op::Delete(pb::DeleteRequest { id: id.to_owned(), expected_rev: String::new() })) }
+}
+
+fn add_to_counter(name: String, delta: i64) -> pb::Write {
+    pb::Write { op: Some(pb::write::Op::AddToCounter(pb::AddToCounterRequest { name, delta })) }
+}
+
+fn text(value: &str) -> pb::IndexValue {
+    pb::IndexValue { value: Some(pb::index_value::Value::Text(value.to_owned())) }
+}
+
+/// The mail model of one account.
+#[derive(Debug)]
+pub struct MailModel {
+    store: StoreClient<TracedChannel>,
+    state: Mutex<Option<State>>,
+    events: broadcast::Sender<MailEvent>,
+}
+
+impl MailModel {
+    pub fn new(store: TracedChannel) -> Arc<Self> {
+        let store = StoreClient::new(store).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20);
+        Arc::new(Self { store, state: Mutex::new(None), events: broadcast::channel(4096).0 })
+    }
+
+    /// Changes as they happen, for selected and idling sessions.
+    pub fn subscribe(&self) -> broadcast::Receiver<MailEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: MailEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn client(&self) -> StoreClient<TracedChannel> {
+        self.store.clone()
+    }
+
+    async fn batch(&self, writes: Vec<pb::Write>) -> Result<pb::BatchResponse> {
+        Ok(self.client().batch(pb::BatchRequest { writes }).await?.into_inner())
+    }
+
+    async fn counter(&self, name: String, delta: i64) -> Result<i64> {
+        Ok(self.client().add_to_counter(pb::AddToCounterRequest { name, delta }).await?.into_inner().value)
+    }
+
+    async fn query_all(&self, index: &str, equal: Vec<pb::IndexValue>) -> Result<Vec<pb::Document>> {
+        let mut documents = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = pb::QueryRequest {
+                index: index.to_owned(),
+                equal: equal.clone(),
+                limit: 5000,
+                page_token,
+                ..Default::default()
+            };
+            let page = self.client().query(request).await?.into_inner();
+            documents.extend(page.documents);
+            if page.next_page_token.is_empty() {
+                return Ok(documents);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    async fn get_many(&self, ids: Vec<String>) -> Result<Vec<pb::Document>> {
+        let mut documents = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH) {
+            let reply = self.client().get_many(pb::GetManyRequest { ids: chunk.to_vec() }).await?.into_inner();
+            documents.extend(reply.documents);
+        }
+        Ok(documents)
+    }
+
+    /// The state, loaded from the store on first use (the store may be
+    /// locked when the gateway starts).
+    async fn state(&self) -> Result<MutexGuard<'_, Option<State>>> {
+        let mut guard = self.state.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load().await?);
+        }
+        Ok(guard)
+    }
+
+    async fn declare(&self) -> Result<()> {
+        use pb::ConflictPolicy::{Immutable, LastWriterWins, MergeSets};
+        for (name, policy, local_only) in [
+            (MAILBOXES, LastWriterWins, false),
+            (MESSAGES, Immutable, false),
+            (CONTENTS, Immutable, false),
+            (COPIES, MergeSets, false),
+            (UIDS, LastWriterWins, true),
+            (MAILBOX_STATE, LastWriterWins, true),
+        ] {
+            let definition = pb::CollectionDefinition { name: name.into(), conflict_policy: policy.into(), local_only };
+            self.client().declare_collection(definition).await?;
+        }
+        for (name, collection, fields, unique) in [
+            (ALL_MAILBOXES, MAILBOXES, vec![], false),
+            (UIDS_BY_MAILBOX, UIDS, vec!["/mailbox", "/uid"], true),
+            (COPIES_BY_MAILBOX, COPIES, vec!["/mailbox"], false),
+            (COPIES_BY_MESSAGE, COPIES, vec!["/message"], false),
+            (MESSAGES_BY_PART, MESSAGES, vec!["/parts"], false),
+        ] {
+            let definition = pb::IndexDefinition {
+                name: name.into(),
+                collection: collection.into(),
+                fields: fields.into_iter().map(str::to_owned).collect(),
+                unique,
+            };
+            self.client().declare_index(definition).await?;
+        }
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<State> {
+        self.declare().await?;
+        let mut state = State::default();
+        let documents = self.query_all(ALL_MAILBOXES, vec![]).await?;
+        let mut docs: Vec<(String, MailboxDoc)> =
+            documents.iter().map(|document| Ok((document.id.clone(), parse(document)?))).collect::<Result<_>>()?;
+        for (id, name, special_use) in DEFAULT_MAILBOXES {
+            if !docs.iter().any(|(known, _)| known == id) && !docs.iter().any(|(_, doc)| doc.name == name) {
+                let doc = MailboxDoc { name: name.into(), subscribed: true, special_use };
+                self.batch(vec![put(id, MAILBOXES, json(&doc))]).await?;
+                docs.push((id.to_owned(), doc));
+            }
+        }
+        for (id, doc) in docs {
+            let mailbox = self.load_mailbox(id.clone(), doc).await?;
+            state.mailboxes.insert(id, mailbox);
+        }
+        Ok(state)
+    }
+
+    /// A mailbox's local state, entries, and UIDs for copies that have none
+    /// yet (filed by another device while this one was off).
+    async fn load_mailbox(&self, id: String, doc: MailboxDoc) -> Result<MailboxState> {
+        let local_id = format!("{MAILBOX_STATE}/{id}");
+        let local = match self.client().get(pb::GetRequest { id: local_id.clone(), include_deleted: false }).await {
+            Ok(document) => parse::<MailboxLocal>(&document.into_inner())?,
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                let local = MailboxLocal { uid_validity: self.new_uid_validity().await?, recent_floor: 1 };
+                self.batch(vec![put(&local_id, MAILBOX_STATE, json(&local))]).await?;
+                local
+            }
+            Err(status) => return Err(status.into()),
+        };
+        let uid_next = self.counter(format!("uidnext/{id}"), 0).await? as u32 + 1;
+        let highest_modseq = self.counter(format!("modseq/{id}"), 0).await? as u64;
+        let mut mailbox = MailboxState {
+            id: id.clone(),
+            doc,
+            local,
+            uid_next,
+            highest_modseq,
+            entries: BTreeMap::new(),
+            by_copy: HashMap::new(),
+        };
+        let uids = self.query_all(UIDS_BY_MAILBOX, vec![text(&id)]).await?;
+        let uid_docs: Vec<UidDoc> = uids.iter().map(parse).collect::<Result<_>>()?;
+        let copies = self.get_many(uid_docs.iter().map(|uid| uid.copy.clone()).collect()).await?;
+        let mut stale = Vec::new();
+        for (uid, copy) in uid_docs.into_iter().zip(copies) {
+            if copy.rev.is_empty() || copy.deleted {
+                // Expunged on another device while this one was off.
+                stale.push(delete(&format!("uid/{}", uid.copy)));
+                continue;
+            }
+            let copy_doc: CopyDoc = parse(&copy)?;
+            if copy_doc.mailbox != id {
+                stale.push(delete(&format!("uid/{}", uid.copy)));
+                continue;
+            }
+            mailbox.by_copy.insert(uid.copy.clone(), uid.uid);
+            mailbox.entries.insert(uid.uid, entry(uid.uid, uid.copy, &copy_doc, uid.modseq));
+        }
+        if !stale.is_empty() {
+            self.batch(stale).await?;
+        }
+        // Copies without a UID here: filed elsewhere, synced in.
+        let copies = self.query_all(COPIES_BY_MAILBOX, vec![text(&id)]).await?;
+        let mut fresh: Vec<(String, CopyDoc)> = Vec::new();
+        for document in copies {
+            if !mailbox.by_copy.contains_key(&document.id) {
+                fresh.push((document.id.clone(), parse(&document)?));
+            }
+        }
+        fresh.sort_by_key(|(_, copy)| copy.internal_date);
+        for chunk in fresh.chunks(BATCH) {
+            self.assign(&mut mailbox, chunk.to_vec(), false).await?;
+        }
+        Ok(mailbox)
+    }
+
+    async fn new_uid_validity(&self) -> Result<u32> {
+        let last = self.counter("uidvalidity".into(), 0).await?;
+        let next = (now().clamp(1, i64::from(u32::MAX))).max(last + 1);
+        self.counter("uidvalidity".into(), next - last).await?;
+        Ok(next as u32)
+    }
+
+    /// Gives UIDs to copies already in the store (one batch), in order.
+    async fn assign(&self, mailbox: &mut MailboxState, copies: Vec<(String, CopyDoc)>, notify: bool) -> Result<()> {
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let count = copies.len() as i64;
+        let mut writes = Vec::new();
+        let mut added = Vec::new();
+        for (offset, (copy_id, copy)) in copies.into_iter().enumerate() {
+            let uid = mailbox.uid_next + offset as u32;
+            let modseq = mailbox.highest_modseq + 1;
+            let uid_doc = UidDoc { mailbox: mailbox.id.clone(), uid, modseq, copy: copy_id.clone() };
+            writes.push(put(&format!("uid/{copy_id}"), UIDS, json(&uid_doc)));
+            added.push(entry(uid, copy_id, &copy, modseq));
+        }
+        writes.push(add_to_counter(format!("uidnext/{}", mailbox.id), count));
+        writes.push(add_to_counter(format!("modseq/{}", mailbox.id), 1));
+        self.batch(writes).await?;
+        mailbox.uid_next += count as u32;
+        mailbox.highest_modseq += 1;
+        for entry in added {
+            let uid = entry.uid;
+            mailbox.by_copy.insert(entry.copy.clone(), uid);
+            mailbox.entries.insert(uid, entry);
+            if notify {
+                self.emit(MailEvent::Added { mailbox: mailbox.doc.name.clone(), uid });
+            }
+        }
+        Ok(())
+    }
+
+    // --- mailboxes ----------------------------------------------------------
+
+    pub async fn mailboxes(&self) -> Result<Vec<MailboxInfo>> {
+        let guard = self.state().await?;
+        let mut list: Vec<MailboxInfo> =
+            guard.iter().flat_map(|state| state.mailboxes.values()).map(MailboxState::info).collect();
+        list.sort_by(|a, b| (a.name != "INBOX", &a.name).cmp(&(b.name != "INBOX", &b.name)));
+        Ok(list)
+    }
+
+    pub async fn mailbox(&self, name: &str) -> Result<MailboxInfo> {
+        let guard = self.state().await?;
+        let state = guard.as_ref().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        Ok(state.get(name)?.info())
+    }
+
+    pub async fn create_mailbox(&self, name: &str, special_use: SpecialUse) -> Result<MailboxInfo> {
+        let name = normalize_name(name);
+        if name.is_empty() || name.split('/').any(str::is_empty) {
+            return Err(MailError::Refused(format!("{name:?} is not a valid mailbox name")));
+        }
+        let mut guard = self.state().await?;
+        let state = guard.get_or_insert_with(State::default);
+        // RFC 3501: creating a/b/c creates a and a/b when missing.
+        let mut created = None;
+        let levels: Vec<&str> = name.split('/').collect();
+        for depth in 1..=levels.len() {
+            let level = levels[..depth].join("/");
+            if state.id_of(&level).is_some() {
+                if depth == levels.len() {
+                    return Err(MailError::MailboxExists(name));
+                }
+                continue;
+            }
+            let id = random_id("mailbox");
+            let use_here = if depth == levels.len() { special_use } else { SpecialUse::None };
+            let doc = MailboxDoc { name: level, subscribed: false, special_use: use_here };
+            self.batch(vec![put(&id, MAILBOXES, json(&doc))]).await?;
+            let mailbox = self.load_mailbox(id.clone(), doc).await?;
+            created = Some(mailbox.info());
+            state.mailboxes.insert(id, mailbox);
+        }
+        self.emit(MailEvent::Mailboxes);
+        created.ok_or(MailError::MailboxExists(name))
+    }
+
+    pub async fn delete_mailbox(&self, name: &str) -> Result<()> {
+        let name = normalize_name(name);
+        if name == "INBOX" {
+            return Err(MailError::Refused("INBOX cannot be deleted".into()));
+        }
+        let mut guard = self.state().await?;
+        let state = guard.as_mut().ok_or_else(|| MailError::NoMailbox(name.clone()))?;
+        let mailbox = state.get(&name)?;
+        let id = mailbox.id.clone();
+        let mut writes = vec![delete(&id), delete(&format!("{MAILBOX_STATE}/{id}"))];
+        let messages: Vec<String> = mailbox.entries.values().map(|entry| entry.message.clone()).collect();
+        for entry in mailbox.entries.values() {
+            writes.push(delete(&entry.copy));
+            writes.push(delete(&format!("uid/{}", entry.copy)));
+        }
+        for chunk in writes.chunks(BATCH) {
+            self.batch(chunk.to_vec()).await?;
+        }
+        state.mailboxes.remove(&id);
+        drop(guard);
+        self.collect(messages).await?;
+        self.emit(MailEvent::Mailboxes);
+        Ok(())
+    }
+
+    pub async fn rename_mailbox(&self, name: &str, new_name: &str) -> Result<()> {
+        let (name, new_name) = (normalize_name(name), normalize_name(new_name));
+        if name == "INBOX" {
+            return Err(MailError::Refused("renaming INBOX is not supported".into()));
+        }
+        if new_name.is_empty() || new_name.split('/').any(str::is_empty) {
+            return Err(MailError::Refused(format!("{new_name:?} is not a valid mailbox name")));
+        }
+        let mut guard = self.state().await?;
+        let state = guard.as_mut().ok_or_else(|| MailError::NoMailbox(name.clone()))?;
+        state.get(&name)?;
+        if state.id_of(&new_name).is_some() {
+            return Err(MailError::MailboxExists(new_name));
+        }
+        let prefix = format!("{name}/");
+        let mut writes = Vec::new();
+        let mut renamed = Vec::new();
+        for mailbox in state.mailboxes.values() {
+            let new = if mailbox.doc.name == name {
+                new_name.clone()
+            } else if let Some(rest) = mailbox.doc.name.strip_prefix(&prefix) {
+                format!("{new_name}/{rest}")
+            } else {
+                continue;
+            };
+            let doc = MailboxDoc { name: new, ..mailbox.doc.clone() };
+            writes.push(put(&mailbox.id, MAILBOXES, json(&doc)));
+            renamed.push((mailbox.id.clone(), doc));
+        }
+        self.batch(writes).await?;
+        for (id, doc) in renamed {
+            if let Some(mailbox) = state.mailboxes.get_mut(&id) {
+                mailbox.doc = doc;
+            }
+        }
+        self.emit(MailEvent::Mailboxes);
+        Ok(())
+    }
+
+    pub async fn set_subscribed(&self, name: &str, subscribed: bool) -> Result<()> {
+        let mut guard = self.state().await?;
+        let state = guard.as_mut().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        let mailbox = state.get_mut(name)?;
+        let doc = MailboxDoc { subscribed, ..mailbox.doc.clone() };
+        self.batch(vec![put(&mailbox.id, MAILBOXES, json(&doc))]).await?;
+        mailbox.doc = doc;
+        self.emit(MailEvent::Mailboxes);
+        Ok(())
+    }
+
+    // --- messages -----------------------------------------------------------
+
+    /// The mailbox and its messages in UID order, as of now.
+    pub async fn snapshot(&self, name: &str) -> Result<(MailboxInfo, Vec<Entry>)> {
+        let guard = self.state().await?;
+        let state = guard.as_ref().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        let mailbox = state.get(name)?;
+        Ok((mailbox.info(), mailbox.entries.values().cloned().collect()))
+    }
+
+    /// One message by UID.
+    pub async fn entry(&self, name: &str, uid: u32) -> Result<Option<Entry>> {
+        let guard = self.state().await?;
+        let state = guard.as_ref().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        Ok(state.get(name)?.entries.get(&uid).cloned())
+    }
+
+    /// Claims the mailbox's `\Recent` messages for one session: returns the
+    /// first UID that is recent for it; later sessions see them as not recent.
+    pub async fn claim_recent(&self, name: &str) -> Result<u32> {
+        let mut guard = self.state().await?;
+        let state = guard.as_mut().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        let mailbox = state.get_mut(name)?;
+        let floor = mailbox.local.recent_floor;
+        if floor < mailbox.uid_next {
+            let local = MailboxLocal { recent_floor: mailbox.uid_next, ..mailbox.local.clone() };
+            let id = format!("{MAILBOX_STATE}/{}", mailbox.id);
+            self.batch(vec![put(&id, MAILBOX_STATE, json(&local))]).await?;
+            mailbox.local = local;
+        }
+        Ok(floor)
+    }
+
+    /// Files a raw message: durable before it returns. Gives the mailbox's
+    /// UIDVALIDITY and the new UID.
+    pub async fn append(
+        &self,
+        name: &str,
+        raw: &[u8],
+        flags: &Flags,
+        internal_date: Option<(i64, i32)>,
+    ) -> Result<(u32, u32)> {
+        let stored = self.store_message(raw).await?;
+        let (internal_date, zone) = internal_date.unwrap_or((now(), 0));
+        let mut guard = self.state().await?;
+        let state = guard.as_mut().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        let mailbox = state.get_mut(name)?;
+        let copy_id = random_id("copy");
+        let copy = CopyDoc {
+            mailbox: mailbox.id.clone(),
+            message: stored.message_id,
+            internal_date,
+            zone,
+            size: stored.size,
+            flags: flags.to_list(),
+        };
+        let mut writes = stored.writes;
+        writes.push(put(&copy_id, COPIES, json(&copy)));
+        let uid = mailbox.uid_next;
+        let modseq = mailbox.highest_modseq + 1;
+        let uid_doc = UidDoc { mailbox: mailbox.id.clone(), uid, modseq, copy: copy_id.clone() };
+        writes.push(put(&format!("uid/{copy_id}"), UIDS, json(&uid_doc)));
+        writes.push(add_to_counter(format!("uidnext/{}", mailbox.id), 1));
+        writes.push(add_to_counter(format!("modseq/{}", mailbox.id), 1));
+        self.batch(writes).await?;
+        mailbox.uid_next += 1;
+        mailbox.highest_modseq = modseq;
+        mailbox.by_copy.insert(copy_id.clone(), uid);
+        mailbox.entries.insert(uid, entry(uid, copy_id, &copy, modseq));
+        let validity = mailbox.local.uid_validity;
+        self.emit(MailEvent::Added { mailbox: mailbox.doc.name.clone(), uid });
+        Ok((validity, uid))
+    }
+
+    /// The writes that store a message's documents that are not stored yet.
+    async fn store_message(&self, raw: &[u8]) -> Result<StoredMessage> {
+        let split = split::split(raw);
+        let mut ids = vec![split.message_id.clone()];
+        ids.extend(split.contents.iter().map(|(id, _)| id.clone()));
+        let existing = self.get_many(ids).await?;
+        let exists = |id: &str| existing.iter().any(|document| document.id == id && !document.rev.is_empty());
+        let mut writes = Vec::new();
+        if !exists(&split.message_id) {
+            for (id, bytes) in &split.contents {
+                if !exists(id) {
+                    let content = ContentDoc { data: data_encoding::BASE64.encode(bytes) };
+                    writes.push(put(id, CONTENTS, json(&content)));
+                }
+            }
+            let doc = MessageDoc { size: split.size, parts: split::parts(&split.skeleton), skeleton: split.skeleton };
+            writes.push(put(&split.message_id, MESSAGES, json(&doc)));
+        }
+        Ok(StoredMessage { message_id: split.message_id, size: split.size, writes })
+    }
+
+    /// A message's raw bytes, exactly as appended.
+    pub async fn raw(&self, message_id: &str) -> Result<Vec<u8>> {
+        let request = pb::GetRequest { id: message_id.to_owned(), include_deleted: false };
+        let document = self.client().get(request).await?.into_inner();
+        let doc: MessageDoc = parse(&document)?;
+        let contents = self.get_many(doc.parts.clone()).await?;
+        let mut bytes: HashMap<String, Vec<u8>> = HashMap::new();
+        for content in contents {
+            if content.rev.is_empty() {
+                continue;
+            }
+            let parsed: ContentDoc = parse(&content)?;
+            let decoded = data_encoding::BASE64
+                .decode(parsed.data.as_bytes())
+                .map_err(|_| MailError::Damaged(content.id.clone()))?;
+            bytes.insert(content.id, decoded);
+        }
+        split::assemble(&doc.skeleton, doc.size, |id| bytes.get(id).cloned())
+            .map_err(|missing| MailError::Damaged(missing.to_string()))
+    }
+
+    /// Changes the flags of `uids`; returns the entries that changed.
+    pub async fn set_flags(
+        &self,
+        name: &str,
+        uids: &[u32],
+        operation: FlagOperation,
+        flags: &Flags,
+    ) -> Result<Vec<Entry>> {
+        let mut guard = self.state().await?;
+        let state = guard.as_mut().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        let mailbox = state.get_mut(name)?;
+        let modseq = mailbox.highest_modseq + 1;
+        let mut writes = Vec::new();
+        let mut changed = Vec::new();
+        for uid in uids {
+            let Some(entry) = mailbox.entries.get(uid) else { continue };
+            let mut new_flags = entry.flags.clone();
+            new_flags.apply(operation, flags);
+            if new_flags == entry.flags {
+                continue;
+            }
+            let updated = Entry { flags: new_flags, modseq, ..entry.clone() };
+            writes.push(put(&updated.copy, COPIES, json(&mailbox.copy_doc(&updated))));
+            let uid_doc = UidDoc { mailbox: mailbox.id.clone(), uid: *uid, modseq, copy: updated.copy.clone() };
+            writes.push(put(&format!("uid/{}", updated.copy), UIDS, json(&uid_doc)));
+            changed.push(updated);
+        }
+        if changed.is_empty() {
+            return Ok(changed);
+        }
+        writes.push(add_to_counter(format!("modseq/{}", mailbox.id), 1));
+        self.batch(writes).await?;
+        mailbox.highest_modseq = modseq;
+        for entry in &changed {
+            mailbox.entries.insert(entry.uid, entry.clone());
+            self.emit(MailEvent::FlagsChanged { mailbox: mailbox.doc.name.clone(), uid: entry.uid });
+        }
+        Ok(changed)
+    }
+
+    /// Copies `uids` to `destination` (flags kept); with `remove`, a move.
+    /// Returns the destination's UIDVALIDITY and (source, new) UID pairs.
+    pub async fn copy(
+        &self,
+        name: &str,
+        uids: &[u32],
+        destination: &str,
+        remove: bool,
+    ) -> Result<(u32, Vec<(u32, u32)>)> {
+        let mut guard = self.state().await?;
+        let state = guard.as_mut().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        let source_id = state.id_of(name).ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        let destination_id = state.id_of(destination).ok_or_else(|| MailError::NoMailbox(destination.to_owned()))?;
+        let sources: Vec<Entry> =
+            uids.iter().filter_map(|uid| state.mailboxes.get(&source_id)?.entries.get(uid).cloned()).collect();
+        let target = state.mailboxes.get(&destination_id).ok_or_else(|| MailError::NoMailbox(destination.into()))?;
+        let modseq = target.highest_modseq + 1;
+        let mut writes = Vec::new();
+        let mut pairs = Vec::new();
+        let mut added = Vec::new();
+        for (offset, source) in sources.iter().enumerate() {
+            let uid = target.uid_next + offset as u32;
+            let copy_id = random_id("copy");
+            let entry = Entry { uid, copy: copy_id.clone(), modseq, ..source.clone() };
+            writes.push(put(&copy_id, COPIES, json(&target.copy_doc(&entry))));
+            let uid_doc = UidDoc { mailbox: destination_id.clone(), uid, modseq, copy: copy_id.clone() };
+            writes.push(put(&format!("uid/{copy_id}"), UIDS, json(&uid_doc)));
+            pairs.push((source.uid, uid));
+            added.push(entry);
+        }
+        if added.is_empty() {
+            return Ok((target.local.uid_validity, pairs));
+        }
+        writes.push(add_to_counter(format!("uidnext/{destination_id}"), added.len() as i64));
+        writes.push(add_to_counter(format!("modseq/{destination_id}"), 1));
+        if remove && source_id != destination_id {
+            for source in &sources {
+                writes.push(delete(&source.copy));
+                writes.push(delete(&format!("uid/{}", source.copy)));
+            }
+            writes.push(add_to_counter(format!("modseq/{source_id}"), 1));
+        }
+        self.batch(writes).await?;
+        let validity = {
+            let target =
+                state.mailboxes.get_mut(&destination_id).ok_or_else(|| MailError::NoMailbox(destination.into()))?;
+            target.uid_next += added.len() as u32;
+            target.highest_modseq = modseq;
+            for entry in added {
+                target.by_copy.insert(entry.copy.clone(), entry.uid);
+                self.emit(MailEvent::Added { mailbox: target.doc.name.clone(), uid: entry.uid });
+                target.entries.insert(entry.uid, entry);
+            }
+            target.local.uid_validity
+        };
+        if remove
+            && source_id != destination_id
+            && let Some(source) = state.mailboxes.get_mut(&source_id)
+        {
+            source.highest_modseq += 1;
+            for entry in &sources {
+                source.entries.remove(&entry.uid);
+                source.by_copy.remove(&entry.copy);
+                self.emit(MailEvent::Expunged { mailbox: source.doc.name.clone(), uid: entry.uid });
+            }
+        }
+        Ok((validity, pairs))
+    }
+
+    /// Removes the messages flagged `\Deleted` (only those in `uids`, when
+    /// given) and collects documents no copy refers to any more. Returns the
+    /// expunged UIDs in ascending order.
+    pub async fn expunge(&self, name: &str, uids: Option<&[u32]>) -> Result<Vec<u32>> {
+        let mut guard = self.state().await?;
+        let state = guard.as_mut().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        let mailbox = state.get_mut(name)?;
+        let doomed: Vec<Entry> = mailbox
+            .entries
+            .values()
+            .filter(|entry| entry.flags.deleted && uids.is_none_or(|uids| uids.contains(&entry.uid)))
+            .cloned()
+            .collect();
+        if doomed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut writes = Vec::new();
+        for entry in &doomed {
+            writes.push(delete(&entry.copy));
+            writes.push(delete(&format!("uid/{}", entry.copy)));
+        }
+        writes.push(add_to_counter(format!("modseq/{}", mailbox.id), 1));
+        for chunk in writes.chunks(BATCH * 2) {
+            self.batch(chunk.to_vec()).await?;
+        }
+        mailbox.highest_modseq += 1;
+        for entry in &doomed {
+            mailbox.entries.remove(&entry.uid);
+            mailbox.by_copy.remove(&entry.copy);
+            self.emit(MailEvent::Expunged { mailbox: mailbox.doc.name.clone(), uid: entry.uid });
+        }
+        drop(guard);
+        self.collect(doomed.iter().map(|entry| entry.message.clone()).collect()).await?;
+        Ok(doomed.iter().map(|entry| entry.uid).collect())
+    }
+
+    /// Deletes the message documents (and their contents) that no copy
+    /// refers to any more.
+    async fn collect(&self, mut messages: Vec<String>) -> Result<()> {
+        messages.sort();
+        messages.dedup();
+        let mut writes = Vec::new();
+        for message in messages {
+            if !self.referenced(COPIES_BY_MESSAGE, &message).await? {
+                let request = pb::GetRequest { id: message.clone(), include_deleted: false };
+                let doc: MessageDoc = match self.client().get(request).await {
+                    Ok(document) => parse(&document.into_inner())?,
+                    Err(status) if status.code() == tonic::Code::NotFound => continue,
+                    Err(status) => return Err(status.into()),
+                };
+                self.batch(vec![delete(&message)]).await?;
+                for part in doc.parts {
+                    if !self.referenced(MESSAGES_BY_PART, &part).await? {
+                        writes.push(delete(&part));
+                    }
+                }
+            }
+        }
+        for chunk in writes.chunks(BATCH) {
+            self.batch(chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    async fn referenced(&self, index: &str, id: &str) -> Result<bool> {
+        let request = pb::QueryRequest {
+            index: index.into(),
+            equal: vec![text(id)],
+            limit: 1,
+            keys_only: true,
+            ..Default::default()
+        };
+        Ok(!self.client().query(request).await?.into_inner().documents.is_empty())
+    }
+
+    // --- changes from other devices ------------------------------------------
+
+    /// Applies what sync brought in (copies and mailboxes changed on another
+    /// device) as the store announces it, until the stream ends.
+    pub async fn follow_sync(self: Arc<Self>) -> Result<()> {
+        let request = pb::WatchRequest {
+            collections: vec![COPIES.into(), MAILBOXES.into()],
+            since_sequence: None,
+            include_content: true,
+        };
+        let mut changes = self.client().watch(request).await?.into_inner();
+        while let Some(change) = changes.message().await? {
+            if change.origin() != pb::change::Origin::Sync {
+                continue;
+            }
+            let Some(document) = change.document else { continue };
+            if let Err(error) = self.apply_synced(document).await {
+                tracing::warn!(%error, "applying a synced mail change");
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_synced(&self, document: pb::Document) -> Result<()> {
+        let mut guard = self.state.lock().await;
+        let Some(state) = guard.as_mut() else { return Ok(()) };
+        if document.collection == MAILBOXES {
+            if document.deleted {
+                state.mailboxes.remove(&document.id);
+            } else {
+                let doc: MailboxDoc = parse(&document)?;
+                match state.mailboxes.get_mut(&document.id) {
+                    Some(mailbox) => mailbox.doc = doc,
+                    None => {
+                        let mailbox = self.load_mailbox(document.id.clone(), doc).await?;
+                        state.mailboxes.insert(document.id.clone(), mailbox);
+                    }
+                }
+            }
+            self.emit(MailEvent::Mailboxes);
+            return Ok(());
+        }
+        // A copy: where is it now, and where was it?
+        let located = state
+            .mailboxes
+            .values()
+            .find_map(|mailbox| mailbox.by_copy.get(&document.id).map(|uid| (mailbox.id.clone(), *uid)));
+        if document.deleted {
+            if let Some((mailbox_id, uid)) = located
+                && let Some(mailbox) = state.mailboxes.get_mut(&mailbox_id)
+            {
+                self.batch(vec![delete(&format!("uid/{}", document.id))]).await?;
+                mailbox.entries.remove(&uid);
+                mailbox.by_copy.remove(&document.id);
+                self.emit(MailEvent::Expunged { mailbox: mailbox.doc.name.clone(), uid });
+            }
+            return Ok(());
+        }
+        let copy: CopyDoc = parse(&document)?;
+        match located {
+            Some((mailbox_id, uid)) => {
+                let Some(mailbox) = state.mailboxes.get_mut(&mailbox_id) else { return Ok(()) };
+                let flags = Flags::from_list(&copy.flags);
+                let Some(entry) = mailbox.entries.get(&uid) else { return Ok(()) };
+                if entry.flags == flags {
+                    return Ok(());
+                }
+                let modseq = mailbox.highest_modseq + 1;
+                let updated = Entry { flags, modseq, ..entry.clone() };
+                let uid_doc = UidDoc { mailbox: mailbox_id.clone(), uid, modseq, copy: document.id.clone() };
+                self.batch(vec![
+                    put(&format!("uid/{}", document.id), UIDS, json(&uid_doc)),
+                    add_to_counter(format!("modseq/{mailbox_id}"), 1),
+                ])
+                .await?;
+                mailbox.highest_modseq = modseq;
+                mailbox.entries.insert(uid, updated);
+                self.emit(MailEvent::FlagsChanged { mailbox: mailbox.doc.name.clone(), uid });
+            }
+            None => {
+                let Some(mailbox) = state.mailboxes.get_mut(&copy.mailbox) else { return Ok(()) };
+                self.assign(mailbox, vec![(document.id.clone(), copy)], true).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct StoredMessage {
+    message_id: String,
+    size: u64,
+    writes: Vec<pb::Write>,
+}
+
+fn entry(uid: u32, copy: String, doc: &CopyDoc, modseq: u64) -> Entry {
+    Entry {
+        uid,
+        copy,
+        message: doc.message.clone(),
+        flags: Flags::from_list(&doc.flags),
+        internal_date: doc.internal_date,
+        zone_minutes: doc.zone,
+        size: doc.size,
+        modseq,
+    }
+}

@@ -1,0 +1,176 @@
+//! The mail model's own types (protocol-neutral; IMAP and the Mail API
+//! convert at their edges).
+
+use std::collections::BTreeSet;
+
+/// A message's flags: the system flags and keywords.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub seen: bool,
+    pub answered: bool,
+    pub flagged: bool,
+    pub deleted: bool,
+    pub draft: bool,
+    /// Keywords as given (compared case-insensitively).
+    pub keywords: BTreeSet<String>,
+}
+
+impl Flags {
+    /// As kept in the copy document: `\Seen`, …, then the keywords.
+    pub fn to_list(&self) -> Vec<String> {
+        let mut list = Vec::new();
+        for (on, name) in [
+            (self.seen, "\\Seen"),
+            (self.answered, "\\Answered"),
+            (self.flagged, "\\Flagged"),
+            (self.deleted, "\\Deleted"),
+            (self.draft, "\\Draft"),
+        ] {
+            if on {
+                list.push(name.to_owned());
+            }
+        }
+        list.extend(self.keywords.iter().cloned());
+        list
+    }
+
+    pub fn from_list<S: AsRef<str>>(list: &[S]) -> Self {
+        let mut flags = Self::default();
+        for item in list {
+            flags.set(item.as_ref(), true);
+        }
+        flags
+    }
+
+    /// Sets or clears one flag by its IMAP name (`\Seen` or a keyword).
+    /// `\Recent` is not a stored flag and is ignored.
+    pub fn set(&mut self, name: &str, on: bool) {
+        match name.to_ascii_lowercase().as_str() {
+            "\\seen" => self.seen = on,
+            "\\answered" => self.answered = on,
+            "\\flagged" => self.flagged = on,
+            "\\deleted" => self.deleted = on,
+            "\\draft" => self.draft = on,
+            "\\recent" => {}
+            _ if name.starts_with('\\') => {}
+            _ => {
+                let known = self.keywords.iter().find(|keyword| keyword.eq_ignore_ascii_case(name)).cloned();
+                match (known, on) {
+                    (Some(known), false) => {
+                        self.keywords.remove(&known);
+                    }
+                    (None, true) => {
+                        self.keywords.insert(name.to_owned());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    pub fn apply(&mut self, operation: FlagOperation, given: &Flags) {
+        match operation {
+            FlagOperation::Replace => *self = given.clone(),
+            FlagOperation::Add | FlagOperation::Remove => {
+                let on = operation == FlagOperation::Add;
+                for name in given.to_list() {
+                    self.set(&name, on);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOperation {
+    Replace,
+    Add,
+    Remove,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecialUse {
+    #[default]
+    None,
+    Sent,
+    Drafts,
+    Trash,
+    Junk,
+    Archive,
+}
+
+impl SpecialUse {
+    /// The RFC 6154 attribute.
+    pub fn attribute(self) -> Option<&'static str> {
+        match self {
+            Self::None => None,
+            Self::Sent => Some("\\Sent"),
+            Self::Drafts => Some("\\Drafts"),
+            Self::Trash => Some("\\Trash"),
+            Self::Junk => Some("\\Junk"),
+            Self::Archive => Some("\\Archive"),
+        }
+    }
+}
+
+/// A mailbox as the protocols see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxInfo {
+    pub name: String,
+    pub uid_validity: u32,
+    pub uid_next: u32,
+    pub subscribed: bool,
+    pub special_use: SpecialUse,
+    pub messages: u32,
+    pub unseen: u32,
+    /// Messages no session has seen yet (RFC 3501 `\Recent`).
+    pub recent: u32,
+    pub highest_modseq: u64,
+}
+
+/// One message of a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub uid: u32,
+    /// The copy document (this message in this mailbox).
+    pub copy: String,
+    /// The message document (shared by every copy).
+    pub message: String,
+    pub flags: Flags,
+    /// Seconds since the epoch, and the zone it was given in (minutes east).
+    pub internal_date: i64,
+    pub zone_minutes: i32,
+    pub size: u64,
+    pub modseq: u64,
+}
+
+/// What happened in a mailbox, for selected and idling sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailEvent {
+    Added {
+        mailbox: String,
+        uid: u32,
+    },
+    Expunged {
+        mailbox: String,
+        uid: u32,
+    },
+    FlagsChanged {
+        mailbox: String,
+        uid: u32,
+    },
+    /// The mailbox list changed (created, renamed, deleted, subscribed).
+    Mailboxes,
+}
+
+impl MailEvent {
+    pub fn mailbox(&self) -> Option<&str> {
+        match self {
+            Self::Added { mailbox, .. } | Self::Expunged { mailbox, .. } | Self::FlagsChanged { mailbox, .. } => {
+                Some(mailbox)
+            }
+            Self::Mailboxes => None,
+        }
+    }
+}
