@@ -6,9 +6,13 @@
 //! over the store service (the only writer of mail documents on a device);
 //! `types` are its protocol-neutral types.
 
+#[cfg(feature = "store")]
 pub mod model;
 pub mod split;
+#[cfg(feature = "store")]
+pub mod token;
 pub mod types;
 
-pub use model::{MailError, MailModel};
-pub use types::{Entry, FlagOperation, Flags, MailEvent, MailboxInfo, SpecialUse};
+#[cfg(feature = "store")]
+pub use model::MailModel;
+pub use types::{Entry, FlagOperation, Flags, MailError, MailEvent, MailboxInfo, Mailstore, SpecialUse};

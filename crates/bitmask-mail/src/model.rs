@@ -36,7 +36,9 @@ use tokio::sync::{Mutex, MutexGuard, broadcast};
 use tonic::Status;
 
 use crate::split::{self, Segment};
-use crate::types::{Entry, FlagOperation, Flags, MailEvent, MailboxInfo, SpecialUse};
+use crate::types::{
+    Entry, FlagOperation, Flags, MailError, MailEvent, MailboxInfo, Mailstore, SpecialUse, normalize_name,
+};
 
 const MAILBOXES: &str = "mailboxes";
 const MESSAGES: &str = "messages";
@@ -62,20 +64,6 @@ pub const DEFAULT_MAILBOXES: [(&str, &str, SpecialUse); 5] = [
 
 /// Documents fetched or written per store call.
 const BATCH: usize = 500;
-
-#[derive(Debug, thiserror::Error)]
-pub enum MailError {
-    #[error("no mailbox {0:?}")]
-    NoMailbox(String),
-    #[error("mailbox {0:?} exists already")]
-    MailboxExists(String),
-    #[error("{0}")]
-    Refused(String),
-    #[error("the store: {0}")]
-    Store(String),
-    #[error("stored mail is damaged: {0}")]
-    Damaged(String),
-}
 
 impl From<Status> for MailError {
     fn from(status: Status) -> Self {
@@ -174,18 +162,6 @@ struct State {
     mailboxes: BTreeMap<String, MailboxState>,
 }
 
-/// INBOX is case-insensitive; every other name is as given.
-pub fn normalize_name(name: &str) -> String {
-    let trimmed = name.trim_end_matches('/');
-    if trimmed.eq_ignore_ascii_case("INBOX") {
-        "INBOX".into()
-    } else if trimmed.len() > 6 && trimmed[..6].eq_ignore_ascii_case("INBOX/") {
-        format!("INBOX/{}", &trimmed[6..])
-    } else {
-        trimmed.to_owned()
-    }
-}
-
 impl State {
     fn id_of(&self, name: &str) -> Option<String> {
         let name = normalize_name(name);
@@ -244,18 +220,57 @@ fn text(value: &str) -> pb::IndexValue {
     pb::IndexValue { value: Some(pb::index_value::Value::Text(value.to_owned())) }
 }
 
+/// Raw messages recently read: messages never change, so a cached one is
+/// always right. Bounded by bytes; the oldest read goes first.
+#[derive(Debug, Default)]
+struct RawCache {
+    entries: HashMap<String, Arc<Vec<u8>>>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+/// Bytes of raw messages kept in memory.
+const RAW_CACHE_BYTES: usize = 32 << 20;
+
+impl RawCache {
+    fn get(&self, id: &str) -> Option<Arc<Vec<u8>>> {
+        self.entries.get(id).cloned()
+    }
+
+    fn insert(&mut self, id: String, raw: Arc<Vec<u8>>) {
+        if raw.len() > RAW_CACHE_BYTES / 4 || self.entries.contains_key(&id) {
+            return;
+        }
+        self.bytes += raw.len();
+        self.entries.insert(id.clone(), raw);
+        self.order.push_back(id);
+        while self.bytes > RAW_CACHE_BYTES {
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some(evicted) = self.entries.remove(&oldest) {
+                self.bytes -= evicted.len();
+            }
+        }
+    }
+}
+
 /// The mail model of one account.
 #[derive(Debug)]
 pub struct MailModel {
     store: StoreClient<TracedChannel>,
     state: Mutex<Option<State>>,
     events: broadcast::Sender<MailEvent>,
+    raw_cache: std::sync::Mutex<RawCache>,
 }
 
 impl MailModel {
     pub fn new(store: TracedChannel) -> Arc<Self> {
         let store = StoreClient::new(store).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20);
-        Arc::new(Self { store, state: Mutex::new(None), events: broadcast::channel(4096).0 })
+        Arc::new(Self {
+            store,
+            state: Mutex::new(None),
+            events: broadcast::channel(4096).0,
+            raw_cache: std::sync::Mutex::new(RawCache::default()),
+        })
     }
 
     /// Changes as they happen, for selected and idling sessions.
@@ -685,23 +700,62 @@ impl MailModel {
 
     /// A message's raw bytes, exactly as appended.
     pub async fn raw(&self, message_id: &str) -> Result<Vec<u8>> {
-        let request = pb::GetRequest { id: message_id.to_owned(), include_deleted: false };
-        let document = self.client().get(request).await?.into_inner();
-        let doc: MessageDoc = parse(&document)?;
-        let contents = self.get_many(doc.parts.clone()).await?;
-        let mut bytes: HashMap<String, Vec<u8>> = HashMap::new();
-        for content in contents {
-            if content.rev.is_empty() {
-                continue;
+        self.raws(&[message_id.to_owned()])
+            .await?
+            .pop()
+            .flatten()
+            .map(|raw| raw.to_vec())
+            .ok_or_else(|| MailError::Damaged(format!("{message_id} is gone")))
+    }
+
+    /// Several messages' raw bytes (None for one that is gone), read in
+    /// batches and kept in the cache.
+    pub async fn raws(&self, message_ids: &[String]) -> Result<Vec<Option<Arc<Vec<u8>>>>> {
+        let mut out: Vec<Option<Arc<Vec<u8>>>> = {
+            let cache = self.raw_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            message_ids.iter().map(|id| cache.get(id)).collect()
+        };
+        let missing: Vec<usize> = (0..message_ids.len()).filter(|index| out[*index].is_none()).collect();
+        for chunk in missing.chunks(BATCH) {
+            let ids: Vec<String> = chunk.iter().map(|index| message_ids[*index].clone()).collect();
+            let documents = self.get_many(ids).await?;
+            let mut docs: Vec<Option<MessageDoc>> = Vec::with_capacity(documents.len());
+            let mut parts: Vec<String> = Vec::new();
+            for document in &documents {
+                if document.rev.is_empty() || document.deleted {
+                    docs.push(None);
+                    continue;
+                }
+                let doc: MessageDoc = parse(document)?;
+                parts.extend(doc.parts.iter().cloned());
+                docs.push(Some(doc));
             }
-            let parsed: ContentDoc = parse(&content)?;
-            let decoded = data_encoding::BASE64
-                .decode(parsed.data.as_bytes())
-                .map_err(|_| MailError::Damaged(content.id.clone()))?;
-            bytes.insert(content.id, decoded);
+            parts.sort();
+            parts.dedup();
+            let mut bytes: HashMap<String, Vec<u8>> = HashMap::new();
+            for content in self.get_many(parts).await? {
+                if content.rev.is_empty() || content.deleted {
+                    continue;
+                }
+                let parsed: ContentDoc = parse(&content)?;
+                let decoded = data_encoding::BASE64
+                    .decode(parsed.data.as_bytes())
+                    .map_err(|_| MailError::Damaged(content.id.clone()))?;
+                bytes.insert(content.id, decoded);
+            }
+            for (index, doc) in chunk.iter().zip(docs) {
+                let Some(doc) = doc else { continue };
+                let raw = split::assemble(&doc.skeleton, doc.size, |id| bytes.get(id).cloned())
+                    .map_err(|missing| MailError::Damaged(missing.to_string()))?;
+                let raw = Arc::new(raw);
+                self.raw_cache
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(message_ids[*index].clone(), raw.clone());
+                out[*index] = Some(raw);
+            }
         }
-        split::assemble(&doc.skeleton, doc.size, |id| bytes.get(id).cloned())
-            .map_err(|missing| MailError::Damaged(missing.to_string()))
+        Ok(out)
     }
 
     /// Changes the flags of `uids`; returns the entries that changed.
@@ -992,5 +1046,56 @@ fn entry(uid: u32, copy: String, doc: &CopyDoc, modseq: u64) -> Entry {
         zone_minutes: doc.zone,
         size: doc.size,
         modseq,
+    }
+}
+
+impl Mailstore for MailModel {
+    async fn mailboxes(&self) -> Result<Vec<MailboxInfo>> {
+        MailModel::mailboxes(self).await
+    }
+    async fn mailbox(&self, name: &str) -> Result<MailboxInfo> {
+        MailModel::mailbox(self, name).await
+    }
+    async fn create_mailbox(&self, name: &str, special_use: SpecialUse) -> Result<MailboxInfo> {
+        MailModel::create_mailbox(self, name, special_use).await
+    }
+    async fn delete_mailbox(&self, name: &str) -> Result<()> {
+        MailModel::delete_mailbox(self, name).await
+    }
+    async fn rename_mailbox(&self, name: &str, new_name: &str) -> Result<()> {
+        MailModel::rename_mailbox(self, name, new_name).await
+    }
+    async fn set_subscribed(&self, name: &str, subscribed: bool) -> Result<()> {
+        MailModel::set_subscribed(self, name, subscribed).await
+    }
+    async fn snapshot(&self, name: &str) -> Result<(MailboxInfo, Vec<Entry>)> {
+        MailModel::snapshot(self, name).await
+    }
+    async fn claim_recent(&self, name: &str) -> Result<u32> {
+        MailModel::claim_recent(self, name).await
+    }
+    async fn append(
+        &self,
+        name: &str,
+        raw: &[u8],
+        flags: &Flags,
+        internal_date: Option<(i64, i32)>,
+    ) -> Result<(u32, u32)> {
+        MailModel::append(self, name, raw, flags, internal_date).await
+    }
+    async fn raw(&self, message: &str) -> Result<Vec<u8>> {
+        MailModel::raw(self, message).await
+    }
+    async fn raws(&self, messages: &[String]) -> Result<Vec<Option<Arc<Vec<u8>>>>> {
+        MailModel::raws(self, messages).await
+    }
+    async fn set_flags(&self, name: &str, uids: &[u32], operation: FlagOperation, flags: &Flags) -> Result<Vec<Entry>> {
+        MailModel::set_flags(self, name, uids, operation, flags).await
+    }
+    async fn copy(&self, name: &str, uids: &[u32], destination: &str, remove: bool) -> Result<(u32, Vec<(u32, u32)>)> {
+        MailModel::copy(self, name, uids, destination, remove).await
+    }
+    async fn expunge(&self, name: &str, uids: Option<&[u32]>) -> Result<Vec<u32>> {
+        MailModel::expunge(self, name, uids).await
     }
 }

@@ -3,6 +3,18 @@
 
 use std::collections::BTreeSet;
 
+/// INBOX is case-insensitive; every other name is as given.
+pub fn normalize_name(name: &str) -> String {
+    let trimmed = name.trim_end_matches('/');
+    if trimmed.eq_ignore_ascii_case("INBOX") {
+        "INBOX".into()
+    } else if trimmed.len() > 6 && trimmed[..6].eq_ignore_ascii_case("INBOX/") {
+        format!("INBOX/{}", &trimmed[6..])
+    } else {
+        trimmed.to_owned()
+    }
+}
+
 /// A message's flags: the system flags and keywords.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flags {
@@ -173,4 +185,72 @@ impl MailEvent {
             Self::Mailboxes => None,
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("no mailbox {0:?}")]
+    NoMailbox(String),
+    #[error("mailbox {0:?} exists already")]
+    MailboxExists(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("the store: {0}")]
+    Store(String),
+    #[error("stored mail is damaged: {0}")]
+    Damaged(String),
+}
+
+/// What the protocols (IMAP, the Mail API) need of the mail model; the store
+/// service implements it (`model`), tests may implement it in memory.
+pub trait Mailstore: Send + Sync {
+    fn mailboxes(&self) -> impl Future<Output = Result<Vec<MailboxInfo>, MailError>> + Send;
+    fn mailbox(&self, name: &str) -> impl Future<Output = Result<MailboxInfo, MailError>> + Send;
+    fn create_mailbox(
+        &self,
+        name: &str,
+        special_use: SpecialUse,
+    ) -> impl Future<Output = Result<MailboxInfo, MailError>> + Send;
+    fn delete_mailbox(&self, name: &str) -> impl Future<Output = Result<(), MailError>> + Send;
+    fn rename_mailbox(&self, name: &str, new_name: &str) -> impl Future<Output = Result<(), MailError>> + Send;
+    fn set_subscribed(&self, name: &str, subscribed: bool) -> impl Future<Output = Result<(), MailError>> + Send;
+    /// The mailbox and its messages in UID order, as of now.
+    fn snapshot(&self, name: &str) -> impl Future<Output = Result<(MailboxInfo, Vec<Entry>), MailError>> + Send;
+    /// Claims the mailbox's `\Recent` messages for one session: the first
+    /// UID that is recent for it.
+    fn claim_recent(&self, name: &str) -> impl Future<Output = Result<u32, MailError>> + Send;
+    /// Files a message, durably: (UIDVALIDITY, UID).
+    fn append(
+        &self,
+        name: &str,
+        raw: &[u8],
+        flags: &Flags,
+        internal_date: Option<(i64, i32)>,
+    ) -> impl Future<Output = Result<(u32, u32), MailError>> + Send;
+    /// A message's bytes, exactly as appended.
+    fn raw(&self, message: &str) -> impl Future<Output = Result<Vec<u8>, MailError>> + Send;
+    /// Several messages' bytes at once (None for one that is gone).
+    fn raws(
+        &self,
+        messages: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<std::sync::Arc<Vec<u8>>>>, MailError>> + Send;
+    /// Changes flags; gives the entries that changed.
+    fn set_flags(
+        &self,
+        name: &str,
+        uids: &[u32],
+        operation: FlagOperation,
+        flags: &Flags,
+    ) -> impl Future<Output = Result<Vec<Entry>, MailError>> + Send;
+    /// Copies (or with `remove`, moves): the destination's UIDVALIDITY and
+    /// (source, new) UID pairs.
+    fn copy(
+        &self,
+        name: &str,
+        uids: &[u32],
+        destination: &str,
+        remove: bool,
+    ) -> impl Future<Output = Result<(u32, Vec<(u32, u32)>), MailError>> + Send;
+    /// Removes the `\Deleted` messages (of `uids` when given): the UIDs removed.
+    fn expunge(&self, name: &str, uids: Option<&[u32]>) -> impl Future<Output = Result<Vec<u32>, MailError>> + Send;
 }

@@ -9,7 +9,8 @@
 //!   interceptor that carries the trace context in gRPC metadata;
 //! - [`shutdown`]: SIGTERM / SIGINT as a future;
 //! - [`telemetry`]: `tracing` to stderr, and OpenTelemetry traces and metrics
-//!   over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//!   over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set;
+//! - [`tls`]: the account's local certificate for the gateways' STARTTLS.
 
 pub mod args;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use args::{CommonArgs, ServiceArgs};
 pub use paths::{AccountPaths, Paths, ServiceKind};

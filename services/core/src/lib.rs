@@ -462,6 +462,17 @@ impl Core for CoreService {
         Ok(Response::new(pb::ChangePassphraseResponse {}))
     }
 
+    async fn get_mail_token(
+        &self,
+        request: Request<pb::GetMailTokenRequest>,
+    ) -> Result<Response<pb::GetMailTokenResponse>, Status> {
+        let address = required(request.into_inner().address)?;
+        self.running_store(&address)?;
+        let mut store = store_client(self.supervisor.paths(), &address).await?;
+        let token = bitmask_mail::token::mail_token(&mut store).await?;
+        Ok(Response::new(pb::GetMailTokenResponse { token }))
+    }
+
     async fn sync(&self, request: Request<pb::SyncRequest>) -> Result<Response<SyncStream>, Status> {
         let address = required(request.into_inner().address)?;
         self.running_store(&address)?;

@@ -46,6 +46,9 @@ enum Command {
     /// The OpenPGP keys of a started account
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The account's mail: the token mail clients log in with
+    #[command(subcommand)]
+    Mail(MailCommand),
     /// Every account (or one) and the state of each of its services
     Status {
         address: Option<String>,
@@ -92,6 +95,12 @@ enum AccountCommand {
         #[arg(long)]
         purge: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum MailCommand {
+    /// Print the mail token: the password for IMAP and SMTP in a mail client
+    Token { address: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +222,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Status { .. } => "status",
         Command::Sync { .. } => "sync",
         Command::Keys(_) => "keys",
+        Command::Mail(_) => "mail",
     }
 }
 
@@ -436,6 +446,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Account(AccountCommand::Remove { address, purge }) => {
             core.remove_account(pb::RemoveAccountRequest { address: address.clone(), purge_data: purge }).await?;
             output::removed(&address, purge, json);
+        }
+        Command::Mail(MailCommand::Token { address }) => {
+            let token = core.get_mail_token(pb::GetMailTokenRequest { address }).await?.into_inner().token;
+            output::token(&Zeroizing::new(token), json);
         }
         Command::Sync { address } => {
             let mut progress = core.sync(pb::SyncRequest { address: address.clone() }).await?.into_inner();

@@ -456,3 +456,11 @@ pub fn removed_key(fingerprint: &str, json: bool) {
     }
     println!("deleted {fingerprint}");
 }
+
+/// The mail token: only the token on standard output, for scripts too.
+pub fn token(token: &str, json: bool) {
+    if json {
+        return print_json(&serde_json::json!({ "token": token }));
+    }
+    println!("{token}");
+}

@@ -1,24 +1,54 @@
 //! `bitmask-imap`: one per account, started by bitmaskd.
 //!
-//! Serves the protocol-agnostic `bitmask.mail.v1.Mail` API on
-//! `<runtime-dir>/<account>/imap.sock`; the IMAP listener and the mail model
-//! are the subject of the IMAP issue. Until it lands every RPC answers
-//! UNIMPLEMENTED (the generated defaults) and no TCP port is opened.
+//! Serves IMAP on the account's port (127.0.0.1 unless configured otherwise,
+//! STARTTLS with the account's local certificate) and the protocol-agnostic
+//! `bitmask.mail.v1.Mail` API on `<runtime-dir>/<account>/imap.sock`, both
+//! over one mail model (the only writer of mail documents in the store).
 
-use bitmask_proto::mail::v1::mail_server::{Mail, MailServer};
+use std::sync::Arc;
+
+use bitmask_imap_service::gateway::{self, Gateway, Limits};
+use bitmask_imap_service::mail_api::MailApi;
+use bitmask_mail::MailModel;
+use bitmask_proto::mail::v1::mail_server::MailServer;
 use bitmask_runtime::ServiceKind;
 use bitmask_runtime::server::GrpcServer;
 use tonic::server::NamedService as _;
 
-#[derive(Debug)]
-struct MailService;
-
-impl Mail for MailService {}
-
 fn main() -> std::process::ExitCode {
-    bitmask_runtime::service::main(ServiceKind::Imap, |_args| async {
-        let mut server = GrpcServer::new(&[MailServer::<MailService>::NAME])?;
-        server.routes().add_service(MailServer::new(MailService));
+    bitmask_runtime::service::main(ServiceKind::Imap, |args| async move {
+        let paths = args.common.paths()?;
+        let account_paths = args.account_paths()?;
+        let config = bitmask_supervisor::config::Config::load(&paths.config_file())?;
+        let account = config
+            .account(&args.account)
+            .ok_or_else(|| format!("{} is not an account of {}", args.account, paths.config_file().display()))?
+            .clone();
+        let store_socket = account_paths.socket(ServiceKind::Store);
+        // Lazy: the store may start or restart after us.
+        let store = bitmask_runtime::client::traced(bitmask_runtime::client::connect_unix_lazy(store_socket));
+        let model = MailModel::new(store.clone());
+        tokio::spawn(bitmask_imap_service::follow_sync(model.clone()));
+        let tls = bitmask_runtime::tls::server_config(&account_paths.data_dir.join("tls"))?;
+        let listener = tokio::net::TcpListener::bind((account.bind_address, account.imap_port)).await?;
+        let token_store = store.clone();
+        let gateway = Arc::new(Gateway {
+            model: model.clone(),
+            address: account.address.to_lowercase(),
+            token: Arc::new(move || {
+                let store = token_store.clone();
+                Box::pin(async move {
+                    let mut client = bitmask_proto::store::v1::store_client::StoreClient::new(store);
+                    bitmask_mail::token::mail_token(&mut client).await.ok()
+                })
+            }),
+            tls: Some(tokio_rustls::TlsAcceptor::from(tls)),
+            limits: Limits::default(),
+        });
+        tracing::info!(address = %listener.local_addr()?, "IMAP listening");
+        tokio::spawn(gateway::serve(listener, gateway));
+        let mut server = GrpcServer::new(&[MailServer::<MailApi>::NAME])?;
+        server.routes().add_service(MailServer::new(MailApi::new(model)).max_decoding_message_size(80 << 20));
         Ok(server)
     })
 }

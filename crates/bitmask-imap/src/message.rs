@@ -1,0 +1,1482 @@
+//! What a FETCH returns for one message, rendered from its raw RFC 5322
+//! bytes: ENVELOPE, BODY and BODYSTRUCTURE (RFC 3501 section 7.4.2) and the
+//! contents of `BODY[section]<partial>` (section 6.4.5), without I/O.
+//!
+//! [`MessageView::parse`] scans the MIME structure once; the other methods
+//! render from it. Section contents are byte-exact slices of the raw message
+//! (no transfer decoding, no line-ending conversion) and sizes count raw
+//! octets. Where RFC 3501 leaves room, this follows Dovecot 2.3 (compared
+//! against Dovecot 2.3.19):
+//! - MIME structure: boundary lines are found at line starts, by prefix, the
+//!   longest matching boundary of all open multiparts winning; the line break
+//!   before a boundary line belongs to the boundary; a boundary line ends a
+//!   part's header too. A `multipart/*` without boundary, or whose boundary
+//!   never appears, has no parts (BODYSTRUCTURE shows one empty text/plain
+//!   part). `message/rfc822` parts are parsed as messages whatever their
+//!   transfer encoding; parts of a `multipart/digest` without Content-Type
+//!   are `message/rfc822`. Nesting stops at 100 levels and 10 000 parts.
+//! - Part numbers: a part that is not multipart has itself as its part 1
+//!   (`BODY[3.1]` is `BODY[3]`), a `message/rfc822` part continues into the
+//!   encapsulated message, and `1.MIME` of a non-multipart message is the
+//!   message header. `HEADER`, `HEADER.FIELDS` and `TEXT` after a part number
+//!   need a `message/rfc822` part. Sections that do not exist are `None`;
+//!   Dovecot sends them as empty strings ([`section_data`]).
+//! - `HEADER.FIELDS` ends with the header's blank line, or CRLF when the
+//!   header has none; `HEADER.FIELDS.NOT` keeps the blank line only if
+//!   present. Field names match case-insensitively; lines without a colon
+//!   never match.
+//! - BODYSTRUCTURE: types, subtypes, parameters and encodings as written (no
+//!   case change); the first of repeated Content-* fields counts; parameters
+//!   in RFC 2231 pieces are joined but not decoded (`title*` keeps
+//!   `us-ascii'en'...`); text parts without a charset get
+//!   `("charset" "us-ascii")`; Content-Type values that do not parse give
+//!   `"" ""`, a bare `multipart` gives `application/octet-stream`; a missing
+//!   or invalid Content-Transfer-Encoding is `7bit`; lines count LF octets.
+//! - ENVELOPE: the last of repeated fields counts; values are the raw,
+//!   unfolded header values (RFC 2047 words kept as written, leading white
+//!   space dropped, trailing kept, NUL as U+FFFD); addresses are parsed as
+//!   Dovecot does, names raw, with `MISSING_MAILBOX`, `MISSING_DOMAIN` and
+//!   `SYNTAX_ERROR` filling what is missing; an absent or empty Sender or
+//!   Reply-To is From.
+//!
+//! mail-parser is not used here: it decodes (encoded words, RFC 2231,
+//! transfer encodings) and normalises, and its part offsets follow its own
+//! recovery rules, while IMAP needs raw values and Dovecot's part bounds.
+
+use std::fmt;
+use std::ops::Range;
+
+use crate::imap_types::{
+    body::{
+        BasicFields, Body, BodyStructure, Disposition, Language, Location, MultiPartExtensionData,
+        SinglePartExtensionData, SpecificFields,
+    },
+    core::{IString, Literal, NString, Vec1},
+    envelope::{Address, Envelope},
+    fetch::Section,
+};
+
+/// Deepest nesting of multiparts and encapsulated messages that is parsed
+/// (Dovecot's default); deeper parts are leaves.
+const MAX_NESTING: usize = 100;
+/// Most MIME parts parsed per message (Dovecot's default).
+const MAX_PARTS: usize = 10_000;
+
+/// A parsed view of one raw message, built once per FETCH of a message.
+pub struct MessageView<'a> {
+    raw: &'a [u8],
+    root: MimePart,
+}
+
+impl fmt::Debug for MessageView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageView").field("len", &self.raw.len()).field("root", &self.root).finish()
+    }
+}
+
+impl<'a> MessageView<'a> {
+    /// Scans the MIME structure of `raw`. Never fails: any bytes are a
+    /// message, at worst one with only a header or only a body.
+    pub fn parse(raw: &'a [u8]) -> Self {
+        let mut parser = TreeParser { raw, boundaries: Vec::new(), parts: 0 };
+        let (root, _) = parser.part(0, 0, false);
+        Self { raw, root }
+    }
+
+    /// ENVELOPE of the message.
+    pub fn envelope(&self) -> Envelope<'static> {
+        envelope(&Header::parse(self.raw, self.root.header.clone()))
+    }
+
+    /// BODYSTRUCTURE (`extensible`) or BODY (not) of the message.
+    pub fn body_structure(&self, extensible: bool) -> BodyStructure<'static> {
+        self.structure(&self.root, extensible)
+    }
+
+    /// The contents of `BODY[section]` (before any `<partial>`); `None` is
+    /// the whole message (`BODY[]`). `None` back: the section does not exist
+    /// (Dovecot sends an empty string for it).
+    pub fn section(&self, section: Option<&Section<'_>>) -> Option<Vec<u8>> {
+        let Some(section) = section else {
+            return Some(self.raw.to_vec());
+        };
+        match section {
+            Section::Part(path) => {
+                let part = self.find(path.0.as_ref())?;
+                Some(self.bytes(&part.body).to_vec())
+            }
+            Section::Mime(path) => {
+                let part = self.find(path.0.as_ref())?;
+                Some(self.bytes(&part.header).to_vec())
+            }
+            Section::Header(path) => {
+                let message = self.message(path.as_ref().map(|p| p.0.as_ref()))?;
+                Some(self.bytes(&message.header).to_vec())
+            }
+            Section::Text(path) => {
+                let message = self.message(path.as_ref().map(|p| p.0.as_ref()))?;
+                Some(self.bytes(&message.body).to_vec())
+            }
+            Section::HeaderFields(path, names) => {
+                let message = self.message(path.as_ref().map(|p| p.0.as_ref()))?;
+                Some(self.header_fields(message, names.as_ref(), true))
+            }
+            Section::HeaderFieldsNot(path, names) => {
+                let message = self.message(path.as_ref().map(|p| p.0.as_ref()))?;
+                Some(self.header_fields(message, names.as_ref(), false))
+            }
+        }
+    }
+
+    /// RFC822.HEADER: the header block including its blank line (if any).
+    pub fn header_bytes(&self) -> &[u8] {
+        self.bytes(&self.root.header)
+    }
+
+    /// RFC822.TEXT: everything after the header's blank line.
+    pub fn text_bytes(&self) -> &[u8] {
+        self.bytes(&self.root.body)
+    }
+
+    fn bytes(&self, range: &Range<usize>) -> &'a [u8] {
+        self.raw.get(range.clone()).unwrap_or_default()
+    }
+
+    /// The part a section's part number names (Dovecot's `imap_msgpart_find`).
+    fn find(&self, path: &[std::num::NonZeroU32]) -> Option<&MimePart> {
+        let mut part = &self.root;
+        for (position, number) in path.iter().enumerate() {
+            let number = usize::try_from(number.get()).ok()?;
+            let more = position + 1 < path.len();
+            part = match &part.kind {
+                PartKind::Multipart(children) => children.get(number - 1)?,
+                // A part that is not multipart is its own part 1, with
+                // nothing below unless it encapsulates a message.
+                PartKind::Message(_) if number == 1 => part,
+                PartKind::Single if number == 1 && !more => part,
+                _ => return None,
+            };
+            if more && let PartKind::Message(inner) = &part.kind {
+                part = inner;
+            }
+        }
+        Some(part)
+    }
+
+    /// The message whose HEADER/TEXT a section names: the whole message
+    /// without part number, else the one a `message/rfc822` part holds.
+    fn message(&self, path: Option<&[std::num::NonZeroU32]>) -> Option<&MimePart> {
+        let Some(path) = path else {
+            return Some(&self.root);
+        };
+        match &self.find(path)?.kind {
+            PartKind::Message(inner) => Some(inner),
+            _ => None,
+        }
+    }
+
+    fn header_fields(&self, part: &MimePart, names: &[impl AsRef<[u8]>], include: bool) -> Vec<u8> {
+        let header = Header::parse(self.raw, part.header.clone());
+        let mut out = Vec::new();
+        for field in &header.fields {
+            let matches = field
+                .name
+                .as_ref()
+                .is_some_and(|name| names.iter().any(|wanted| self.bytes(name).eq_ignore_ascii_case(wanted.as_ref())));
+            if matches == include {
+                out.extend_from_slice(self.bytes(&field.line));
+            }
+        }
+        match &header.end_of_header {
+            Some(blank) => out.extend_from_slice(self.bytes(blank)),
+            None if include => out.extend_from_slice(b"\r\n"),
+            None => {}
+        }
+        out
+    }
+
+    fn structure(&self, part: &MimePart, extensible: bool) -> BodyStructure<'static> {
+        let header = Header::parse(self.raw, part.header.clone());
+        let fields = MimeFields::from_header(&header);
+        match &part.kind {
+            PartKind::Multipart(children) => {
+                let bodies: Vec<_> = children.iter().map(|child| self.structure(child, extensible)).collect();
+                let bodies = Vec1::try_from(bodies).unwrap_or_else(|_| empty_part(extensible).into());
+                let (subtype, params) = match &fields.content_type {
+                    Some(content_type) => (content_type.subtype.clone(), content_type.params.clone()),
+                    None => (b"mixed".to_vec(), Vec::new()),
+                };
+                BodyStructure::Multi {
+                    bodies,
+                    subtype: istring(&subtype),
+                    extension_data: extensible.then(|| MultiPartExtensionData {
+                        parameter_list: param_list(&params),
+                        tail: Some(fields.disposition_tail()),
+                    }),
+                }
+            }
+            PartKind::Message(inner) => {
+                let params =
+                    fields.content_type.as_ref().map(|content_type| content_type.params.clone()).unwrap_or_default();
+                let inner_header = Header::parse(self.raw, inner.header.clone());
+                let body = self.bytes(&part.body);
+                BodyStructure::Single {
+                    body: Body {
+                        basic: fields.basic(&params, body.len()),
+                        specific: SpecificFields::Message {
+                            envelope: Box::new(envelope(&inner_header)),
+                            body_structure: Box::new(self.structure(inner, extensible)),
+                            number_of_lines: count_lines(body),
+                        },
+                    },
+                    extension_data: extensible.then(|| fields.single_extension()),
+                }
+            }
+            PartKind::Single => {
+                let body = self.bytes(&part.body);
+                let (media_type, subtype, mut params) = match &fields.content_type {
+                    None => (b"text".to_vec(), b"plain".to_vec(), Vec::new()),
+                    Some(content_type) => {
+                        let media_type = &content_type.media_type;
+                        let subtype = &content_type.subtype;
+                        // Only parsed multiparts and messages may say so.
+                        if media_type.eq_ignore_ascii_case(b"multipart")
+                            || (media_type.eq_ignore_ascii_case(b"message") && subtype.eq_ignore_ascii_case(b"rfc822"))
+                        {
+                            (b"application".to_vec(), b"octet-stream".to_vec(), content_type.params.clone())
+                        } else {
+                            (media_type.clone(), subtype.clone(), content_type.params.clone())
+                        }
+                    }
+                };
+                let text = media_type.eq_ignore_ascii_case(b"text");
+                if text && !params.iter().any(|(key, _)| key.eq_ignore_ascii_case(b"charset")) {
+                    params.push((b"charset".to_vec(), b"us-ascii".to_vec()));
+                }
+                let specific = if text {
+                    SpecificFields::Text { subtype: istring(&subtype), number_of_lines: count_lines(body) }
+                } else {
+                    SpecificFields::Basic { r#type: istring(&media_type), subtype: istring(&subtype) }
+                };
+                BodyStructure::Single {
+                    body: Body { basic: fields.basic(&params, body.len()), specific },
+                    extension_data: extensible.then(|| fields.single_extension()),
+                }
+            }
+        }
+    }
+}
+
+/// Applies `<origin.length>` to section contents: what lies in the range,
+/// empty past the end.
+pub fn partial(bytes: &[u8], origin: u32, length: u32) -> &[u8] {
+    let start = usize::try_from(origin).unwrap_or(usize::MAX).min(bytes.len());
+    let length = usize::try_from(length).unwrap_or(usize::MAX);
+    let end = start.saturating_add(length).min(bytes.len());
+    bytes.get(start..end).unwrap_or_default()
+}
+
+/// Section contents (`BODY[...]`, `RFC822`, `RFC822.HEADER`, `RFC822.TEXT`)
+/// as Dovecot sends them: always a literal, NUL octets as 0x80 (a literal
+/// cannot carry NUL). Give a missing section as empty bytes.
+pub fn section_data(bytes: &[u8]) -> NString<'static> {
+    let data: Vec<u8> = bytes.iter().map(|&byte| if byte == 0 { 0x80 } else { byte }).collect();
+    Literal::try_from(data).map(NString::from).unwrap_or_default()
+}
+
+// ----- MIME structure ----------------------------------------------------
+
+/// One MIME part: byte ranges into the raw message.
+#[derive(Debug, Clone)]
+struct MimePart {
+    /// The header block, including its blank line if there is one.
+    header: Range<usize>,
+    /// Everything after the header up to the line break before the next
+    /// boundary line (or the end). When a boundary line cuts the header
+    /// short, it is empty and starts after that line break.
+    body: Range<usize>,
+    kind: PartKind,
+}
+
+#[derive(Debug, Clone)]
+enum PartKind {
+    Single,
+    Multipart(Vec<MimePart>),
+    /// `message/rfc822`: the encapsulated message spans the body.
+    Message(Box<MimePart>),
+}
+
+/// A boundary line found: which open multipart it belongs to.
+#[derive(Debug, Clone, Copy)]
+struct BoundaryLine {
+    /// Index into `TreeParser::boundaries`.
+    level: usize,
+    /// Where the line after the boundary line starts.
+    next: usize,
+    /// A close delimiter (`--boundary--`).
+    close: bool,
+}
+
+/// Dovecot's message parser, reduced to what IMAP needs.
+struct TreeParser<'a> {
+    raw: &'a [u8],
+    /// Boundaries of the open multiparts, outermost first.
+    boundaries: Vec<Vec<u8>>,
+    parts: usize,
+}
+
+impl TreeParser<'_> {
+    /// Parses the part starting at `start`; gives it and the boundary line
+    /// that ended it (`None`: the end of the message).
+    fn part(&mut self, start: usize, depth: usize, in_digest: bool) -> (MimePart, Option<BoundaryLine>) {
+        self.parts += 1;
+        let mut position = start;
+        let (header, body_start) = loop {
+            if position >= self.raw.len() {
+                break (start..self.raw.len(), self.raw.len());
+            }
+            let end = line_end(self.raw, position);
+            let line = line_content(self.raw, position, end);
+            if let Some(boundary) = self.boundary_line(line, end) {
+                // The header as fetched ends before the line break; the
+                // part, as its parent counts it, after (Dovecot).
+                let header_end = strip_line_break_before(self.raw, start, position);
+                let part = MimePart { header: start..header_end, body: position..position, kind: PartKind::Single };
+                return (part, Some(boundary));
+            }
+            if line.is_empty() {
+                break (start..end, end);
+            }
+            position = end;
+        };
+
+        let parsed = Header::parse(self.raw, header.clone());
+        let content_type = parsed.first(b"Content-Type").map(|field| ContentType::parse(&parsed.value(field)));
+        let may_nest = depth < MAX_NESTING && self.parts < MAX_PARTS;
+        let shape = match &content_type {
+            None if in_digest => Shape::Message,
+            None => Shape::Single,
+            Some(content_type) => content_type.shape(),
+        };
+        match shape {
+            Shape::Multipart { boundary, digest } if may_nest => {
+                let (body_end, found, children) = self.multipart(body_start, boundary, depth + 1, digest);
+                let part = MimePart { header, body: body_start..body_end, kind: PartKind::Multipart(children) };
+                (part, found)
+            }
+            Shape::Message if may_nest => {
+                let (inner, found) = self.part(body_start, depth + 1, false);
+                let part =
+                    MimePart { header, body: body_start..inner.body.end, kind: PartKind::Message(Box::new(inner)) };
+                (part, found)
+            }
+            _ => {
+                let (body_end, found) = self.scan(body_start);
+                let part = MimePart { header, body: body_start..body_end, kind: PartKind::Single };
+                (part, found)
+            }
+        }
+    }
+
+    /// Parses a multipart body: preamble, parts, epilogue. Gives where the
+    /// body ends, the boundary line that ended it and the parts.
+    fn multipart(
+        &mut self,
+        body_start: usize,
+        boundary: Option<Vec<u8>>,
+        depth: usize,
+        digest: bool,
+    ) -> (usize, Option<BoundaryLine>, Vec<MimePart>) {
+        let mut children = Vec::new();
+        let Some(boundary) = boundary else {
+            let (end, found) = self.scan(body_start);
+            return (end, found, children);
+        };
+        let level = self.boundaries.len();
+        self.boundaries.push(boundary);
+        let (mut end, mut found) = self.scan(body_start);
+        while let Some(line) = found {
+            if line.level != level {
+                // An enclosing multipart's boundary ends this one too.
+                break;
+            }
+            if line.close || self.parts >= MAX_PARTS {
+                // The rest, up to an enclosing boundary, is epilogue.
+                self.boundaries.truncate(level);
+                (end, found) = self.scan(line.next);
+                break;
+            }
+            let (child, child_found) = self.part(line.next, depth, digest);
+            end = child.body.end;
+            found = child_found;
+            children.push(child);
+        }
+        self.boundaries.truncate(level);
+        (end, found, children)
+    }
+
+    /// Finds the next boundary line from `start`: gives where the content
+    /// before it ends (without the line break that belongs to the boundary)
+    /// and the line, or the end of the message and `None`.
+    fn scan(&self, start: usize) -> (usize, Option<BoundaryLine>) {
+        if self.boundaries.is_empty() {
+            return (self.raw.len(), None);
+        }
+        let mut position = start;
+        while position < self.raw.len() {
+            let end = line_end(self.raw, position);
+            let line = line_content(self.raw, position, end);
+            if let Some(boundary) = self.boundary_line(line, end) {
+                return (strip_line_break_before(self.raw, start, position), Some(boundary));
+            }
+            position = end;
+        }
+        (self.raw.len(), None)
+    }
+
+    /// Whether `line` is a boundary line of an open multipart: the longest
+    /// boundary that prefixes the line after `--`, innermost on a tie.
+    fn boundary_line(&self, line: &[u8], next: usize) -> Option<BoundaryLine> {
+        let rest = line.strip_prefix(b"--")?;
+        let mut best: Option<(usize, usize)> = None;
+        for (level, boundary) in self.boundaries.iter().enumerate().rev() {
+            if rest.starts_with(boundary) && best.is_none_or(|(_, len)| len < boundary.len()) {
+                best = Some((level, boundary.len()));
+            }
+        }
+        let (level, len) = best?;
+        let close = rest.get(len..).is_some_and(|after| after.starts_with(b"--"));
+        Some(BoundaryLine { level, next, close })
+    }
+}
+
+/// How a part is parsed, from its Content-Type.
+enum Shape {
+    Single,
+    Multipart { boundary: Option<Vec<u8>>, digest: bool },
+    Message,
+}
+
+/// Where the line starting at `start` ends (after its LF, or the end).
+fn line_end(raw: &[u8], start: usize) -> usize {
+    raw.get(start..).and_then(|rest| rest.iter().position(|&byte| byte == b'\n')).map_or(raw.len(), |at| start + at + 1)
+}
+
+/// The line without its line break (LF or CRLF).
+fn line_content(raw: &[u8], start: usize, end: usize) -> &[u8] {
+    let line = raw.get(start..end).unwrap_or_default();
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// `position` moved back over the line break before it, not below `floor`.
+fn strip_line_break_before(raw: &[u8], floor: usize, position: usize) -> usize {
+    let mut end = position;
+    if end > floor && raw.get(end - 1) == Some(&b'\n') {
+        end -= 1;
+        if end > floor && raw.get(end - 1) == Some(&b'\r') {
+            end -= 1;
+        }
+    }
+    end
+}
+
+fn count_lines(body: &[u8]) -> u32 {
+    let lines = body.iter().filter(|&&byte| byte == b'\n').count();
+    u32::try_from(lines).unwrap_or(u32::MAX)
+}
+
+// ----- header fields -----------------------------------------------------
+
+/// A header block split into fields.
+#[derive(Debug)]
+struct Header<'a> {
+    raw: &'a [u8],
+    fields: Vec<HeaderField>,
+    /// The blank line that ends the header, if it has one.
+    end_of_header: Option<Range<usize>>,
+}
+
+#[derive(Debug)]
+struct HeaderField {
+    /// The field name without trailing white space; `None` for lines without
+    /// a colon (and continuation lines before any field).
+    name: Option<Range<usize>>,
+    /// The whole field: its lines with continuation lines and line breaks.
+    line: Range<usize>,
+    /// After the colon, to the end of the field.
+    value: Range<usize>,
+}
+
+impl<'a> Header<'a> {
+    fn parse(raw: &'a [u8], range: Range<usize>) -> Self {
+        let mut fields: Vec<HeaderField> = Vec::new();
+        let mut end_of_header = None;
+        let mut position = range.start;
+        while position < range.end {
+            let end = line_end(raw, position).min(range.end);
+            let line = line_content(raw, position, end);
+            if line.is_empty() {
+                end_of_header = Some(position..end);
+                break;
+            }
+            let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+            match fields.last_mut() {
+                Some(field) if continuation => {
+                    field.line.end = end;
+                    field.value.end = end;
+                }
+                _ => {
+                    let field = match line.iter().position(|&byte| byte == b':') {
+                        Some(colon) if !continuation => {
+                            let name = line.get(..colon).unwrap_or_default();
+                            let name_len = name.len()
+                                - name.iter().rev().take_while(|&&byte| byte == b' ' || byte == b'\t').count();
+                            HeaderField {
+                                name: Some(position..position + name_len),
+                                line: position..end,
+                                value: position + colon + 1..end,
+                            }
+                        }
+                        _ => HeaderField { name: None, line: position..end, value: end..end },
+                    };
+                    fields.push(field);
+                }
+            }
+            position = end;
+        }
+        Self { raw, fields, end_of_header }
+    }
+
+    fn named<'h, 'n>(&'h self, name: &'n [u8]) -> impl DoubleEndedIterator<Item = &'h HeaderField> + use<'h, 'n, 'a> {
+        self.fields.iter().filter(move |field| {
+            field
+                .name
+                .as_ref()
+                .is_some_and(|range| self.raw.get(range.clone()).unwrap_or_default().eq_ignore_ascii_case(name))
+        })
+    }
+
+    fn first(&self, name: &[u8]) -> Option<&HeaderField> {
+        self.named(name).next()
+    }
+
+    fn last(&self, name: &[u8]) -> Option<&HeaderField> {
+        self.named(name).next_back()
+    }
+
+    /// The unfolded value (Dovecot's `full_value`): leading blanks of the
+    /// first line dropped, line breaks removed, NUL as U+FFFD.
+    fn value(&self, field: &HeaderField) -> Vec<u8> {
+        let value = self.raw.get(field.value.clone()).unwrap_or_default();
+        let skip = value.iter().take_while(|&&byte| byte == b' ' || byte == b'\t').count();
+        let value = value.get(skip..).unwrap_or_default();
+        let mut out = Vec::with_capacity(value.len());
+        for &byte in value {
+            match byte {
+                b'\n' => {
+                    if out.last() == Some(&b'\r') {
+                        out.pop();
+                    }
+                }
+                0 => out.extend_from_slice("\u{FFFD}".as_bytes()),
+                _ => out.push(byte),
+            }
+        }
+        out
+    }
+}
+
+// ----- RFC 822 tokens (Dovecot's rfc822-parser) --------------------------
+
+/// What a scanning step leaves: broken input, the end, or more input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    Broken,
+    End,
+    More,
+}
+
+/// RFC 5322 `atext`, with 8-bit octets allowed.
+fn is_atext(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&byte) || byte >= 0x80
+}
+
+/// RFC 2045 token characters (atext without `/`, `=`, `?`, plus `.`).
+fn is_token(byte: u8) -> bool {
+    (is_atext(byte) && !b"/=?".contains(&byte)) || byte == b'.'
+}
+
+#[derive(Debug)]
+struct Rfc822<'a> {
+    data: &'a [u8],
+    position: usize,
+    /// The text of the last comment skipped (addresses name people so).
+    last_comment: Vec<u8>,
+}
+
+impl<'a> Rfc822<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Self { data, position: 0, last_comment: Vec::new() }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.data.get(self.position).copied()
+    }
+
+    fn at_end(&self) -> bool {
+        self.position >= self.data.len()
+    }
+
+    fn more_or_end(&self) -> Scan {
+        if self.at_end() { Scan::End } else { Scan::More }
+    }
+
+    /// Skips white space, line breaks and comments.
+    fn skip_lwsp(&mut self) -> Scan {
+        while let Some(byte) = self.peek() {
+            match byte {
+                b' ' | b'\t' | b'\r' | b'\n' => self.position += 1,
+                b'(' => {
+                    if self.skip_comment() == Scan::Broken {
+                        return Scan::Broken;
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.more_or_end()
+    }
+
+    fn skip_comment(&mut self) -> Scan {
+        self.position += 1;
+        let mut text = Vec::new();
+        let mut level = 1usize;
+        while let Some(byte) = self.peek() {
+            match byte {
+                b'(' => {
+                    level += 1;
+                    text.push(byte);
+                }
+                b')' => {
+                    level -= 1;
+                    if level == 0 {
+                        self.position += 1;
+                        self.last_comment = text;
+                        return Scan::More;
+                    }
+                    text.push(byte);
+                }
+                b'\n' => {
+                    if text.last() == Some(&b'\r') {
+                        text.pop();
+                    }
+                }
+                b'\\' => match self.data.get(self.position + 1) {
+                    None => return Scan::Broken,
+                    Some(b'\r' | b'\n' | 0) => text.push(byte),
+                    Some(&next) => {
+                        text.push(next);
+                        self.position += 1;
+                    }
+                },
+                _ => text.push(byte),
+            }
+            self.position += 1;
+        }
+        Scan::Broken
+    }
+
+    /// Appends the run of characters `accept` takes; then skips white space
+    /// if anything follows.
+    fn run(&mut self, out: &mut Vec<u8>, accept: fn(u8) -> bool) -> Scan {
+        let start = self.position;
+        while self.peek().is_some_and(accept) {
+            self.position += 1;
+        }
+        out.extend_from_slice(self.data.get(start..self.position).unwrap_or_default());
+        if self.at_end() { Scan::End } else { self.skip_lwsp() }
+    }
+
+    /// An RFC 2045 token (possibly empty).
+    fn mime_token(&mut self, out: &mut Vec<u8>) -> Scan {
+        self.run(out, is_token)
+    }
+
+    /// An atom: at least one atext character.
+    fn atom(&mut self, out: &mut Vec<u8>) -> Scan {
+        if !self.peek().is_some_and(is_atext) {
+            return Scan::Broken;
+        }
+        self.run(out, is_atext)
+    }
+
+    fn atom_or_dot(&mut self, out: &mut Vec<u8>) -> Scan {
+        if self.at_end() {
+            return Scan::End;
+        }
+        self.run(out, |byte| is_atext(byte) || byte == b'.')
+    }
+
+    /// A quoted string (at `"`), unescaped.
+    fn quoted_string(&mut self, out: &mut Vec<u8>) -> Scan {
+        self.position += 1;
+        while let Some(byte) = self.peek() {
+            match byte {
+                b'"' => {
+                    self.position += 1;
+                    return self.skip_lwsp();
+                }
+                b'\n' => {
+                    if out.last() == Some(&b'\r') {
+                        out.pop();
+                    }
+                }
+                b'\\' => {
+                    self.position += 1;
+                    match self.peek() {
+                        Some(next) => out.push(next),
+                        None => return Scan::Broken,
+                    }
+                }
+                _ => out.push(byte),
+            }
+            self.position += 1;
+        }
+        Scan::Broken
+    }
+
+    /// `dot-atom`, allowing white space around the dots.
+    fn dot_atom(&mut self, out: &mut Vec<u8>) -> Scan {
+        if !self.peek().is_some_and(is_atext) {
+            return Scan::Broken;
+        }
+        let mut start = self.position;
+        self.position += 1;
+        while let Some(byte) = self.peek() {
+            if is_atext(byte) {
+                self.position += 1;
+                continue;
+            }
+            if start == self.position {
+                return Scan::Broken;
+            }
+            out.extend_from_slice(self.data.get(start..self.position).unwrap_or_default());
+            let scan = self.skip_lwsp();
+            if scan != Scan::More {
+                return scan;
+            }
+            if self.peek() != Some(b'.') {
+                return Scan::More;
+            }
+            self.position += 1;
+            out.push(b'.');
+            let scan = self.skip_lwsp();
+            if scan != Scan::More {
+                return scan;
+            }
+            start = self.position;
+        }
+        out.extend_from_slice(self.data.get(start..self.position).unwrap_or_default());
+        Scan::End
+    }
+
+    /// `"@" domain` (at `@`): a dot-atom or a domain literal.
+    fn domain(&mut self, out: &mut Vec<u8>) -> Scan {
+        self.position += 1;
+        if self.skip_lwsp() != Scan::More {
+            return Scan::Broken;
+        }
+        if self.peek() == Some(b'[') { self.domain_literal(out) } else { self.dot_atom(out) }
+    }
+
+    /// `[...]`, brackets and backslashes kept.
+    fn domain_literal(&mut self, out: &mut Vec<u8>) -> Scan {
+        out.push(b'[');
+        self.position += 1;
+        while let Some(byte) = self.peek() {
+            match byte {
+                b'[' => return Scan::Broken,
+                b']' => {
+                    out.push(byte);
+                    self.position += 1;
+                    return self.skip_lwsp();
+                }
+                b'\n' => {
+                    if out.last() == Some(&b'\r') {
+                        out.pop();
+                    }
+                }
+                b'\\' => {
+                    out.push(byte);
+                    self.position += 1;
+                    match self.peek() {
+                        Some(next) => out.push(next),
+                        None => return Scan::Broken,
+                    }
+                }
+                _ => out.push(byte),
+            }
+            self.position += 1;
+        }
+        Scan::Broken
+    }
+
+    /// A phrase: words (atoms, dots, quoted strings) joined by one space.
+    fn phrase(&mut self, out: &mut Vec<u8>) -> Scan {
+        match self.peek() {
+            None => return Scan::End,
+            Some(b'.') => return Scan::Broken,
+            Some(_) => {}
+        }
+        loop {
+            let scan = if self.peek() == Some(b'"') { self.quoted_string(out) } else { self.atom_or_dot(out) };
+            if scan != Scan::More {
+                return scan;
+            }
+            match self.peek() {
+                Some(byte) if is_atext(byte) || byte == b'"' || byte == b'.' => out.push(b' '),
+                _ => break,
+            }
+        }
+        self.skip_lwsp()
+    }
+}
+
+// ----- MIME header values ------------------------------------------------
+
+type Params = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A parsed Content-Type value.
+#[derive(Debug, Clone)]
+struct ContentType {
+    /// `type/subtype` as written; empty when it does not parse, just the
+    /// type when it is a lone token.
+    value: Vec<u8>,
+    media_type: Vec<u8>,
+    subtype: Vec<u8>,
+    params: Params,
+}
+
+impl ContentType {
+    fn parse(value: &[u8]) -> Self {
+        let mut parser = Rfc822::new(value);
+        let mut text = Vec::new();
+        let scan = content_type_value(&mut parser, &mut text);
+        let (media_type, subtype) = match text.iter().position(|&byte| byte == b'/') {
+            Some(slash) => {
+                (text.get(..slash).unwrap_or_default().to_vec(), text.get(slash + 1..).unwrap_or_default().to_vec())
+            }
+            None => (text.clone(), Vec::new()),
+        };
+        let params = if scan == Scan::Broken { Vec::new() } else { rfc2231_params(&mut parser) };
+        Self { value: text, media_type, subtype, params }
+    }
+
+    fn shape(&self) -> Shape {
+        let value = &self.value;
+        if value.eq_ignore_ascii_case(b"message/rfc822") {
+            return Shape::Message;
+        }
+        let is_multipart = value.get(..10).is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"multipart/"));
+        if !is_multipart {
+            return Shape::Single;
+        }
+        let boundary =
+            self.params.iter().find(|(key, _)| key.eq_ignore_ascii_case(b"boundary")).map(|(_, value)| value.clone());
+        Shape::Multipart { boundary, digest: self.subtype.eq_ignore_ascii_case(b"digest") }
+    }
+}
+
+/// `type "/" subtype`, followed by the end or `;` (Dovecot's
+/// `rfc822_parse_content_type`). A lone token at the end is kept as the type.
+fn content_type_value(parser: &mut Rfc822<'_>, out: &mut Vec<u8>) -> Scan {
+    if parser.skip_lwsp() != Scan::More {
+        return Scan::Broken;
+    }
+    if parser.mime_token(out) != Scan::More || out.is_empty() {
+        return Scan::Broken;
+    }
+    if parser.peek() != Some(b'/') {
+        out.clear();
+        return Scan::Broken;
+    }
+    parser.position += 1;
+    if parser.skip_lwsp() != Scan::More {
+        out.clear();
+        return Scan::Broken;
+    }
+    out.push(b'/');
+    let subtype_start = out.len();
+    let scan = parser.mime_token(out);
+    if scan == Scan::Broken || out.len() == subtype_start || (scan == Scan::More && parser.peek() != Some(b';')) {
+        out.clear();
+        return Scan::Broken;
+    }
+    scan
+}
+
+/// One `; key=value` parameter; `Ok(None)` at the end.
+fn content_param(parser: &mut Rfc822<'_>) -> Result<Option<(Vec<u8>, Vec<u8>)>, ()> {
+    if parser.at_end() {
+        return Ok(None);
+    }
+    if parser.peek() != Some(b';') {
+        return Err(());
+    }
+    parser.position += 1;
+    if parser.skip_lwsp() != Scan::More {
+        return Err(());
+    }
+    let mut key = Vec::new();
+    if parser.mime_token(&mut key) != Scan::More || parser.peek() != Some(b'=') {
+        return Err(());
+    }
+    parser.position += 1;
+    let mut value = Vec::new();
+    let scan = match parser.skip_lwsp() {
+        Scan::More => match parser.peek() {
+            Some(b'"') => parser.quoted_string(&mut value),
+            Some(b'=') => {
+                // Broken `name==?utf-8?b?...?=`: take up to the next blank.
+                while let Some(byte) = parser.peek() {
+                    if matches!(byte, b';' | b' ' | b'\t' | b'\r' | b'\n') {
+                        break;
+                    }
+                    value.push(byte);
+                    parser.position += 1;
+                }
+                Scan::More
+            }
+            _ => parser.mime_token(&mut value),
+        },
+        other => other,
+    };
+    if scan == Scan::Broken { Err(()) } else { Ok(Some((key, value))) }
+}
+
+/// Parameters, with RFC 2231 continuations (`key*0`, `key*1*`) joined as
+/// Dovecot does, without decoding: plain parameters first, in order, then
+/// the joined ones by name (`key*` when any piece was extended).
+fn rfc2231_params(parser: &mut Rfc822<'_>) -> Params {
+    struct Piece {
+        key: Vec<u8>,
+        index: u32,
+        extended: bool,
+        value: Vec<u8>,
+    }
+    let mut result = Vec::new();
+    let mut pieces = Vec::new();
+    loop {
+        let (key, value) = match content_param(parser) {
+            Ok(None) => break,
+            Ok(Some(param)) => param,
+            Err(()) => {
+                if parser.at_end() {
+                    break;
+                }
+                parser.position += 1;
+                continue;
+            }
+        };
+        if let Some(star) = key.iter().position(|&byte| byte == b'*') {
+            let mut at = star;
+            let mut index = 0u32;
+            if star + 1 < key.len() {
+                at = star + 1;
+                while let Some(digit) = key.get(at).filter(|byte| byte.is_ascii_digit()) {
+                    index = index.saturating_mul(10).saturating_add(u32::from(digit - b'0'));
+                    at += 1;
+                }
+            }
+            let extended = key.get(at) == Some(&b'*');
+            if extended {
+                at += 1;
+            }
+            if at == key.len() {
+                pieces.push(Piece { key: key.get(..star).unwrap_or_default().to_vec(), index, extended, value });
+                continue;
+            }
+        }
+        result.push((key, value));
+    }
+
+    pieces.sort_by(|a, b| a.key.to_ascii_lowercase().cmp(&b.key.to_ascii_lowercase()).then(a.index.cmp(&b.index)));
+    let mut rest = pieces.as_slice();
+    while let Some(first) = rest.first() {
+        let count = rest.iter().take_while(|piece| piece.key.eq_ignore_ascii_case(&first.key)).count();
+        let (group, tail) = rest.split_at(count);
+        rest = tail;
+        let in_order =
+            group.iter().enumerate().all(|(at, piece)| usize::try_from(piece.index).is_ok_and(|index| index == at));
+        if !in_order {
+            for piece in group {
+                let mut key = piece.key.clone();
+                key.extend_from_slice(format!("*{}", piece.index).as_bytes());
+                if piece.extended {
+                    key.push(b'*');
+                }
+                result.push((key, piece.value.clone()));
+            }
+            continue;
+        }
+        let any_extended = group.iter().any(|piece| piece.extended);
+        let mut value = Vec::new();
+        if any_extended && !first.extended {
+            value.extend_from_slice(b"''");
+        }
+        for piece in group {
+            if any_extended && !piece.extended {
+                for &byte in &piece.value {
+                    if byte == b'%' {
+                        value.extend_from_slice(b"%25");
+                    } else {
+                        value.push(byte);
+                    }
+                }
+            } else {
+                value.extend_from_slice(&piece.value);
+            }
+        }
+        let mut key = first.key.clone();
+        if any_extended {
+            key.push(b'*');
+        }
+        result.push((key, value));
+    }
+    result
+}
+
+/// The Content-* fields BODYSTRUCTURE shows, first occurrence each.
+#[derive(Debug, Default)]
+struct MimeFields {
+    content_type: Option<ContentType>,
+    id: Option<Vec<u8>>,
+    description: Option<Vec<u8>>,
+    encoding: Option<Vec<u8>>,
+    md5: Option<Vec<u8>>,
+    disposition: Option<(Vec<u8>, Params)>,
+    language: Vec<Vec<u8>>,
+    location: Option<Vec<u8>>,
+}
+
+impl MimeFields {
+    fn from_header(header: &Header<'_>) -> Self {
+        let value = |name: &[u8]| header.first(name).map(|field| header.value(field));
+        Self {
+            content_type: value(b"Content-Type").map(|value| ContentType::parse(&value)),
+            id: value(b"Content-ID"),
+            description: value(b"Content-Description"),
+            encoding: value(b"Content-Transfer-Encoding").and_then(|value| transfer_encoding(&value)),
+            md5: value(b"Content-MD5"),
+            disposition: value(b"Content-Disposition").and_then(|value| disposition(&value)),
+            language: value(b"Content-Language").map(|value| languages(&value)).unwrap_or_default(),
+            location: value(b"Content-Location"),
+        }
+    }
+
+    fn basic(&self, params: &Params, size: usize) -> BasicFields<'static> {
+        BasicFields {
+            parameter_list: param_list(params),
+            id: nstring(self.id.as_deref()),
+            description: nstring(self.description.as_deref()),
+            content_transfer_encoding: istring(self.encoding.as_deref().unwrap_or(b"7bit")),
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn single_extension(&self) -> SinglePartExtensionData<'static> {
+        SinglePartExtensionData { md5: nstring(self.md5.as_deref()), tail: Some(self.disposition_tail()) }
+    }
+
+    fn disposition_tail(&self) -> Disposition<'static> {
+        Disposition {
+            disposition: self.disposition.as_ref().map(|(kind, params)| (istring(kind), param_list(params))),
+            tail: Some(Language {
+                language: self.language.iter().map(|tag| istring(tag)).collect(),
+                tail: Some(Location { location: nstring(self.location.as_deref()), extensions: Vec::new() }),
+            }),
+        }
+    }
+}
+
+/// A Content-Transfer-Encoding that is one token, as written.
+fn transfer_encoding(value: &[u8]) -> Option<Vec<u8>> {
+    let mut parser = Rfc822::new(value);
+    parser.skip_lwsp();
+    let mut token = Vec::new();
+    let valid = parser.mime_token(&mut token) != Scan::Broken && parser.skip_lwsp() == Scan::End && !token.is_empty();
+    valid.then_some(token)
+}
+
+fn disposition(value: &[u8]) -> Option<(Vec<u8>, Params)> {
+    let mut parser = Rfc822::new(value);
+    parser.skip_lwsp();
+    let mut kind = Vec::new();
+    if parser.mime_token(&mut kind) == Scan::Broken {
+        return None;
+    }
+    Some((kind, rfc2231_params(&mut parser)))
+}
+
+/// Content-Language: comma-separated atoms.
+fn languages(value: &[u8]) -> Vec<Vec<u8>> {
+    let mut parser = Rfc822::new(value);
+    parser.skip_lwsp();
+    let mut tags = Vec::new();
+    loop {
+        let mut tag = Vec::new();
+        if parser.atom(&mut tag) == Scan::Broken {
+            break;
+        }
+        tags.push(tag);
+        if parser.peek() != Some(b',') {
+            break;
+        }
+        parser.position += 1;
+        parser.skip_lwsp();
+    }
+    tags
+}
+
+// ----- addresses (Dovecot's message-address) -----------------------------
+
+#[derive(Debug, Default, Clone)]
+struct ParsedAddress {
+    name: Option<Vec<u8>>,
+    route: Option<Vec<u8>>,
+    mailbox: Option<Vec<u8>>,
+    domain: Option<Vec<u8>>,
+}
+
+/// Parses an address list as Dovecot does for ENVELOPE (missing parts
+/// filled in, non-strict dots). `None`: nothing but white space.
+fn parse_addresses(value: &[u8]) -> Option<Vec<ParsedAddress>> {
+    let mut parser = AddressParser {
+        input: Rfc822::new(value),
+        address: ParsedAddress::default(),
+        text: Vec::new(),
+        out: Vec::new(),
+    };
+    if parser.input.skip_lwsp() != Scan::More {
+        return None;
+    }
+    parser.address_list();
+    Some(parser.out)
+}
+
+#[derive(Debug)]
+struct AddressParser<'a> {
+    input: Rfc822<'a>,
+    address: ParsedAddress,
+    text: Vec<u8>,
+    out: Vec<ParsedAddress>,
+}
+
+impl AddressParser<'_> {
+    fn push(&mut self) {
+        self.out.push(std::mem::take(&mut self.address));
+    }
+
+    fn peek_is(&self, byte: u8) -> bool {
+        self.input.peek() == Some(byte)
+    }
+
+    fn local_part(&mut self) -> Scan {
+        self.text.clear();
+        let scan =
+            if self.peek_is(b'"') { self.input.quoted_string(&mut self.text) } else { self.non_strict_dot_atom() };
+        if scan == Scan::Broken {
+            return Scan::Broken;
+        }
+        self.address.mailbox = Some(self.text.clone());
+        scan
+    }
+
+    /// A local part that may have empty atoms between dots (`a.@b`).
+    fn non_strict_dot_atom(&mut self) -> Scan {
+        let mut scan = Scan::Broken;
+        loop {
+            while self.peek_is(b'.') {
+                self.text.push(b'.');
+                self.input.position += 1;
+                if self.input.at_end() {
+                    return Scan::End;
+                }
+                scan = Scan::More;
+            }
+            if self.peek_is(b'@') {
+                break;
+            }
+            scan = self.input.atom(&mut self.text);
+            if !(scan == Scan::More && self.peek_is(b'.')) {
+                break;
+            }
+        }
+        scan
+    }
+
+    fn domain(&mut self) -> Scan {
+        self.text.clear();
+        let scan = self.input.domain(&mut self.text);
+        if scan == Scan::Broken {
+            return Scan::Broken;
+        }
+        self.address.domain = Some(self.text.clone());
+        scan
+    }
+
+    /// `@a,@b` of an obsolete route.
+    fn domain_list(&mut self) -> Scan {
+        self.text.clear();
+        loop {
+            if self.input.at_end() {
+                return Scan::End;
+            }
+            if !self.peek_is(b'@') {
+                break;
+            }
+            if !self.text.is_empty() {
+                self.text.push(b',');
+            }
+            self.text.push(b'@');
+            let scan = self.input.domain(&mut self.text);
+            if scan != Scan::More {
+                return scan;
+            }
+            while self.input.skip_lwsp() == Scan::More && self.peek_is(b',') {
+                self.input.position += 1;
+            }
+        }
+        self.address.route = Some(self.text.clone());
+        Scan::More
+    }
+
+    fn angle_address(&mut self) -> Scan {
+        self.input.position += 1;
+        if self.input.skip_lwsp() != Scan::More {
+            return Scan::Broken;
+        }
+        if self.peek_is(b'@') {
+            if self.domain_list() == Scan::More && self.peek_is(b':') {
+                self.input.position += 1;
+            } else {
+                self.address.route = Some(b"INVALID_ROUTE".to_vec());
+                if self.input.at_end() {
+                    return Scan::Broken;
+                }
+            }
+            if self.input.skip_lwsp() != Scan::More {
+                return Scan::Broken;
+            }
+        }
+        if !self.peek_is(b'>') {
+            if self.local_part() != Scan::More {
+                return Scan::Broken;
+            }
+            if self.peek_is(b'@') && self.domain() != Scan::More {
+                return Scan::Broken;
+            }
+        }
+        if !self.peek_is(b'>') {
+            return Scan::Broken;
+        }
+        self.input.position += 1;
+        self.input.skip_lwsp()
+    }
+
+    fn name_address(&mut self) -> Scan {
+        self.text.clear();
+        if self.input.phrase(&mut self.text) != Scan::More || !self.peek_is(b'<') {
+            return Scan::Broken;
+        }
+        self.address.name = (!self.text.is_empty()).then(|| self.text.clone());
+        if self.angle_address() == Scan::Broken {
+            self.address.domain = Some(b"SYNTAX_ERROR".to_vec());
+        }
+        self.input.more_or_end()
+    }
+
+    fn address_spec(&mut self) -> Scan {
+        self.input.last_comment.clear();
+        let quoted = self.peek_is(b'"');
+        let mut scan = self.local_part();
+        let mut domain_scan = None;
+        if scan != Scan::End && self.peek_is(b'@') {
+            let found = self.domain();
+            domain_scan = Some(found);
+            if found != Scan::More {
+                scan = found;
+            }
+        }
+        if !self.input.last_comment.is_empty() {
+            self.address.name = Some(self.input.last_comment.clone());
+        } else if domain_scan.is_none() {
+            // A lone word is a mailbox; more words are a display name.
+            self.text.push(b' ');
+            let before = self.text.len();
+            self.input.phrase(&mut self.text);
+            if self.text.len() != before {
+                self.address.mailbox = None;
+                self.address.name = Some(self.text.clone());
+            } else if !quoted {
+                self.address.domain = Some(Vec::new());
+            }
+            scan = Scan::Broken;
+        }
+        scan
+    }
+
+    fn mailbox(&mut self) -> Scan {
+        let start = self.input.position;
+        let mut scan = self.name_address();
+        if scan == Scan::Broken {
+            self.input.position = start;
+            scan = self.address_spec();
+        }
+        if self.address.mailbox.as_ref().is_none_or(Vec::is_empty) {
+            self.address.mailbox = Some(b"MISSING_MAILBOX".to_vec());
+        }
+        if self.address.domain.as_ref().is_none_or(Vec::is_empty) {
+            self.address.domain = Some(b"MISSING_DOMAIN".to_vec());
+        }
+        self.push();
+        scan
+    }
+
+    fn group(&mut self) -> Scan {
+        self.text.clear();
+        if self.input.phrase(&mut self.text) != Scan::More || !self.peek_is(b':') {
+            return Scan::Broken;
+        }
+        self.input.position += 1;
+        let mut scan = match self.input.skip_lwsp() {
+            Scan::More => Scan::More,
+            _ => Scan::Broken,
+        };
+        self.address.mailbox = Some(self.text.clone());
+        self.push();
+        if scan == Scan::More && !self.peek_is(b';') {
+            loop {
+                if self.mailbox() != Scan::More || self.input.at_end() {
+                    scan = Scan::Broken;
+                    break;
+                }
+                if self.peek_is(b';') {
+                    break;
+                }
+                if !self.peek_is(b',') {
+                    scan = Scan::Broken;
+                    break;
+                }
+                self.input.position += 1;
+                if self.input.skip_lwsp() != Scan::More {
+                    scan = Scan::Broken;
+                    break;
+                }
+            }
+        }
+        if scan != Scan::Broken {
+            if self.peek_is(b';') {
+                self.input.position += 1;
+                scan = self.input.skip_lwsp();
+            } else {
+                scan = Scan::Broken;
+            }
+        }
+        self.push();
+        if scan == Scan::End { Scan::End } else { Scan::More }
+    }
+
+    fn address(&mut self) -> Scan {
+        let start = self.input.position;
+        let scan = self.group();
+        if scan != Scan::Broken {
+            return scan;
+        }
+        self.input.position = start;
+        self.mailbox()
+    }
+
+    fn address_list(&mut self) {
+        loop {
+            if self.address() == Scan::End || !self.peek_is(b',') {
+                break;
+            }
+            self.input.position += 1;
+            if self.input.skip_lwsp() != Scan::More {
+                break;
+            }
+        }
+    }
+}
+
+// ----- rendering ---------------------------------------------------------
+
+fn envelope(header: &Header<'_>) -> Envelope<'static> {
+    let text = |name: &[u8]| header.last(name).map(|field| header.value(field));
+    let addresses = |name: &[u8]| {
+        text(name)
+            .and_then(|value| parse_addresses(&value))
+            .map(|list| list.iter().map(address).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let from = addresses(b"From");
+    let or_from = |list: Vec<Address<'static>>| if list.is_empty() { from.clone() } else { list };
+    Envelope {
+        date: nstring(text(b"Date").as_deref()),
+        subject: nstring(text(b"Subject").as_deref()),
+        sender: or_from(addresses(b"Sender")),
+        reply_to: or_from(addresses(b"Reply-To")),
+        from: from.clone(),
+        to: addresses(b"To"),
+        cc: addresses(b"Cc"),
+        bcc: addresses(b"Bcc"),
+        in_reply_to: nstring(text(b"In-Reply-To").as_deref()),
+        message_id: nstring(text(b"Message-ID").as_deref()),
+    }
+}
+
+fn address(parsed: &ParsedAddress) -> Address<'static> {
+    Address {
+        name: nstring(parsed.name.as_deref()),
+        adl: nstring(parsed.route.as_deref()),
+        mailbox: nstring(parsed.mailbox.as_deref()),
+        host: nstring(parsed.domain.as_deref()),
+    }
+}
+
+/// Dovecot's body for a multipart without parts: an empty text/plain.
+fn empty_part(extensible: bool) -> BodyStructure<'static> {
+    let fields = MimeFields::default();
+    let params = vec![(b"charset".to_vec(), b"us-ascii".to_vec())];
+    BodyStructure::Single {
+        body: Body {
+            basic: fields.basic(&params, 0),
+            specific: SpecificFields::Text { subtype: istring(b"plain"), number_of_lines: 0 },
+        },
+        extension_data: extensible.then(|| fields.single_extension()),
+    }
+}
+
+fn param_list(params: &Params) -> Vec<(IString<'static>, IString<'static>)> {
+    params.iter().map(|(key, value)| (istring(key), istring(value))).collect()
+}
+
+/// An IMAP string: quoted when it can be, else a literal; CR and LF dropped
+/// (as Dovecot's `imap_append_nstring_nolf`), NUL as U+FFFD.
+fn istring(bytes: &[u8]) -> IString<'static> {
+    let mut clean = Vec::with_capacity(bytes.len());
+    for &byte in bytes {
+        match byte {
+            b'\r' | b'\n' => {}
+            0 => clean.extend_from_slice("\u{FFFD}".as_bytes()),
+            _ => clean.push(byte),
+        }
+    }
+    IString::try_from(clean).unwrap_or_else(|_| IString::from(Literal::unvalidated(Vec::new())))
+}
+
+fn nstring(bytes: Option<&[u8]>) -> NString<'static> {
+    NString(bytes.map(istring))
+}

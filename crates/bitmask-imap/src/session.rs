@@ -1,0 +1,1200 @@
+//! One IMAP session's state machine (RFC 3501 section 3): not
+//! authenticated, authenticated, selected, logout. It takes commands as
+//! imap-types values and answers with responses; it does no I/O and knows the
+//! mail only through the [`Mailstore`] trait.
+//!
+//! Untagged updates of the selected mailbox (EXISTS, EXPUNGE, FETCH FLAGS)
+//! come from comparing the session's view with the mailbox as it is now,
+//! after every command and when the service says the mailbox changed; as
+//! RFC 3501 7.4.1 requires, EXPUNGE is held back during FETCH, STORE and
+//! SEARCH so sequence numbers stay what the client thinks they are.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use bitmask_mail::{Entry, FlagOperation, Flags, MailError, MailboxInfo, Mailstore, SpecialUse};
+use imap_next::imap_types;
+use imap_types::command::{Command, CommandBody};
+use imap_types::core::{AString, Atom, IString, Literal, NString, QuotedChar, Tag, Text, Vec1};
+use imap_types::datetime::DateTime;
+use imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName};
+use imap_types::flag::{Flag, FlagFetch, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
+use imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_types::response::{
+    Bye, Capability, Code, Data, Greeting, GreetingKind, Response, Status, StatusBody, StatusKind, Tagged,
+};
+use imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use imap_types::status::{StatusDataItem, StatusDataItemName};
+
+use crate::message::MessageView;
+use crate::{search, utf7};
+
+/// Messages read from the store per round trip by FETCH and SEARCH.
+const RAW_BATCH: usize = 200;
+
+/// The account's credentials: the address and its mail token.
+pub struct Credentials {
+    pub address: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("address", &self.address).finish_non_exhaustive()
+    }
+}
+
+/// What the connection does after the responses are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Continue,
+    /// Start TLS now (the OK is among the responses).
+    StartTls,
+    /// Close the connection.
+    Logout,
+    /// A failed login: the service slows the next attempt down.
+    AuthFailed,
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub responses: Vec<Response<'static>>,
+    pub after: After,
+}
+
+#[derive(Debug)]
+struct Selected {
+    name: String,
+    read_only: bool,
+    /// The messages as the client knows them: sequence number = index + 1.
+    view: Vec<Entry>,
+    /// UIDs at or above this are `\Recent` for this session.
+    recent_from: u32,
+    /// UIDs this session announced as `\Recent` since (arrived while selected).
+    recent_extra: BTreeSet<u32>,
+}
+
+impl Selected {
+    fn recent(&self, uid: u32) -> bool {
+        uid >= self.recent_from || self.recent_extra.contains(&uid)
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    NotAuthenticated,
+    Authenticated,
+    Selected(Selected),
+    Logout,
+}
+
+/// One IMAP session over a mail store.
+#[derive(Debug)]
+pub struct Session<M> {
+    store: Arc<M>,
+    credentials: Credentials,
+    state: State,
+    /// Whether STARTTLS is offered (not yet in TLS, and a certificate exists).
+    starttls: bool,
+    tls: bool,
+}
+
+// --- building responses -----------------------------------------------------
+
+fn text(message: impl Into<String>) -> Text<'static> {
+    let cleaned: String =
+        message.into().chars().map(|c| if c.is_control() || c == '[' || c == ']' { ' ' } else { c }).collect();
+    let cleaned = cleaned.trim();
+    Text::try_from(if cleaned.is_empty() { "done".to_owned() } else { cleaned.to_owned() })
+        .unwrap_or_else(|_| Text::unvalidated("done"))
+}
+
+fn status(tag: &Tag<'static>, kind: StatusKind, code: Option<Code<'static>>, message: &str) -> Response<'static> {
+    Response::Status(Status::Tagged(Tagged { tag: tag.clone(), body: StatusBody { kind, code, text: text(message) } }))
+}
+
+fn ok(tag: &Tag<'static>, message: &str) -> Response<'static> {
+    status(tag, StatusKind::Ok, None, message)
+}
+
+fn ok_code(tag: &Tag<'static>, code: Code<'static>, message: &str) -> Response<'static> {
+    status(tag, StatusKind::Ok, Some(code), message)
+}
+
+fn no(tag: &Tag<'static>, message: &str) -> Response<'static> {
+    status(tag, StatusKind::No, None, message)
+}
+
+fn bad(tag: &Tag<'static>, message: &str) -> Response<'static> {
+    status(tag, StatusKind::Bad, None, message)
+}
+
+fn untagged(kind: StatusKind, code: Option<Code<'static>>, message: &str) -> Response<'static> {
+    Response::Status(Status::Untagged(StatusBody { kind, code, text: text(message) }))
+}
+
+fn bye(message: &str) -> Response<'static> {
+    Response::Status(Status::Bye(Bye { code: None, text: text(message) }))
+}
+
+fn nz(value: u32) -> NonZeroU32 {
+    NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
+}
+
+fn mail_error(tag: &Tag<'static>, error: &MailError) -> Response<'static> {
+    match error {
+        MailError::Store(_) | MailError::Damaged(_) => status(
+            tag,
+            StatusKind::No,
+            Some(Code::Other(imap_types::response::CodeOther::unvalidated(Cow::Borrowed(b"SERVERBUG".as_slice())))),
+            &error.to_string(),
+        ),
+        _ => no(tag, &error.to_string()),
+    }
+}
+
+/// A mailbox name from the wire, decoded from modified UTF-7.
+fn name_of(mailbox: &Mailbox<'_>) -> Result<String, utf7::InvalidUtf7> {
+    match mailbox {
+        Mailbox::Inbox => Ok("INBOX".into()),
+        Mailbox::Other(other) => {
+            let name = utf7::decode(other.as_ref())?;
+            Ok(bitmask_mail::types::normalize_name(&name))
+        }
+    }
+}
+
+fn wire_mailbox(name: &str) -> Mailbox<'static> {
+    if name == "INBOX" {
+        return Mailbox::Inbox;
+    }
+    let encoded = utf7::encode(name);
+    Mailbox::try_from(encoded.clone()).unwrap_or_else(|_| {
+        Mailbox::from(AString::String(IString::Literal(Literal::unvalidated(encoded.into_bytes()))))
+    })
+}
+
+fn flags_from_imap(list: &[Flag<'_>]) -> Flags {
+    let mut flags = Flags::default();
+    for flag in list {
+        match flag {
+            Flag::Seen => flags.seen = true,
+            Flag::Answered => flags.answered = true,
+            Flag::Flagged => flags.flagged = true,
+            Flag::Deleted => flags.deleted = true,
+            Flag::Draft => flags.draft = true,
+            Flag::Keyword(atom) => {
+                flags.keywords.insert(atom.as_ref().to_owned());
+            }
+            Flag::Extension(_) => {}
+        }
+    }
+    flags
+}
+
+fn imap_flags(flags: &Flags) -> Vec<Flag<'static>> {
+    let mut list = Vec::new();
+    for (on, flag) in [
+        (flags.seen, Flag::Seen),
+        (flags.answered, Flag::Answered),
+        (flags.flagged, Flag::Flagged),
+        (flags.deleted, Flag::Deleted),
+        (flags.draft, Flag::Draft),
+    ] {
+        if on {
+            list.push(flag);
+        }
+    }
+    for keyword in &flags.keywords {
+        if let Ok(atom) = Atom::try_from(keyword.clone()) {
+            list.push(Flag::Keyword(atom));
+        }
+    }
+    list
+}
+
+fn fetch_flags(flags: &Flags, recent: bool) -> Vec<FlagFetch<'static>> {
+    let mut list: Vec<FlagFetch<'static>> = imap_flags(flags).into_iter().map(FlagFetch::Flag).collect();
+    if recent {
+        list.push(FlagFetch::Recent);
+    }
+    list
+}
+
+fn search_flags(flags: &Flags, recent: bool) -> search::Flags {
+    search::Flags {
+        seen: flags.seen,
+        answered: flags.answered,
+        flagged: flags.flagged,
+        deleted: flags.deleted,
+        draft: flags.draft,
+        recent,
+        keywords: flags.keywords.iter().cloned().collect(),
+    }
+}
+
+fn internal_date(entry: &Entry) -> chrono::DateTime<chrono::FixedOffset> {
+    let zone = chrono::FixedOffset::east_opt(entry.zone_minutes * 60).unwrap_or_else(|| chrono::Utc.fix());
+    chrono::DateTime::from_timestamp(entry.internal_date, 0).unwrap_or_default().with_timezone(&zone)
+}
+
+use chrono::Offset as _;
+
+/// Whether `value` is in `set`, `*` standing for `star`.
+fn in_set(set: &SequenceSet, value: u32, star: u32) -> bool {
+    let resolve = |bound: &SeqOrUid| match bound {
+        SeqOrUid::Value(value) => value.get(),
+        SeqOrUid::Asterisk => star,
+    };
+    set.0.as_ref().iter().any(|sequence| match sequence {
+        Sequence::Single(single) => resolve(single) == value,
+        Sequence::Range(from, to) => {
+            let (a, b) = (resolve(from), resolve(to));
+            (a.min(b)..=a.max(b)).contains(&value)
+        }
+    })
+}
+
+/// The largest number a sequence set names explicitly (not `*`).
+fn largest(set: &SequenceSet) -> u32 {
+    set.0
+        .as_ref()
+        .iter()
+        .flat_map(|sequence| match sequence {
+            Sequence::Single(single) => vec![*single],
+            Sequence::Range(from, to) => vec![*from, *to],
+        })
+        .filter_map(|bound| match bound {
+            SeqOrUid::Value(value) => Some(value.get()),
+            SeqOrUid::Asterisk => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn uid_set(uids: &[u32]) -> Option<imap_types::extensions::uidplus::UidSet> {
+    use imap_types::extensions::uidplus::{UidElement, UidSet};
+    let mut elements: Vec<UidElement> = Vec::new();
+    let mut iter = uids.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end += 1;
+            iter.next();
+        }
+        elements.push(if start == end { UidElement::Single(nz(start)) } else { UidElement::Range(nz(start), nz(end)) });
+    }
+    Vec1::try_from(elements).ok().map(UidSet)
+}
+
+/// LIST's pattern matching: `*` matches anything, `%` anything but `/`.
+fn pattern_matches(pattern: &[char], name: &[char]) -> bool {
+    match pattern.first() {
+        None => name.is_empty(),
+        Some('*') => (0..=name.len()).any(|skip| pattern_matches(&pattern[1..], &name[skip..])),
+        Some('%') => (0..=name.len())
+            .take_while(|skip| *skip == 0 || name[skip - 1] != '/')
+            .any(|skip| pattern_matches(&pattern[1..], &name[skip..])),
+        Some(c) => name.first() == Some(c) && pattern_matches(&pattern[1..], &name[1..]),
+    }
+}
+
+pub fn capabilities(starttls: bool, authenticated: bool) -> Vec1<Capability<'static>> {
+    let mut list = vec![Capability::Imap4Rev1];
+    if !authenticated {
+        if starttls {
+            list.push(Capability::StartTls);
+        }
+        list.push(Capability::Auth(imap_types::auth::AuthMechanism::Plain));
+        list.push(Capability::SaslIr);
+    }
+    list.extend([
+        Capability::Idle,
+        Capability::UidPlus,
+        Capability::Move,
+        Capability::Namespace,
+        Capability::LiteralPlus,
+        Capability::Enable,
+        Capability::Id,
+        Capability::Unselect,
+    ]);
+    for other in ["SPECIAL-USE", "CHILDREN"] {
+        if let Ok(atom) = Atom::try_from(other) {
+            list.push(Capability::from(atom).to_static());
+        }
+    }
+    Vec1::try_from(list).unwrap_or_else(|_| Vec1::from(Capability::Imap4Rev1))
+}
+
+use imap_types::ToStatic as _;
+
+impl<M: Mailstore> Session<M> {
+    pub fn new(store: Arc<M>, credentials: Credentials, starttls: bool) -> Self {
+        Self { store, credentials, state: State::NotAuthenticated, starttls, tls: false }
+    }
+
+    pub fn greeting(&self) -> Greeting<'static> {
+        Greeting {
+            kind: GreetingKind::Ok,
+            code: Some(Code::Capability(capabilities(self.starttls, false))),
+            text: text("bitmask IMAP ready"),
+        }
+    }
+
+    /// TLS is up now (after STARTTLS).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.starttls = false;
+    }
+
+    /// The selected mailbox's name, if any (for routing change events).
+    pub fn selected(&self) -> Option<&str> {
+        match &self.state {
+            State::Selected(selected) => Some(&selected.name),
+            _ => None,
+        }
+    }
+
+    pub fn authenticated(&self) -> bool {
+        matches!(self.state, State::Authenticated | State::Selected(_))
+    }
+
+    /// Checks a login, in constant time over the token.
+    fn check(&self, user: &[u8], password: &[u8]) -> bool {
+        let user_ok = std::str::from_utf8(user).is_ok_and(|user| user.eq_ignore_ascii_case(&self.credentials.address));
+        let expected = self.credentials.token.as_bytes();
+        let mut difference = expected.len() ^ password.len();
+        for (index, byte) in expected.iter().enumerate() {
+            difference |= usize::from(byte ^ password.get(index).copied().unwrap_or(0));
+        }
+        user_ok && difference == 0
+    }
+
+    fn login_done(&mut self, tag: &Tag<'static>, accepted: bool) -> Reply {
+        if accepted {
+            self.state = State::Authenticated;
+            let code = Code::Capability(capabilities(false, true));
+            Reply { responses: vec![ok_code(tag, code, "logged in")], after: After::Continue }
+        } else {
+            let code = Code::Other(imap_types::response::CodeOther::unvalidated(Cow::Borrowed(
+                b"AUTHENTICATIONFAILED".as_slice(),
+            )));
+            Reply {
+                responses: vec![status(tag, StatusKind::No, Some(code), "wrong address or mail token")],
+                after: After::AuthFailed,
+            }
+        }
+    }
+
+    /// AUTHENTICATE PLAIN with its initial response or the client's answer
+    /// to the empty challenge (base64 already decoded by the codec).
+    pub fn authenticate_plain(&mut self, tag: &Tag<'static>, response: &[u8]) -> Reply {
+        let mut fields = response.split(|byte| *byte == 0);
+        let (_authzid, user, password) = (fields.next(), fields.next(), fields.next());
+        let accepted = match (user, password, fields.next()) {
+            (Some(user), Some(password), None) => self.check(user, password),
+            _ => false,
+        };
+        self.login_done(tag, accepted)
+    }
+
+    /// Whether AUTHENTICATE may start now.
+    pub fn may_authenticate(&self) -> bool {
+        matches!(self.state, State::NotAuthenticated)
+    }
+
+    /// Whether IDLE may start now.
+    pub fn may_idle(&self) -> bool {
+        self.authenticated()
+    }
+
+    /// Untagged updates of the selected mailbox (for NOOP, IDLE and after
+    /// commands); `expunges`: whether EXPUNGE may be sent now.
+    pub async fn updates(&mut self, expunges: bool) -> Vec<Response<'static>> {
+        let State::Selected(selected) = &mut self.state else { return Vec::new() };
+        let Ok((_, now)) = self.store.snapshot(&selected.name).await else {
+            // The mailbox is gone (deleted elsewhere): RFC 3501 lets the server close it.
+            return Vec::new();
+        };
+        let mut responses = Vec::new();
+        let current: std::collections::HashMap<u32, &Entry> = now.iter().map(|entry| (entry.uid, entry)).collect();
+        if expunges {
+            let mut index = 0;
+            while index < selected.view.len() {
+                if current.contains_key(&selected.view[index].uid) {
+                    index += 1;
+                } else {
+                    selected.view.remove(index);
+                    responses.push(Response::Data(Data::Expunge(nz(index as u32 + 1))));
+                }
+            }
+        }
+        for (index, known) in selected.view.iter_mut().enumerate() {
+            if let Some(entry) = current.get(&known.uid)
+                && entry.flags != known.flags
+            {
+                *known = (*entry).clone();
+                let items = vec![
+                    MessageDataItem::Flags(fetch_flags(
+                        &known.flags,
+                        selected.recent_from <= known.uid || selected.recent_extra.contains(&known.uid),
+                    )),
+                    MessageDataItem::Uid(nz(known.uid)),
+                ];
+                if let Ok(items) = Vec1::try_from(items) {
+                    responses.push(Response::Data(Data::Fetch { seq: nz(index as u32 + 1), items }));
+                }
+            }
+        }
+        let highest = selected.view.last().map_or(0, |entry| entry.uid);
+        let arrived: Vec<Entry> = now.into_iter().filter(|entry| entry.uid > highest).collect();
+        if !arrived.is_empty() {
+            let mut recent_new = 0;
+            if !selected.read_only
+                && let Ok(floor) = self.store.claim_recent(&selected.name).await
+            {
+                for entry in &arrived {
+                    if entry.uid >= floor {
+                        selected.recent_extra.insert(entry.uid);
+                        recent_new += 1;
+                    }
+                }
+            }
+            selected.view.extend(arrived);
+            responses.push(Response::Data(Data::Exists(selected.view.len() as u32)));
+            let recent = selected.view.iter().filter(|entry| selected.recent(entry.uid)).count() as u32;
+            if recent_new > 0 || recent > 0 {
+                responses.push(Response::Data(Data::Recent(recent)));
+            }
+        }
+        responses
+    }
+
+    /// Handles one command (not AUTHENTICATE or IDLE, which imap-next
+    /// delivers as their own events).
+    pub async fn handle(&mut self, command: Command<'_>) -> Reply {
+        let tag = command.tag.to_static();
+        let mut after = After::Continue;
+        let (mut responses, expunges_allowed) = match (&self.state, command.body) {
+            (_, CommandBody::Capability) => {
+                let caps = capabilities(self.starttls, self.authenticated());
+                (vec![Response::Data(Data::Capability(caps)), ok(&tag, "CAPABILITY completed")], true)
+            }
+            (_, CommandBody::Noop) => (vec![ok(&tag, "NOOP completed")], true),
+            (_, CommandBody::Logout) => {
+                self.state = State::Logout;
+                return Reply {
+                    responses: vec![bye("logging out"), ok(&tag, "LOGOUT completed")],
+                    after: After::Logout,
+                };
+            }
+            (_, CommandBody::Id { .. }) => {
+                let parameters = vec![(
+                    IString::try_from("name")
+                        .unwrap_or_else(|_| IString::Literal(Literal::unvalidated(b"name".as_slice()))),
+                    NString(IString::try_from("bitmask").ok()),
+                )];
+                (vec![Response::Data(Data::Id { parameters: Some(parameters) }), ok(&tag, "ID completed")], true)
+            }
+            (State::NotAuthenticated, CommandBody::StartTLS) => {
+                if self.starttls {
+                    after = After::StartTls;
+                    (vec![ok(&tag, "begin TLS negotiation now")], false)
+                } else {
+                    (vec![bad(&tag, "TLS is not available here, or already active")], false)
+                }
+            }
+            (State::NotAuthenticated, CommandBody::Login { username, password }) => {
+                let accepted = self.check(username.as_ref(), password.declassify().as_ref());
+                return self.login_done(&tag, accepted);
+            }
+            (State::NotAuthenticated, _) => (vec![bad(&tag, "log in first")], false),
+            (_, CommandBody::Login { .. } | CommandBody::StartTLS) => (vec![bad(&tag, "already logged in")], false),
+            (_, CommandBody::Namespace) => {
+                let personal = vec![imap_types::extensions::namespace::Namespace::new(
+                    IString::try_from("").unwrap_or_else(|_| IString::Literal(Literal::unvalidated(b"".as_slice()))),
+                    QuotedChar::try_from('/').ok(),
+                )];
+                (
+                    vec![
+                        Response::Data(Data::Namespace { personal, other: Vec::new(), shared: Vec::new() }),
+                        ok(&tag, "NAMESPACE completed"),
+                    ],
+                    true,
+                )
+            }
+            (_, CommandBody::Enable { .. }) => {
+                (vec![Response::Data(Data::Enabled { capabilities: Vec::new() }), ok(&tag, "ENABLE completed")], true)
+            }
+            (_, CommandBody::Select { mailbox, .. }) => (self.select(&tag, &mailbox, false).await, false),
+            (_, CommandBody::Examine { mailbox, .. }) => (self.select(&tag, &mailbox, true).await, false),
+            (_, CommandBody::Create { mailbox }) => (vec![self.create(&tag, &mailbox).await], true),
+            (_, CommandBody::Delete { mailbox }) => (vec![self.delete(&tag, &mailbox).await], true),
+            (_, CommandBody::Rename { from, to }) => (vec![self.rename(&tag, &from, &to).await], true),
+            (_, CommandBody::Subscribe { mailbox }) => (vec![self.subscribe(&tag, &mailbox, true).await], true),
+            (_, CommandBody::Unsubscribe { mailbox }) => (vec![self.subscribe(&tag, &mailbox, false).await], true),
+            (_, CommandBody::List { reference, mailbox_wildcard }) => {
+                (self.list(&tag, &reference, &mailbox_wildcard, false).await, true)
+            }
+            (_, CommandBody::Lsub { reference, mailbox_wildcard }) => {
+                (self.list(&tag, &reference, &mailbox_wildcard, true).await, true)
+            }
+            (_, CommandBody::Status { mailbox, item_names }) => (self.status(&tag, &mailbox, &item_names).await, true),
+            (_, CommandBody::Append { mailbox, flags, date, message }) => {
+                let raw: Vec<u8> = match message {
+                    imap_types::extensions::binary::LiteralOrLiteral8::Literal(literal) => {
+                        literal.into_inner().into_owned()
+                    }
+                    imap_types::extensions::binary::LiteralOrLiteral8::Literal8(literal) => literal.data.into_owned(),
+                };
+                (vec![self.append(&tag, &mailbox, &flags, date.as_ref(), &raw).await], true)
+            }
+            (State::Authenticated, _) => (vec![bad(&tag, "select a mailbox first")], false),
+            (State::Selected(_), CommandBody::Check) => (vec![ok(&tag, "CHECK completed")], true),
+            (State::Selected(_), CommandBody::Close) => {
+                self.close(true).await;
+                (vec![ok(&tag, "CLOSE completed")], false)
+            }
+            (State::Selected(_), CommandBody::Unselect) => {
+                self.state = State::Authenticated;
+                (vec![ok(&tag, "UNSELECT completed")], false)
+            }
+            (State::Selected(_), CommandBody::Expunge) => (self.expunge(&tag, None).await, true),
+            (State::Selected(_), CommandBody::ExpungeUid { sequence_set }) => {
+                (self.expunge(&tag, Some(&sequence_set)).await, true)
+            }
+            (State::Selected(_), CommandBody::Search { charset, criteria, uid }) => {
+                (self.search(&tag, charset.as_ref(), criteria.as_ref(), uid).await, uid)
+            }
+            (State::Selected(_), CommandBody::Fetch { sequence_set, macro_or_item_names, uid, .. }) => {
+                (self.fetch(&tag, &sequence_set, macro_or_item_names, uid).await, uid)
+            }
+            (State::Selected(_), CommandBody::Store { sequence_set, kind, response, flags, uid, .. }) => {
+                (self.store(&tag, &sequence_set, kind, response, &flags, uid).await, uid)
+            }
+            (State::Selected(_), CommandBody::Copy { sequence_set, mailbox, uid }) => {
+                (self.copy(&tag, &sequence_set, &mailbox, uid, false).await, uid)
+            }
+            (State::Selected(_), CommandBody::Move { sequence_set, mailbox, uid }) => {
+                (self.copy(&tag, &sequence_set, &mailbox, uid, true).await, uid)
+            }
+            (State::Selected(_), _) => (vec![bad(&tag, "command not supported")], false),
+            (State::Logout, _) => (vec![bad(&tag, "logging out")], false),
+        };
+        // Updates go before the tagged completion.
+        if after == After::Continue && matches!(self.state, State::Selected(_)) {
+            let updates = self.updates(expunges_allowed).await;
+            if !updates.is_empty() {
+                let last = responses.pop();
+                responses.extend(updates);
+                responses.extend(last);
+            }
+        }
+        Reply { responses, after }
+    }
+
+    async fn select(&mut self, tag: &Tag<'static>, mailbox: &Mailbox<'_>, read_only: bool) -> Vec<Response<'static>> {
+        // A failed SELECT leaves no mailbox selected (RFC 3501).
+        self.state = State::Authenticated;
+        let name = match name_of(mailbox) {
+            Ok(name) => name,
+            Err(error) => return vec![bad(tag, &error.to_string())],
+        };
+        let recent_from = if read_only {
+            match self.store.mailbox(&name).await {
+                Ok(info) => info.uid_next.saturating_sub(info.recent),
+                Err(error) => return vec![mail_error(tag, &error)],
+            }
+        } else {
+            match self.store.claim_recent(&name).await {
+                Ok(floor) => floor,
+                Err(error) => return vec![mail_error(tag, &error)],
+            }
+        };
+        let (info, view) = match self.store.snapshot(&name).await {
+            Ok(snapshot) => snapshot,
+            Err(error) => return vec![mail_error(tag, &error)],
+        };
+        let recent = view.iter().filter(|entry| entry.uid >= recent_from).count() as u32;
+        let mut responses = vec![
+            Response::Data(Data::Flags(vec![Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft])),
+            untagged(
+                StatusKind::Ok,
+                Some(Code::PermanentFlags(vec![
+                    FlagPerm::Flag(Flag::Answered),
+                    FlagPerm::Flag(Flag::Flagged),
+                    FlagPerm::Flag(Flag::Deleted),
+                    FlagPerm::Flag(Flag::Seen),
+                    FlagPerm::Flag(Flag::Draft),
+                    FlagPerm::Asterisk,
+                ])),
+                "flags permitted",
+            ),
+            Response::Data(Data::Exists(view.len() as u32)),
+            Response::Data(Data::Recent(recent)),
+        ];
+        if let Some(position) = view.iter().position(|entry| !entry.flags.seen) {
+            responses.push(untagged(StatusKind::Ok, Some(Code::Unseen(nz(position as u32 + 1))), "first unseen"));
+        }
+        responses.push(untagged(StatusKind::Ok, Some(Code::UidValidity(nz(info.uid_validity))), "UIDs valid"));
+        responses.push(untagged(StatusKind::Ok, Some(Code::UidNext(nz(info.uid_next))), "predicted next UID"));
+        let code = if read_only { Code::ReadOnly } else { Code::ReadWrite };
+        responses.push(ok_code(tag, code, if read_only { "EXAMINE completed" } else { "SELECT completed" }));
+        self.state =
+            State::Selected(Selected { name: info.name, read_only, view, recent_from, recent_extra: BTreeSet::new() });
+        responses
+    }
+
+    async fn close(&mut self, expunge: bool) {
+        if let State::Selected(selected) = &self.state
+            && expunge
+            && !selected.read_only
+        {
+            let _ = self.store.expunge(&selected.name, None).await;
+        }
+        self.state = State::Authenticated;
+    }
+
+    async fn create(&mut self, tag: &Tag<'static>, mailbox: &Mailbox<'_>) -> Response<'static> {
+        let name = match name_of(mailbox) {
+            Ok(name) => name,
+            Err(error) => return bad(tag, &error.to_string()),
+        };
+        if name == "INBOX" {
+            return no(tag, "INBOX exists already");
+        }
+        match self.store.create_mailbox(&name, SpecialUse::None).await {
+            Ok(_) => ok(tag, "CREATE completed"),
+            Err(MailError::MailboxExists(_)) => status(
+                tag,
+                StatusKind::No,
+                Some(Code::Other(imap_types::response::CodeOther::unvalidated(Cow::Borrowed(
+                    b"ALREADYEXISTS".as_slice(),
+                )))),
+                "mailbox exists already",
+            ),
+            Err(error) => mail_error(tag, &error),
+        }
+    }
+
+    async fn delete(&mut self, tag: &Tag<'static>, mailbox: &Mailbox<'_>) -> Response<'static> {
+        let name = match name_of(mailbox) {
+            Ok(name) => name,
+            Err(error) => return bad(tag, &error.to_string()),
+        };
+        if self.selected() == Some(name.as_str()) {
+            self.state = State::Authenticated;
+        }
+        match self.store.delete_mailbox(&name).await {
+            Ok(()) => ok(tag, "DELETE completed"),
+            Err(error) => mail_error(tag, &error),
+        }
+    }
+
+    async fn rename(&mut self, tag: &Tag<'static>, from: &Mailbox<'_>, to: &Mailbox<'_>) -> Response<'static> {
+        let (from, to) = match (name_of(from), name_of(to)) {
+            (Ok(from), Ok(to)) => (from, to),
+            (Err(error), _) | (_, Err(error)) => return bad(tag, &error.to_string()),
+        };
+        match self.store.rename_mailbox(&from, &to).await {
+            Ok(()) => ok(tag, "RENAME completed"),
+            Err(error) => mail_error(tag, &error),
+        }
+    }
+
+    async fn subscribe(&mut self, tag: &Tag<'static>, mailbox: &Mailbox<'_>, on: bool) -> Response<'static> {
+        let name = match name_of(mailbox) {
+            Ok(name) => name,
+            Err(error) => return bad(tag, &error.to_string()),
+        };
+        match self.store.set_subscribed(&name, on).await {
+            Ok(()) => ok(tag, if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" }),
+            Err(error) => mail_error(tag, &error),
+        }
+    }
+
+    async fn list(
+        &mut self,
+        tag: &Tag<'static>,
+        reference: &Mailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        subscribed_only: bool,
+    ) -> Vec<Response<'static>> {
+        let pattern_bytes: &[u8] = match pattern {
+            ListMailbox::Token(token) => token.as_ref(),
+            ListMailbox::String(string) => string.as_ref(),
+        };
+        let reference = match reference {
+            Mailbox::Inbox => "INBOX".to_owned(),
+            Mailbox::Other(other) => match utf7::decode(other.as_ref()) {
+                Ok(name) => name,
+                Err(error) => return vec![bad(tag, &error.to_string())],
+            },
+        };
+        let Ok(pattern) = utf7::decode(pattern_bytes) else {
+            return vec![bad(tag, "the pattern is not valid modified UTF-7")];
+        };
+        let delimiter = QuotedChar::try_from('/').ok();
+        if pattern.is_empty() {
+            // The hierarchy delimiter and root name (RFC 3501 6.3.8).
+            let item = Data::List { items: vec![FlagNameAttribute::Noselect], delimiter, mailbox: wire_mailbox("") };
+            return vec![Response::Data(item), ok(tag, "LIST completed")];
+        }
+        let full: Vec<char> = format!("{reference}{pattern}").chars().collect();
+        let mailboxes = match self.store.mailboxes().await {
+            Ok(mailboxes) => mailboxes,
+            Err(error) => return vec![mail_error(tag, &error)],
+        };
+        let names: Vec<&str> = mailboxes.iter().map(|mailbox| mailbox.name.as_str()).collect();
+        let mut responses = Vec::new();
+        for mailbox in &mailboxes {
+            if subscribed_only && !mailbox.subscribed {
+                continue;
+            }
+            let chars: Vec<char> = mailbox.name.chars().collect();
+            let inbox_match = mailbox.name == "INBOX" && {
+                let upper: Vec<char> = full.iter().map(|c| c.to_ascii_uppercase()).collect();
+                pattern_matches(&upper, &chars)
+            };
+            if !inbox_match && !pattern_matches(&full, &chars) {
+                continue;
+            }
+            let prefix = format!("{}/", mailbox.name);
+            let children = names.iter().any(|name| name.starts_with(&prefix));
+            let mut items = Vec::new();
+            if !subscribed_only {
+                let attribute = if children { "\\HasChildren" } else { "\\HasNoChildren" };
+                items.extend(Atom::try_from(&attribute[1..]).ok().map(FlagNameAttribute::from));
+                if let Some(special) = mailbox.special_use.attribute()
+                    && let Ok(atom) = Atom::try_from(&special[1..])
+                {
+                    items.push(FlagNameAttribute::from(atom));
+                }
+            }
+            let data = if subscribed_only {
+                Data::Lsub { items, delimiter, mailbox: wire_mailbox(&mailbox.name) }
+            } else {
+                Data::List { items, delimiter, mailbox: wire_mailbox(&mailbox.name) }
+            };
+            responses.push(Response::Data(data));
+        }
+        responses.push(ok(tag, if subscribed_only { "LSUB completed" } else { "LIST completed" }));
+        responses
+    }
+
+    async fn status(
+        &mut self,
+        tag: &Tag<'static>,
+        mailbox: &Mailbox<'_>,
+        names: &[StatusDataItemName],
+    ) -> Vec<Response<'static>> {
+        let name = match name_of(mailbox) {
+            Ok(name) => name,
+            Err(error) => return vec![bad(tag, &error.to_string())],
+        };
+        let info: MailboxInfo = match self.store.mailbox(&name).await {
+            Ok(info) => info,
+            Err(error) => return vec![mail_error(tag, &error)],
+        };
+        let mut items = Vec::new();
+        for item in names {
+            items.push(match item {
+                StatusDataItemName::Messages => StatusDataItem::Messages(info.messages),
+                StatusDataItemName::Recent => StatusDataItem::Recent(info.recent),
+                StatusDataItemName::UidNext => StatusDataItem::UidNext(nz(info.uid_next)),
+                StatusDataItemName::UidValidity => StatusDataItem::UidValidity(nz(info.uid_validity)),
+                StatusDataItemName::Unseen => StatusDataItem::Unseen(info.unseen),
+                _ => continue,
+            });
+        }
+        vec![
+            Response::Data(Data::Status { mailbox: wire_mailbox(&info.name), items: Cow::Owned(items) }),
+            ok(tag, "STATUS completed"),
+        ]
+    }
+
+    async fn append(
+        &mut self,
+        tag: &Tag<'static>,
+        mailbox: &Mailbox<'_>,
+        flags: &[Flag<'_>],
+        date: Option<&DateTime>,
+        raw: &[u8],
+    ) -> Response<'static> {
+        let name = match name_of(mailbox) {
+            Ok(name) => name,
+            Err(error) => return bad(tag, &error.to_string()),
+        };
+        let date = date.map(|date| {
+            let date = date.as_ref();
+            (date.timestamp(), date.offset().local_minus_utc() / 60)
+        });
+        match self.store.append(&name, raw, &flags_from_imap(flags), date).await {
+            Ok((validity, uid)) => {
+                ok_code(tag, Code::AppendUid { uid_validity: nz(validity), uid: nz(uid) }, "APPEND completed")
+            }
+            Err(MailError::NoMailbox(_)) => status(tag, StatusKind::No, Some(Code::TryCreate), "no such mailbox"),
+            Err(error) => mail_error(tag, &error),
+        }
+    }
+
+    /// The view's indices a set names (sequence numbers or UIDs), or a BAD.
+    fn resolve(&self, tag: &Tag<'static>, set: &SequenceSet, uid: bool) -> Result<Vec<usize>, Response<'static>> {
+        let State::Selected(selected) = &self.state else { return Err(bad(tag, "no mailbox selected")) };
+        let count = selected.view.len() as u32;
+        if uid {
+            let star = selected.view.last().map_or(0, |entry| entry.uid);
+            Ok(selected
+                .view
+                .iter()
+                .enumerate()
+                .filter(|(_, entry)| in_set(set, entry.uid, star))
+                .map(|(index, _)| index)
+                .collect())
+        } else {
+            if largest(set) > count || (count == 0 && !set.0.as_ref().is_empty()) {
+                return Err(bad(tag, "invalid message sequence number"));
+            }
+            Ok((1..=count).filter(|seq| in_set(set, *seq, count)).map(|seq| seq as usize - 1).collect())
+        }
+    }
+
+    async fn expunge(&mut self, tag: &Tag<'static>, uids: Option<&SequenceSet>) -> Vec<Response<'static>> {
+        let State::Selected(selected) = &self.state else { return vec![bad(tag, "no mailbox selected")] };
+        if selected.read_only {
+            return vec![no(tag, "the mailbox is read-only (EXAMINE)")];
+        }
+        let name = selected.name.clone();
+        let only: Option<Vec<u32>> = match uids {
+            Some(set) => match self.resolve(tag, set, true) {
+                Ok(indices) => Some(indices.into_iter().map(|index| selected.view[index].uid).collect()),
+                Err(response) => return vec![response],
+            },
+            None => None,
+        };
+        match self.store.expunge(&name, only.as_deref()).await {
+            Ok(_) => {
+                let mut responses = self.updates(true).await;
+                responses.push(ok(tag, "EXPUNGE completed"));
+                responses
+            }
+            Err(error) => vec![mail_error(tag, &error)],
+        }
+    }
+
+    async fn search(
+        &mut self,
+        tag: &Tag<'static>,
+        charset: Option<&imap_types::core::Charset<'_>>,
+        criteria: &[imap_types::search::SearchKey<'_>],
+        uid: bool,
+    ) -> Vec<Response<'static>> {
+        if search::check_charset(charset).is_err() {
+            let allowed = search::SUPPORTED_CHARSETS
+                .iter()
+                .filter_map(|name| imap_types::core::Charset::try_from(*name).ok())
+                .collect();
+            return vec![status(tag, StatusKind::No, Some(Code::badcharset(allowed)), "unsupported charset")];
+        }
+        let State::Selected(selected) = &self.state else { return vec![bad(tag, "no mailbox selected")] };
+        let limits = search::Limits {
+            max_seq: selected.view.len() as u32,
+            max_uid: selected.view.last().map_or(0, |entry| entry.uid),
+        };
+        let needs_raw = criteria.iter().any(search::needs_raw);
+        let mut found = Vec::new();
+        let mut raws: Vec<Option<Arc<Vec<u8>>>> = Vec::new();
+        for (index, entry) in selected.view.iter().enumerate() {
+            if needs_raw && index % RAW_BATCH == 0 {
+                let end = (index + RAW_BATCH).min(selected.view.len());
+                let ids: Vec<String> = selected.view[index..end].iter().map(|entry| entry.message.clone()).collect();
+                raws = self.store.raws(&ids).await.unwrap_or_else(|_| vec![None; ids.len()]);
+                raws.reverse();
+            }
+            let raw = if needs_raw { raws.pop().flatten() } else { None };
+            let loader = move || raw.as_ref().map(|raw| Cow::Owned(raw.to_vec()));
+            let flags = search_flags(&entry.flags, selected.recent(entry.uid));
+            let candidate = search::Candidate {
+                seq: index as u32 + 1,
+                uid: entry.uid,
+                flags: &flags,
+                internal_date: internal_date(entry),
+                size: entry.size,
+                raw: &loader,
+            };
+            if search::matches_all(criteria, &candidate, &limits) {
+                found.push(nz(if uid { entry.uid } else { index as u32 + 1 }));
+            }
+        }
+        vec![Response::Data(Data::Search(found)), ok(tag, "SEARCH completed")]
+    }
+
+    async fn fetch(
+        &mut self,
+        tag: &Tag<'static>,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+    ) -> Vec<Response<'static>> {
+        let indices = match self.resolve(tag, set, uid) {
+            Ok(indices) => indices,
+            Err(response) => return vec![response],
+        };
+        let mut names: Vec<MessageDataItemName<'static>> = match items {
+            MacroOrMessageDataItemNames::Macro(Macro::Fast) => {
+                vec![MessageDataItemName::Flags, MessageDataItemName::InternalDate, MessageDataItemName::Rfc822Size]
+            }
+            MacroOrMessageDataItemNames::Macro(Macro::All) => vec![
+                MessageDataItemName::Flags,
+                MessageDataItemName::InternalDate,
+                MessageDataItemName::Rfc822Size,
+                MessageDataItemName::Envelope,
+            ],
+            MacroOrMessageDataItemNames::Macro(_) => vec![
+                MessageDataItemName::Flags,
+                MessageDataItemName::InternalDate,
+                MessageDataItemName::Rfc822Size,
+                MessageDataItemName::Envelope,
+                MessageDataItemName::Body,
+            ],
+            MacroOrMessageDataItemNames::MessageDataItemNames(names) => {
+                names.into_iter().map(|name| name.to_static()).collect()
+            }
+        };
+        if uid && !names.contains(&MessageDataItemName::Uid) {
+            names.insert(0, MessageDataItemName::Uid);
+        }
+        let needs_raw = names.iter().any(|name| {
+            matches!(
+                name,
+                MessageDataItemName::Envelope
+                    | MessageDataItemName::Body
+                    | MessageDataItemName::BodyStructure
+                    | MessageDataItemName::BodyExt { .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Header
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+        let sets_seen = names.iter().any(|name| {
+            matches!(
+                name,
+                MessageDataItemName::BodyExt { peek: false, .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+        let State::Selected(selected) = &self.state else { return vec![bad(tag, "no mailbox selected")] };
+        let (name, read_only) = (selected.name.clone(), selected.read_only);
+        // Reading a body marks the message \Seen (not with BODY.PEEK, not in EXAMINE).
+        if sets_seen && !read_only {
+            let unseen: Vec<u32> = indices
+                .iter()
+                .map(|index| &selected.view[*index])
+                .filter(|entry| !entry.flags.seen)
+                .map(|entry| entry.uid)
+                .collect();
+            if !unseen.is_empty() {
+                let seen = Flags { seen: true, ..Flags::default() };
+                if let Ok(changed) = self.store.set_flags(&name, &unseen, FlagOperation::Add, &seen).await
+                    && let State::Selected(selected) = &mut self.state
+                {
+                    for entry in changed {
+                        if let Some(known) = selected.view.iter_mut().find(|known| known.uid == entry.uid) {
+                            *known = entry;
+                        }
+                    }
+                    if !names.contains(&MessageDataItemName::Flags) {
+                        names.push(MessageDataItemName::Flags);
+                    }
+                }
+            }
+        }
+        let State::Selected(selected) = &self.state else { return vec![bad(tag, "no mailbox selected")] };
+        let mut responses = Vec::with_capacity(indices.len() + 1);
+        let mut raws: Vec<Option<Arc<Vec<u8>>>> = Vec::new();
+        for (position, index) in indices.iter().copied().enumerate() {
+            let entry = &selected.view[index];
+            if needs_raw && position % RAW_BATCH == 0 {
+                let end = (position + RAW_BATCH).min(indices.len());
+                let ids: Vec<String> =
+                    indices[position..end].iter().map(|index| selected.view[*index].message.clone()).collect();
+                raws = self.store.raws(&ids).await.unwrap_or_else(|_| vec![None; ids.len()]);
+                raws.reverse();
+            }
+            let raw = if needs_raw {
+                match raws.pop().flatten() {
+                    Some(raw) => Some(raw),
+                    // Expunged elsewhere and collected: nothing to show for it.
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            let view = raw.as_deref().map(|raw| MessageView::parse(raw.as_slice()));
+            let mut items = Vec::with_capacity(names.len());
+            for name in &names {
+                let item = match name {
+                    MessageDataItemName::Uid => MessageDataItem::Uid(nz(entry.uid)),
+                    MessageDataItemName::Flags => {
+                        MessageDataItem::Flags(fetch_flags(&entry.flags, selected.recent(entry.uid)))
+                    }
+                    MessageDataItemName::InternalDate => MessageDataItem::InternalDate(
+                        DateTime::try_from(internal_date(entry))
+                            .unwrap_or_else(|_| DateTime::unvalidated(internal_date(entry))),
+                    ),
+                    MessageDataItemName::Rfc822Size => MessageDataItem::Rfc822Size(entry.size as u32),
+                    MessageDataItemName::Envelope => match &view {
+                        Some(view) => MessageDataItem::Envelope(view.envelope()),
+                        None => continue,
+                    },
+                    MessageDataItemName::Body => match &view {
+                        Some(view) => MessageDataItem::Body(view.body_structure(false)),
+                        None => continue,
+                    },
+                    MessageDataItemName::BodyStructure => match &view {
+                        Some(view) => MessageDataItem::BodyStructure(view.body_structure(true)),
+                        None => continue,
+                    },
+                    MessageDataItemName::BodyExt { section, partial, .. } => {
+                        let Some(view) = &view else { continue };
+                        let bytes: Vec<u8> = view.section(section.as_ref()).unwrap_or_default();
+                        let data = match partial {
+                            Some((origin, length)) => {
+                                crate::message::section_data(crate::message::partial(&bytes, *origin, length.get()))
+                            }
+                            None => crate::message::section_data(&bytes),
+                        };
+                        MessageDataItem::BodyExt {
+                            section: section.clone(),
+                            origin: partial.map(|(origin, _)| origin),
+                            data,
+                        }
+                    }
+                    MessageDataItemName::Rfc822 => match &raw {
+                        Some(raw) => MessageDataItem::Rfc822(crate::message::section_data(raw.as_slice())),
+                        None => continue,
+                    },
+                    MessageDataItemName::Rfc822Header => match &view {
+                        Some(view) => MessageDataItem::Rfc822Header(crate::message::section_data(view.header_bytes())),
+                        None => continue,
+                    },
+                    MessageDataItemName::Rfc822Text => match &view {
+                        Some(view) => MessageDataItem::Rfc822Text(crate::message::section_data(view.text_bytes())),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                items.push(item);
+            }
+            if let Ok(items) = Vec1::try_from(items) {
+                responses.push(Response::Data(Data::Fetch { seq: nz(index as u32 + 1), items }));
+            }
+        }
+        responses.push(ok(tag, "FETCH completed"));
+        responses
+    }
+
+    async fn store(
+        &mut self,
+        tag: &Tag<'static>,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+    ) -> Vec<Response<'static>> {
+        let indices = match self.resolve(tag, set, uid) {
+            Ok(indices) => indices,
+            Err(response) => return vec![response],
+        };
+        let State::Selected(selected) = &self.state else { return vec![bad(tag, "no mailbox selected")] };
+        if selected.read_only {
+            return vec![no(tag, "the mailbox is read-only (EXAMINE)")];
+        }
+        let name = selected.name.clone();
+        let uids: Vec<u32> = indices.iter().map(|index| selected.view[*index].uid).collect();
+        let operation = match kind {
+            StoreType::Replace => FlagOperation::Replace,
+            StoreType::Add => FlagOperation::Add,
+            StoreType::Remove => FlagOperation::Remove,
+        };
+        let changed = match self.store.set_flags(&name, &uids, operation, &flags_from_imap(flags)).await {
+            Ok(changed) => changed,
+            Err(error) => return vec![mail_error(tag, &error)],
+        };
+        let State::Selected(selected) = &mut self.state else { return vec![bad(tag, "no mailbox selected")] };
+        for entry in changed {
+            if let Some(known) = selected.view.iter_mut().find(|known| known.uid == entry.uid) {
+                *known = entry;
+            }
+        }
+        let mut responses = Vec::new();
+        if response == StoreResponse::Answer {
+            for index in indices {
+                let entry = &selected.view[index];
+                let mut items = vec![MessageDataItem::Flags(fetch_flags(&entry.flags, selected.recent(entry.uid)))];
+                if uid {
+                    items.push(MessageDataItem::Uid(nz(entry.uid)));
+                }
+                if let Ok(items) = Vec1::try_from(items) {
+                    responses.push(Response::Data(Data::Fetch { seq: nz(index as u32 + 1), items }));
+                }
+            }
+        }
+        responses.push(ok(tag, "STORE completed"));
+        responses
+    }
+
+    async fn copy(
+        &mut self,
+        tag: &Tag<'static>,
+        set: &SequenceSet,
+        mailbox: &Mailbox<'_>,
+        uid: bool,
+        remove: bool,
+    ) -> Vec<Response<'static>> {
+        let destination = match name_of(mailbox) {
+            Ok(name) => name,
+            Err(error) => return vec![bad(tag, &error.to_string())],
+        };
+        let indices = match self.resolve(tag, set, uid) {
+            Ok(indices) => indices,
+            Err(response) => return vec![response],
+        };
+        let State::Selected(selected) = &self.state else { return vec![bad(tag, "no mailbox selected")] };
+        if remove && selected.read_only {
+            return vec![no(tag, "the mailbox is read-only (EXAMINE)")];
+        }
+        let name = selected.name.clone();
+        let uids: Vec<u32> = indices.iter().map(|index| selected.view[*index].uid).collect();
+        let (validity, pairs) = match self.store.copy(&name, &uids, &destination, remove).await {
+            Ok(result) => result,
+            Err(MailError::NoMailbox(_)) => {
+                return vec![status(tag, StatusKind::No, Some(Code::TryCreate), "no such mailbox")];
+            }
+            Err(error) => return vec![mail_error(tag, &error)],
+        };
+        let sources: Vec<u32> = pairs.iter().map(|(source, _)| *source).collect();
+        let targets: Vec<u32> = pairs.iter().map(|(_, target)| *target).collect();
+        let code = match (uid_set(&sources), uid_set(&targets)) {
+            (Some(source), Some(destination)) => {
+                Some(Code::CopyUid { uid_validity: nz(validity), source, destination })
+            }
+            _ => None,
+        };
+        if remove {
+            let mut responses = Vec::new();
+            if let Some(code) = code {
+                responses.push(untagged(StatusKind::Ok, Some(code), "moved"));
+            }
+            responses.extend(self.updates(true).await);
+            responses.push(ok(tag, "MOVE completed"));
+            responses
+        } else {
+            vec![status(tag, StatusKind::Ok, code, "COPY completed")]
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The IMAP listener: one task per connection driving imap-next's
+//! sans-I/O server and a `bitmask_imap::Session` over the mail model.
+//!
+//! Protection: a cap on connections, an idle timeout, literal and command
+//! size limits (imap-next refuses larger ones before allocating), failed
+//! logins slowed down and cut off, a client sending garbage answered BAD and
+//! cut off only when it keeps at it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitmask_imap::imap_types::auth::{AuthMechanism, AuthenticateData};
+use bitmask_imap::imap_types::core::Text;
+use bitmask_imap::imap_types::response::{CommandContinuationRequest, Response, Status};
+use bitmask_imap::session::{After, Credentials, Session};
+use bitmask_mail::{MailEvent, MailModel};
+use imap_next::server::{Error as ServerError, Event, Options, Server};
+use imap_next::{Interrupt, Io, State as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, broadcast};
+
+/// The gateway's limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// RFC 3501 5.4: at least 30 minutes.
+    pub idle_timeout: Duration,
+    pub max_literal: u32,
+    /// Protocol errors in a row before the connection is cut.
+    pub max_bad_in_a_row: u32,
+    /// Failed logins before the connection is cut.
+    pub max_failed_logins: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100,
+            idle_timeout: Duration::from_secs(31 * 60),
+            max_literal: 64 << 20,
+            max_bad_in_a_row: 20,
+            max_failed_logins: 5,
+        }
+    }
+}
+
+/// What every connection needs.
+pub struct Gateway {
+    pub model: Arc<MailModel>,
+    pub address: String,
+    /// The mail token, read from the store (None while it is locked).
+    pub token: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<String>> + Send + Sync>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("address", &self.address).field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+/// Accepts connections until the listener fails.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
+    let slots = Arc::new(Semaphore::new(gateway.limits.max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting an IMAP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Err(error) = connection(Conn::Plain(stream), gateway).await {
+                        tracing::debug!(%peer, %error, "IMAP connection ended");
+                    }
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let _ = stream.write_all(b"* BYE too many connections, try again later\r\n").await;
+                });
+            }
+        }
+    }
+}
+
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    async fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = match self {
+            Self::Plain(stream) => stream.read(buffer).await,
+            Self::Tls(stream) => stream.read(buffer).await,
+        };
+        // Acknowledge at once: a client that sends a literal and then its
+        // CRLF in two writes would otherwise wait for our delayed ACK (40 ms
+        // on Linux) before Nagle lets the CRLF go. Linux clears the flag as it
+        // sees fit, so it is set again after every read.
+        let tcp = match self {
+            Self::Plain(stream) => &*stream,
+            Self::Tls(stream) => stream.get_ref().0,
+        };
+        let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+        read
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Plain(stream) => stream.write_all(bytes).await,
+            Self::Tls(stream) => {
+                stream.write_all(bytes).await?;
+                stream.flush().await
+            }
+        }
+    }
+}
+
+fn options(limits: &Limits) -> Options {
+    let mut options = Options::default();
+    options.crlf_relaxed = true;
+    options.max_literal_size = limits.max_literal;
+    options.max_command_size = limits.max_literal.saturating_add(64 * 1024);
+    options
+}
+
+fn enqueue(server: &mut Server, responses: Vec<Response<'static>>) {
+    for response in responses {
+        match response {
+            Response::Data(data) => {
+                server.enqueue_data(data);
+            }
+            Response::Status(status) => {
+                server.enqueue_status(status);
+            }
+            Response::CommandContinuationRequest(request) => {
+                server.enqueue_continuation_request(request);
+            }
+        }
+    }
+}
+
+fn untagged_bad(message: &'static str) -> Status<'static> {
+    Status::Untagged(bitmask_imap::imap_types::response::StatusBody {
+        kind: bitmask_imap::imap_types::response::StatusKind::Bad,
+        code: None,
+        text: Text::unvalidated(message),
+    })
+}
+
+fn continuation(text: &'static str) -> CommandContinuationRequest<'static> {
+    CommandContinuationRequest::basic(None, Text::unvalidated(text))
+        .unwrap_or_else(|_| CommandContinuationRequest::Base64(std::borrow::Cow::Borrowed(b"")))
+}
+
+/// A fresh imap-next server whose greeting is not sent (after STARTTLS the
+/// session goes on; bytes the client sent before the handshake are dropped
+/// with the old server, so nothing can be injected into the TLS session).
+fn server_after_tls(limits: &Limits, session: &Session<MailModel>) -> Server {
+    let mut server = Server::new(options(limits), session.greeting());
+    for _ in 0..4 {
+        match server.next() {
+            Err(Interrupt::Io(Io::NeedMoreInput)) => break,
+            _ => continue,
+        }
+    }
+    server
+}
+
+async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()> {
+    let token = (gateway.token)().await.unwrap_or_default();
+    let credentials = Credentials { address: gateway.address.clone(), token };
+    let mut session = Session::new(gateway.model.clone(), credentials, gateway.tls.is_some());
+    let limits = &gateway.limits;
+    let mut server = Server::new(options(limits), session.greeting());
+    let mut events = gateway.model.subscribe();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut idling: Option<bitmask_imap::imap_types::core::Tag<'static>> = None;
+    let mut authenticating: Option<bitmask_imap::imap_types::core::Tag<'static>> = None;
+    let (mut failed_logins, mut bad_in_a_row) = (0u32, 0u32);
+    let mut pending = After::Continue;
+    loop {
+        match server.next() {
+            Ok(Event::CommandReceived { command }) => {
+                bad_in_a_row = 0;
+                let reply = session.handle(command).await;
+                if reply.after == After::AuthFailed {
+                    failed_logins += 1;
+                    tokio::time::sleep(Duration::from_secs(u64::from(failed_logins.min(5)))).await;
+                    if failed_logins >= limits.max_failed_logins {
+                        pending = After::Logout;
+                    }
+                } else {
+                    pending = reply.after;
+                }
+                enqueue(&mut server, reply.responses);
+            }
+            Ok(Event::CommandAuthenticateReceived { command_authenticate }) => {
+                let tag = command_authenticate.tag;
+                let finish = if !session.may_authenticate() {
+                    Some(bad_status(&tag, "already logged in"))
+                } else if command_authenticate.mechanism != AuthMechanism::Plain {
+                    Some(no_status(&tag, "only AUTHENTICATE PLAIN is supported"))
+                } else {
+                    match command_authenticate.initial_response {
+                        Some(response) => {
+                            let reply = session.authenticate_plain(&tag, response.declassify());
+                            Some(login_status(&mut session, reply, &mut failed_logins, &mut pending, limits).await)
+                        }
+                        None => {
+                            let _ = server.authenticate_continue(CommandContinuationRequest::Base64(
+                                std::borrow::Cow::Borrowed(b""),
+                            ));
+                            authenticating = Some(tag);
+                            None
+                        }
+                    }
+                };
+                if let Some(status) = finish {
+                    let _ = server.authenticate_finish(status);
+                }
+            }
+            Ok(Event::AuthenticateDataReceived { authenticate_data }) => {
+                let tag =
+                    authenticating.take().unwrap_or_else(|| bitmask_imap::imap_types::core::Tag::unvalidated("*"));
+                let status = match authenticate_data {
+                    AuthenticateData::Continue(data) => {
+                        let reply = session.authenticate_plain(&tag, data.declassify());
+                        login_status(&mut session, reply, &mut failed_logins, &mut pending, limits).await
+                    }
+                    AuthenticateData::Cancel => bad_status(&tag, "authentication cancelled"),
+                };
+                let _ = server.authenticate_finish(status);
+            }
+            Ok(Event::IdleCommandReceived { tag }) => {
+                if session.may_idle() {
+                    let _ = server.idle_accept(continuation("idling"));
+                    enqueue(&mut server, session.updates(true).await);
+                    idling = Some(tag);
+                } else {
+                    let _ = server.idle_reject(bad_status(&tag, "log in first"));
+                }
+            }
+            Ok(Event::IdleDoneReceived) => {
+                if let Some(tag) = idling.take() {
+                    server.enqueue_status(ok_status(&tag, "IDLE terminated"));
+                }
+            }
+            Ok(Event::GreetingSent { .. } | Event::ResponseSent { .. }) => {}
+            Err(Interrupt::Io(Io::Output(bytes))) => conn.write(&bytes).await?,
+            Err(Interrupt::Io(Io::NeedMoreInput)) => {
+                // Everything queued is written: act on what the last command asked.
+                match std::mem::replace(&mut pending, After::Continue) {
+                    After::Logout => return Ok(()),
+                    After::StartTls => {
+                        if let (Conn::Plain(stream), Some(acceptor)) = (conn, gateway.tls.clone()) {
+                            conn = Conn::Tls(Box::new(acceptor.accept(stream).await?));
+                            session.tls_started();
+                            server = server_after_tls(limits, &session);
+                            continue;
+                        }
+                        return Ok(());
+                    }
+                    After::Continue | After::AuthFailed => {}
+                }
+                tokio::select! {
+                    read = tokio::time::timeout(limits.idle_timeout, conn.read(&mut buffer)) => match read {
+                        Ok(Ok(0)) => return Ok(()),
+                        Ok(Ok(n)) => server.enqueue_input(&buffer[..n]),
+                        Ok(Err(error)) => return Err(error),
+                        Err(_) => {
+                            conn.write(b"* BYE idle for too long\r\n").await?;
+                            return Ok(());
+                        }
+                    },
+                    event = events.recv(), if idling.is_some() => {
+                        let relevant = match &event {
+                            Ok(MailEvent::Mailboxes) => false,
+                            Ok(event) => event.mailbox() == session.selected(),
+                            Err(broadcast::error::RecvError::Lagged(_)) => true,
+                            Err(broadcast::error::RecvError::Closed) => false,
+                        };
+                        if relevant {
+                            // Let a burst of changes settle into one update.
+                            while events.try_recv().is_ok() {}
+                            enqueue(&mut server, session.updates(true).await);
+                        }
+                    }
+                }
+            }
+            Err(Interrupt::Error(error)) => {
+                bad_in_a_row += 1;
+                match error {
+                    ServerError::LiteralTooLong { .. } => {
+                        // imap-next answered the tagged BAD already.
+                    }
+                    ServerError::CommandTooLong { .. } => {
+                        server.enqueue_status(untagged_bad("command too long"));
+                        pending = After::Logout;
+                    }
+                    ServerError::ExpectedCrlfGotLf { discarded_bytes }
+                    | ServerError::MalformedMessage { discarded_bytes } => {
+                        let status = match tag_of(discarded_bytes.declassify()) {
+                            Some(tag) => bad_status(&tag, "malformed command"),
+                            None => untagged_bad("malformed command"),
+                        };
+                        server.enqueue_status(status);
+                    }
+                }
+                if bad_in_a_row >= limits.max_bad_in_a_row {
+                    server.enqueue_status(Status::Bye(bitmask_imap::imap_types::response::Bye {
+                        code: None,
+                        text: Text::unvalidated("too many protocol errors"),
+                    }));
+                    pending = After::Logout;
+                }
+            }
+        }
+    }
+}
+
+/// The tag of a line the codec could not parse, when it has a valid one.
+fn tag_of(line: &[u8]) -> Option<bitmask_imap::imap_types::core::Tag<'static>> {
+    let end = line.iter().position(|byte| *byte == b' ')?;
+    let tag = std::str::from_utf8(&line[..end]).ok()?;
+    bitmask_imap::imap_types::core::Tag::try_from(tag.to_owned()).ok()
+}
+
+fn tagged(
+    tag: &bitmask_imap::imap_types::core::Tag<'static>,
+    kind: bitmask_imap::imap_types::response::StatusKind,
+    message: &'static str,
+) -> Status<'static> {
+    Status::Tagged(bitmask_imap::imap_types::response::Tagged {
+        tag: tag.clone(),
+        body: bitmask_imap::imap_types::response::StatusBody { kind, code: None, text: Text::unvalidated(message) },
+    })
+}
+
+fn ok_status(tag: &bitmask_imap::imap_types::core::Tag<'static>, message: &'static str) -> Status<'static> {
+    tagged(tag, bitmask_imap::imap_types::response::StatusKind::Ok, message)
+}
+
+fn no_status(tag: &bitmask_imap::imap_types::core::Tag<'static>, message: &'static str) -> Status<'static> {
+    tagged(tag, bitmask_imap::imap_types::response::StatusKind::No, message)
+}
+
+fn bad_status(tag: &bitmask_imap::imap_types::core::Tag<'static>, message: &'static str) -> Status<'static> {
+    tagged(tag, bitmask_imap::imap_types::response::StatusKind::Bad, message)
+}
+
+/// The tagged status of a login, after the delay a failure earns.
+async fn login_status(
+    _session: &mut Session<MailModel>,
+    reply: bitmask_imap::session::Reply,
+    failed_logins: &mut u32,
+    pending: &mut After,
+    limits: &Limits,
+) -> Status<'static> {
+    if reply.after == After::AuthFailed {
+        *failed_logins += 1;
+        tokio::time::sleep(Duration::from_secs(u64::from((*failed_logins).min(5)))).await;
+        if *failed_logins >= limits.max_failed_logins {
+            *pending = After::Logout;
+        }
+    }
+    reply
+        .responses
+        .into_iter()
+        .find_map(|response| match response {
+            Response::Status(status) => Some(status),
+            _ => None,
+        })
+        .unwrap_or_else(|| untagged_bad("authentication failed"))
+}

@@ -1,0 +1,58 @@
+//! The IMAP gateway driven by Python's imaplib (a client this project did
+//! not write) through the whole stack: bitmaskd, the store, the gateway.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bitmask_testkit::{World, free_port, text, wait_until};
+
+const ACCOUNT: &str = "alice@example.org";
+
+/// Adds and starts Alice; returns the IMAP port and the mail token.
+fn start_alice(world: &World) -> (u16, String) {
+    let (imap, smtp) = (free_port(), free_port());
+    world.ctl_json(&["account", "add", ACCOUNT, "--imap-port", &imap.to_string(), "--smtp-port", &smtp.to_string()]);
+    start(world, imap);
+    let token = world.ctl_json(&["mail", "token", ACCOUNT])["token"].as_str().unwrap().to_owned();
+    assert!(token.len() >= 20, "{token}");
+    (imap, token)
+}
+
+fn start(world: &World, imap: u16) {
+    let passphrase = world.path().join("passphrase");
+    std::fs::write(&passphrase, "correct horse battery staple\n").unwrap();
+    world.ctl_json(&["account", "start", ACCOUNT, "--passphrase-file", passphrase.to_str().unwrap()]);
+    wait_until(Duration::from_secs(10), "the IMAP port accepts connections", || {
+        std::net::TcpStream::connect(("127.0.0.1", imap)).is_ok()
+    });
+}
+
+fn imaplib(port: u16, token: &str, mode: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imaplib_flow.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .args(["127.0.0.1", &port.to_string(), ACCOUNT, token, mode])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "imaplib {mode} failed:\n{}", text(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn imaplib_conversation_and_uids_that_survive_a_restart() {
+    let world = World::new();
+    let _daemon = world.bitmaskd(&[]);
+    let (port, token) = start_alice(&world);
+    let state = imaplib(port, &token, "flow");
+    assert_eq!(state["uids"].as_array().unwrap().len(), 996, "{state}");
+    assert_eq!(state["work"].as_array().unwrap().len(), 8, "{state}");
+
+    // The whole stack restarted: UIDVALIDITY and every UID as they were.
+    world.ctl_json(&["account", "stop", ACCOUNT]);
+    start(&world, port);
+    assert_eq!(imaplib(port, &token, "state"), state);
+}
