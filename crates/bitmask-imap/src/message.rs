@@ -61,6 +61,8 @@ use crate::imap_types::{
 const MAX_NESTING: usize = 100;
 /// Most MIME parts parsed per message (Dovecot's default).
 const MAX_PARTS: usize = 10_000;
+/// Boundaries longer than this match by their prefix (Dovecot).
+const MAX_BOUNDARY: usize = 80;
 
 /// A parsed view of one raw message, built once per FETCH of a message.
 pub struct MessageView<'a> {
@@ -90,7 +92,7 @@ impl<'a> MessageView<'a> {
 
     /// BODYSTRUCTURE (`extensible`) or BODY (not) of the message.
     pub fn body_structure(&self, extensible: bool) -> BodyStructure<'static> {
-        self.structure(&self.root, extensible)
+        self.structure(&self.root, extensible, false)
     }
 
     /// The contents of `BODY[section]` (before any `<partial>`); `None` is
@@ -184,7 +186,11 @@ impl<'a> MessageView<'a> {
                 .as_ref()
                 .is_some_and(|name| names.iter().any(|wanted| self.bytes(name).eq_ignore_ascii_case(wanted.as_ref())));
             if matches == include {
-                out.extend_from_slice(self.bytes(&field.line));
+                let line = self.bytes(&field.line);
+                out.extend_from_slice(line);
+                if include && !line.ends_with(b"\n") {
+                    out.extend_from_slice(b"\r\n");
+                }
             }
         }
         match &header.end_of_header {
@@ -195,12 +201,12 @@ impl<'a> MessageView<'a> {
         out
     }
 
-    fn structure(&self, part: &MimePart, extensible: bool) -> BodyStructure<'static> {
+    fn structure(&self, part: &MimePart, extensible: bool, in_multipart: bool) -> BodyStructure<'static> {
         let header = Header::parse(self.raw, part.header.clone());
-        let fields = MimeFields::from_header(&header);
+        let fields = MimeFields::from_header(&header, in_multipart);
         match &part.kind {
             PartKind::Multipart(children) => {
-                let bodies: Vec<_> = children.iter().map(|child| self.structure(child, extensible)).collect();
+                let bodies: Vec<_> = children.iter().map(|child| self.structure(child, extensible, true)).collect();
                 let bodies = Vec1::try_from(bodies).unwrap_or_else(|_| empty_part(extensible).into());
                 let (subtype, params) = match &fields.content_type {
                     Some(content_type) => (content_type.subtype.clone(), content_type.params.clone()),
@@ -225,7 +231,7 @@ impl<'a> MessageView<'a> {
                         basic: fields.basic(&params, body.len()),
                         specific: SpecificFields::Message {
                             envelope: Box::new(envelope(&inner_header)),
-                            body_structure: Box::new(self.structure(inner, extensible)),
+                            body_structure: Box::new(self.structure(inner, extensible, false)),
                             number_of_lines: count_lines(body),
                         },
                     },
@@ -330,19 +336,22 @@ impl TreeParser<'_> {
     /// that ended it (`None`: the end of the message).
     fn part(&mut self, start: usize, depth: usize, in_digest: bool) -> (MimePart, Option<BoundaryLine>) {
         self.parts += 1;
+        let len = self.raw.len();
         let mut position = start;
-        let (header, body_start) = loop {
-            if position >= self.raw.len() {
-                break (start..self.raw.len(), self.raw.len());
+        // A boundary line of an enclosing multipart may cut the header short,
+        // also right after its blank line: then the line break before the
+        // boundary line is not part of the header as fetched, but the part,
+        // as its parent counts it, goes up to the boundary line (Dovecot).
+        let mut cut = None;
+        let (mut header, body_start) = loop {
+            if position >= len {
+                break (start..len, len);
             }
             let end = line_end(self.raw, position);
             let line = line_content(self.raw, position, end);
             if let Some(boundary) = self.boundary_line(line, end) {
-                // The header as fetched ends before the line break; the
-                // part, as its parent counts it, after (Dovecot).
-                let header_end = strip_line_break_before(self.raw, start, position);
-                let part = MimePart { header: start..header_end, body: position..position, kind: PartKind::Single };
-                return (part, Some(boundary));
+                cut = Some(boundary);
+                break (start..strip_line_break_before(self.raw, start, position), position);
             }
             if line.is_empty() {
                 break (start..end, end);
@@ -358,6 +367,40 @@ impl TreeParser<'_> {
             None => Shape::Single,
             Some(content_type) => content_type.shape(),
         };
+        if cut.is_none() && header.end == body_start && body_start < len {
+            // Right after the blank line: the part's own boundary is open
+            // already and wins over an enclosing one it prefixes.
+            let own = match &shape {
+                Shape::Multipart { boundary: Some(boundary), .. } if may_nest => Some(boundary.clone()),
+                _ => None,
+            };
+            let level = self.boundaries.len();
+            let has_own = own.is_some();
+            self.boundaries.extend(own);
+            let next_end = line_end(self.raw, body_start);
+            let found = self.boundary_line(line_content(self.raw, body_start, next_end), next_end);
+            self.boundaries.truncate(level);
+            if let Some(found) = found.filter(|found| !(has_own && found.level == level)) {
+                cut = Some(found);
+                header = start..strip_line_break_before(self.raw, start, body_start);
+            }
+        }
+        if let Some(boundary) = cut {
+            let empty = body_start..body_start;
+            let kind = match shape {
+                Shape::Multipart { .. } if may_nest => PartKind::Multipart(Vec::new()),
+                Shape::Message if may_nest => {
+                    self.parts += 1;
+                    PartKind::Message(Box::new(MimePart {
+                        header: empty.clone(),
+                        body: empty.clone(),
+                        kind: PartKind::Single,
+                    }))
+                }
+                _ => PartKind::Single,
+            };
+            return (MimePart { header, body: empty, kind }, Some(boundary));
+        }
         match shape {
             Shape::Multipart { boundary, digest } if may_nest => {
                 let (body_end, found, children) = self.multipart(body_start, boundary, depth + 1, digest);
@@ -882,8 +925,12 @@ impl ContentType {
         if !is_multipart {
             return Shape::Single;
         }
-        let boundary =
-            self.params.iter().find(|(key, _)| key.eq_ignore_ascii_case(b"boundary")).map(|(_, value)| value.clone());
+        // Boundaries match by their first 80 octets (Dovecot).
+        let boundary = self
+            .params
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(b"boundary"))
+            .map(|(_, value)| value.get(..MAX_BOUNDARY).unwrap_or(value).to_vec());
         Shape::Multipart { boundary, digest: self.subtype.eq_ignore_ascii_case(b"digest") }
     }
 }
@@ -1061,7 +1108,14 @@ struct MimeFields {
 }
 
 impl MimeFields {
-    fn from_header(header: &Header<'_>) -> Self {
+    /// The fields of a MIME part: one with a Content-Type or MIME-Version
+    /// field, or in a multipart. Other parts are plain text (Dovecot).
+    fn from_header(header: &Header<'_>, in_multipart: bool) -> Self {
+        let is_mime =
+            in_multipart || header.first(b"Content-Type").is_some() || header.first(b"MIME-Version").is_some();
+        if !is_mime {
+            return Self::default();
+        }
         let value = |name: &[u8]| header.first(name).map(|field| header.value(field));
         Self {
             content_type: value(b"Content-Type").map(|value| ContentType::parse(&value)),
@@ -1413,19 +1467,23 @@ impl AddressParser<'_> {
 
 // ----- rendering ---------------------------------------------------------
 
+/// ENVELOPE from a message header: the last of repeated text fields, all
+/// addresses of repeated address fields.
 fn envelope(header: &Header<'_>) -> Envelope<'static> {
     let text = |name: &[u8]| header.last(name).map(|field| header.value(field));
     let addresses = |name: &[u8]| {
-        text(name)
-            .and_then(|value| parse_addresses(&value))
-            .map(|list| list.iter().map(address).collect::<Vec<_>>())
-            .unwrap_or_default()
+        header
+            .named(name)
+            .filter_map(|field| parse_addresses(&header.value(field)))
+            .flatten()
+            .map(|parsed| address(&parsed))
+            .collect::<Vec<_>>()
     };
     let from = addresses(b"From");
     let or_from = |list: Vec<Address<'static>>| if list.is_empty() { from.clone() } else { list };
     Envelope {
         date: nstring(text(b"Date").as_deref()),
-        subject: nstring(text(b"Subject").as_deref()),
+        subject: NString(text(b"Subject").map(|subject| istring(&for_humans(&subject)))),
         sender: or_from(addresses(b"Sender")),
         reply_to: or_from(addresses(b"Reply-To")),
         from: from.clone(),
@@ -1439,7 +1497,7 @@ fn envelope(header: &Header<'_>) -> Envelope<'static> {
 
 fn address(parsed: &ParsedAddress) -> Address<'static> {
     Address {
-        name: nstring(parsed.name.as_deref()),
+        name: NString(parsed.name.as_deref().map(|name| istring(&for_humans(name)))),
         adl: nstring(parsed.route.as_deref()),
         mailbox: nstring(parsed.mailbox.as_deref()),
         host: nstring(parsed.domain.as_deref()),
@@ -1475,6 +1533,25 @@ fn istring(bytes: &[u8]) -> IString<'static> {
         }
     }
     IString::try_from(clean).unwrap_or_else(|_| IString::from(Literal::unvalidated(Vec::new())))
+}
+
+/// Dovecot's `imap_append_string_for_humans` (subjects and names): runs of
+/// white space and line breaks as one space, none at either end.
+fn for_humans(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut blank = false;
+    for &byte in bytes {
+        if matches!(byte, b' ' | b'\t' | b'\r' | b'\n') {
+            blank = true;
+        } else {
+            if blank && !out.is_empty() {
+                out.push(b' ');
+            }
+            blank = false;
+            out.push(byte);
+        }
+    }
+    out
 }
 
 fn nstring(bytes: Option<&[u8]>) -> NString<'static> {

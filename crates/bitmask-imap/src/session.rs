@@ -17,8 +17,9 @@ use std::sync::Arc;
 use bitmask_mail::{Entry, FlagOperation, Flags, MailError, MailboxInfo, Mailstore, SpecialUse};
 use imap_next::imap_types;
 use imap_types::command::{Command, CommandBody};
-use imap_types::core::{AString, Atom, IString, Literal, NString, QuotedChar, Tag, Text, Vec1};
+use imap_types::core::{AString, Atom, IString, Literal, LiteralMode, NString, NString8, QuotedChar, Tag, Text, Vec1};
 use imap_types::datetime::DateTime;
+use imap_types::extensions::binary::Literal8;
 use imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName};
 use imap_types::flag::{Flag, FlagFetch, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
 use imap_types::mailbox::{ListMailbox, Mailbox};
@@ -242,6 +243,27 @@ fn internal_date(entry: &Entry) -> chrono::DateTime<chrono::FixedOffset> {
 
 use chrono::Offset as _;
 
+/// BINARY[section] (RFC 3516): the whole message, or a part with its
+/// transfer encoding undone; None for an encoding we cannot undo.
+fn binary_section(view: &MessageView<'_>, raw: &[u8], section: &[NonZeroU32]) -> Option<Vec<u8>> {
+    let Ok(path) = Vec1::try_from(section.to_vec()) else { return Some(raw.to_vec()) };
+    let part = imap_types::fetch::Part(path);
+    let body = view.section(Some(&imap_types::fetch::Section::Part(part.clone()))).unwrap_or_default();
+    let mime = view.section(Some(&imap_types::fetch::Section::Mime(part))).unwrap_or_default();
+    let mime = String::from_utf8_lossy(&mime).to_ascii_lowercase();
+    let encoding = mime
+        .split("\n")
+        .find_map(|line| line.strip_prefix("content-transfer-encoding:"))
+        .map(|value| value.trim().to_owned())
+        .unwrap_or_default();
+    match encoding.as_str() {
+        "" | "7bit" | "8bit" | "binary" => Some(body),
+        "base64" => mail_parser::decoders::base64::base64_decode(&body),
+        "quoted-printable" => mail_parser::decoders::quoted_printable::quoted_printable_decode(&body),
+        _ => None,
+    }
+}
+
 /// Whether `value` is in `set`, `*` standing for `star`.
 fn in_set(set: &SequenceSet, value: u32, star: u32) -> bool {
     let resolve = |bound: &SeqOrUid| match bound {
@@ -319,6 +341,7 @@ pub fn capabilities(starttls: bool, authenticated: bool) -> Vec1<Capability<'sta
         Capability::Enable,
         Capability::Id,
         Capability::Unselect,
+        Capability::Binary,
     ]);
     for other in ["SPECIAL-USE", "CHILDREN"] {
         if let Ok(atom) = Atom::try_from(other) {
@@ -976,12 +999,15 @@ impl<M: Mailstore> Session<M> {
                     | MessageDataItemName::Rfc822
                     | MessageDataItemName::Rfc822Header
                     | MessageDataItemName::Rfc822Text
+                    | MessageDataItemName::Binary { .. }
+                    | MessageDataItemName::BinarySize { .. }
             )
         });
         let sets_seen = names.iter().any(|name| {
             matches!(
                 name,
                 MessageDataItemName::BodyExt { peek: false, .. }
+                    | MessageDataItemName::Binary { peek: false, .. }
                     | MessageDataItemName::Rfc822
                     | MessageDataItemName::Rfc822Text
             )
@@ -1085,6 +1111,37 @@ impl<M: Mailstore> Session<M> {
                         Some(view) => MessageDataItem::Rfc822Text(crate::message::section_data(view.text_bytes())),
                         None => continue,
                     },
+                    MessageDataItemName::Binary { section, partial, .. } => {
+                        let (Some(view), Some(raw)) = (&view, &raw) else { continue };
+                        let Some(bytes) = binary_section(view, raw, section) else {
+                            return vec![status(
+                                tag,
+                                StatusKind::No,
+                                Some(Code::UnknownCte),
+                                "unknown transfer encoding",
+                            )];
+                        };
+                        let bytes = match partial {
+                            Some((origin, length)) => crate::message::partial(&bytes, *origin, length.get()).to_vec(),
+                            None => bytes,
+                        };
+                        MessageDataItem::Binary {
+                            section: section.clone(),
+                            value: NString8::Literal8(Literal8 { data: Cow::Owned(bytes), mode: LiteralMode::Sync }),
+                        }
+                    }
+                    MessageDataItemName::BinarySize { section } => {
+                        let (Some(view), Some(raw)) = (&view, &raw) else { continue };
+                        let Some(bytes) = binary_section(view, raw, section) else {
+                            return vec![status(
+                                tag,
+                                StatusKind::No,
+                                Some(Code::UnknownCte),
+                                "unknown transfer encoding",
+                            )];
+                        };
+                        MessageDataItem::BinarySize { section: section.clone(), size: bytes.len() as u32 }
+                    }
                     _ => continue,
                 };
                 items.push(item);

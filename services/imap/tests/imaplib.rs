@@ -56,3 +56,19 @@ fn imaplib_conversation_and_uids_that_survive_a_restart() {
     start(&world, port);
     assert_eq!(imaplib(port, &token, "state"), state);
 }
+
+#[test]
+fn every_corpus_message_comes_back_byte_identical_with_its_structure() {
+    let world = World::new();
+    let _daemon = world.bitmaskd(&[]);
+    let (port, token) = start_alice(&world);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imaplib_corpus.py");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/mime");
+    let output = Command::new("python3")
+        .arg(script)
+        .args(["127.0.0.1", &port.to_string(), ACCOUNT, &token])
+        .arg(corpus)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+}
