@@ -1366,14 +1366,15 @@ impl AddressParser<'_> {
         if !self.input.last_comment.is_empty() {
             self.address.name = Some(self.input.last_comment.clone());
         } else if domain_scan.is_none() {
-            // A lone word is a mailbox; more words are a display name.
+            // A lone atom is a mailbox; a quoted string or more words are
+            // a display name.
             self.text.push(b' ');
             let before = self.text.len();
             self.input.phrase(&mut self.text);
-            if self.text.len() != before {
+            if self.text.len() != before || quoted {
                 self.address.mailbox = None;
                 self.address.name = Some(self.text.clone());
-            } else if !quoted {
+            } else {
                 self.address.domain = Some(Vec::new());
             }
             scan = Scan::Broken;
@@ -1395,7 +1396,8 @@ impl AddressParser<'_> {
             self.address.domain = Some(b"MISSING_DOMAIN".to_vec());
         }
         self.push();
-        scan
+        // A broken mailbox is kept; parsing goes on after it.
+        if scan == Scan::Broken { self.input.more_or_end() } else { scan }
     }
 
     fn group(&mut self) -> Scan {

@@ -1142,7 +1142,6 @@ impl<M: Mailstore> Session<M> {
                         };
                         MessageDataItem::BinarySize { section: section.clone(), size: bytes.len() as u32 }
                     }
-                    _ => continue,
                 };
                 items.push(item);
             }

@@ -260,6 +260,9 @@ pub struct MailModel {
     state: Mutex<Option<State>>,
     events: broadcast::Sender<MailEvent>,
     raw_cache: std::sync::Mutex<RawCache>,
+    /// The store's change sequence this model has applied up to (for
+    /// `follow_sync`: changes after it are replayed, none is missed).
+    applied: std::sync::atomic::AtomicU64,
 }
 
 impl MailModel {
@@ -270,6 +273,7 @@ impl MailModel {
             state: Mutex::new(None),
             events: broadcast::channel(4096).0,
             raw_cache: std::sync::Mutex::new(RawCache::default()),
+            applied: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -366,6 +370,9 @@ impl MailModel {
 
     async fn load(&self) -> Result<State> {
         self.declare().await?;
+        // Whatever changes after this point, follow_sync replays.
+        let sequence = self.client().get_state(pb::GetStateRequest {}).await?.into_inner().sequence;
+        self.applied.store(sequence, std::sync::atomic::Ordering::SeqCst);
         let mut state = State::default();
         let documents = self.query_all(ALL_MAILBOXES, vec![]).await?;
         let mut docs: Vec<(String, MailboxDoc)> =
@@ -947,14 +954,19 @@ impl MailModel {
     /// Applies what sync brought in (copies and mailboxes changed on another
     /// device) as the store announces it, until the stream ends.
     pub async fn follow_sync(self: Arc<Self>) -> Result<()> {
+        // Loaded first (fails while the store is locked; the caller retries).
+        drop(self.state().await?);
         let request = pb::WatchRequest {
             collections: vec![COPIES.into(), MAILBOXES.into()],
-            since_sequence: None,
+            since_sequence: Some(self.applied.load(std::sync::atomic::Ordering::SeqCst)),
             include_content: true,
         };
         let mut changes = self.client().watch(request).await?.into_inner();
         while let Some(change) = changes.message().await? {
-            if change.origin() != pb::change::Origin::Sync {
+            self.applied.fetch_max(change.sequence, std::sync::atomic::Ordering::SeqCst);
+            // Our own writes are applied already; replayed changes (origin
+            // unknown) are applied again, which is harmless.
+            if change.origin() == pb::change::Origin::Local {
                 continue;
             }
             let Some(document) = change.document else { continue };
