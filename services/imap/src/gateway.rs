@@ -162,7 +162,7 @@ fn untagged_bad(message: &'static str) -> Status<'static> {
 
 fn continuation(text: &'static str) -> CommandContinuationRequest<'static> {
     CommandContinuationRequest::basic(None, Text::unvalidated(text))
-        .unwrap_or_else(|_| CommandContinuationRequest::Base64(std::borrow::Cow::Borrowed(b"")))
+        .unwrap_or(CommandContinuationRequest::Base64(std::borrow::Cow::Borrowed(b"")))
 }
 
 /// A fresh imap-next server whose greeting is not sent (after STARTTLS the

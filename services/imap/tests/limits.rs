@@ -56,7 +56,15 @@ fn started() -> (World, bitmask_testkit::KillOnDrop, u16, String) {
     let world = World::new();
     let daemon = world.bitmaskd(&[]);
     let imap = free_port();
-    world.ctl_json(&["account", "add", ACCOUNT, "--imap-port", &imap.to_string(), "--smtp-port", &free_port().to_string()]);
+    world.ctl_json(&[
+        "account",
+        "add",
+        ACCOUNT,
+        "--imap-port",
+        &imap.to_string(),
+        "--smtp-port",
+        &free_port().to_string(),
+    ]);
     let passphrase = world.path().join("passphrase");
     std::fs::write(&passphrase, "pass\n").unwrap();
     world.ctl_json(&["account", "start", ACCOUNT, "--passphrase-file", passphrase.to_str().unwrap()]);
