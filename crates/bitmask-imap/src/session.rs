@@ -144,14 +144,20 @@ fn nz(value: u32) -> NonZeroU32 {
     NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
 }
 
+/// A response code of RFC 5530 (or another extension) by its name.
+fn code(name: &'static str) -> Code<'static> {
+    Code::Other(imap_types::response::CodeOther::unvalidated(Cow::Borrowed(name.as_bytes())))
+}
+
+fn already_exists() -> Code<'static> {
+    code("ALREADYEXISTS")
+}
+
 fn mail_error(tag: &Tag<'static>, error: &MailError) -> Response<'static> {
     match error {
-        MailError::Store(_) | MailError::Damaged(_) => status(
-            tag,
-            StatusKind::No,
-            Some(Code::Other(imap_types::response::CodeOther::unvalidated(Cow::Borrowed(b"SERVERBUG".as_slice())))),
-            &error.to_string(),
-        ),
+        MailError::Store(_) | MailError::Damaged(_) => {
+            status(tag, StatusKind::No, Some(code("SERVERBUG")), &error.to_string())
+        }
         _ => no(tag, &error.to_string()),
     }
 }
@@ -401,9 +407,7 @@ impl<M: Mailstore> Session<M> {
             let code = Code::Capability(capabilities(false, true));
             Reply { responses: vec![ok_code(tag, code, "logged in")], after: After::Continue }
         } else {
-            let code = Code::Other(imap_types::response::CodeOther::unvalidated(Cow::Borrowed(
-                b"AUTHENTICATIONFAILED".as_slice(),
-            )));
+            let code = code("AUTHENTICATIONFAILED");
             Reply {
                 responses: vec![status(tag, StatusKind::No, Some(code), "wrong address or mail token")],
                 after: After::AuthFailed,
@@ -501,6 +505,7 @@ impl<M: Mailstore> Session<M> {
         let tag = command.tag.to_static();
         let mut after = After::Continue;
         let (mut responses, expunges_allowed) = match (&self.state, command.body) {
+            (State::Logout, _) => (vec![bad(&tag, "logging out")], false),
             (_, CommandBody::Capability) => {
                 let caps = capabilities(self.starttls, self.authenticated());
                 (vec![Response::Data(Data::Capability(caps)), ok(&tag, "CAPABILITY completed")], true)
@@ -604,7 +609,6 @@ impl<M: Mailstore> Session<M> {
                 (self.copy(&tag, &sequence_set, &mailbox, uid, true).await, uid)
             }
             (State::Selected(_), _) => (vec![bad(&tag, "command not supported")], false),
-            (State::Logout, _) => (vec![bad(&tag, "logging out")], false),
         };
         // Updates go before the tagged completion.
         if after == After::Continue && matches!(self.state, State::Selected(_)) {
@@ -625,14 +629,11 @@ impl<M: Mailstore> Session<M> {
             Ok(name) => name,
             Err(error) => return vec![bad(tag, &error.to_string())],
         };
-        let recent_from = if read_only {
-            match self.store.mailbox(&name).await {
-                Ok(info) => info.uid_next.saturating_sub(info.recent),
-                Err(error) => return vec![mail_error(tag, &error)],
-            }
+        let claimed = if read_only {
+            None
         } else {
             match self.store.claim_recent(&name).await {
-                Ok(floor) => floor,
+                Ok(floor) => Some(floor),
                 Err(error) => return vec![mail_error(tag, &error)],
             }
         };
@@ -640,6 +641,11 @@ impl<M: Mailstore> Session<M> {
             Ok(snapshot) => snapshot,
             Err(error) => return vec![mail_error(tag, &error)],
         };
+        // EXAMINE claims nothing: the last `recent` messages are the recent ones.
+        let recent_from = claimed.unwrap_or_else(|| {
+            let first = view.len().saturating_sub(info.recent as usize);
+            view.get(first).map_or(info.uid_next, |entry| entry.uid)
+        });
         let recent = view.iter().filter(|entry| entry.uid >= recent_from).count() as u32;
         let mut responses = vec![
             Response::Data(Data::Flags(vec![Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft])),
@@ -690,14 +696,9 @@ impl<M: Mailstore> Session<M> {
         }
         match self.store.create_mailbox(&name, SpecialUse::None).await {
             Ok(_) => ok(tag, "CREATE completed"),
-            Err(MailError::MailboxExists(_)) => status(
-                tag,
-                StatusKind::No,
-                Some(Code::Other(imap_types::response::CodeOther::unvalidated(Cow::Borrowed(
-                    b"ALREADYEXISTS".as_slice(),
-                )))),
-                "mailbox exists already",
-            ),
+            Err(MailError::MailboxExists(_)) => {
+                status(tag, StatusKind::No, Some(code("ALREADYEXISTS")), "mailbox exists already")
+            }
             Err(error) => mail_error(tag, &error),
         }
     }
@@ -707,11 +708,13 @@ impl<M: Mailstore> Session<M> {
             Ok(name) => name,
             Err(error) => return bad(tag, &error.to_string()),
         };
-        if self.selected() == Some(name.as_str()) {
-            self.state = State::Authenticated;
-        }
         match self.store.delete_mailbox(&name).await {
-            Ok(()) => ok(tag, "DELETE completed"),
+            Ok(()) => {
+                if self.selected() == Some(name.as_str()) {
+                    self.state = State::Authenticated;
+                }
+                ok(tag, "DELETE completed")
+            }
             Err(error) => mail_error(tag, &error),
         }
     }
@@ -722,7 +725,20 @@ impl<M: Mailstore> Session<M> {
             (Err(error), _) | (_, Err(error)) => return bad(tag, &error.to_string()),
         };
         match self.store.rename_mailbox(&from, &to).await {
-            Ok(()) => ok(tag, "RENAME completed"),
+            Ok(()) => {
+                // The selected mailbox (or one under it) goes by its new name.
+                if let State::Selected(selected) = &mut self.state {
+                    if selected.name == from {
+                        selected.name = to.clone();
+                    } else if let Some(rest) = selected.name.strip_prefix(&format!("{from}/")) {
+                        selected.name = format!("{to}/{rest}");
+                    }
+                }
+                ok(tag, "RENAME completed")
+            }
+            Err(MailError::MailboxExists(_)) => {
+                status(tag, StatusKind::No, Some(already_exists()), "mailbox exists already")
+            }
             Err(error) => mail_error(tag, &error),
         }
     }
@@ -802,6 +818,27 @@ impl<M: Mailstore> Session<M> {
                 Data::List { items, delimiter, mailbox: wire_mailbox(&mailbox.name) }
             };
             responses.push(Response::Data(data));
+        }
+        if subscribed_only && full.contains(&'%') {
+            // RFC 3501 6.3.9: a subscribed mailbox's parent that `%` matches
+            // is listed too, \Noselect, when it is not listed itself.
+            let listed: BTreeSet<&str> =
+                mailboxes.iter().filter(|mailbox| mailbox.subscribed).map(|mailbox| mailbox.name.as_str()).collect();
+            let mut parents = BTreeSet::new();
+            for name in &listed {
+                let levels: Vec<&str> = name.split('/').collect();
+                for depth in 1..levels.len() {
+                    let parent = levels[..depth].join("/");
+                    let chars: Vec<char> = parent.chars().collect();
+                    if !listed.contains(parent.as_str()) && pattern_matches(&full, &chars) {
+                        parents.insert(parent);
+                    }
+                }
+            }
+            for parent in parents {
+                let items = vec![FlagNameAttribute::Noselect];
+                responses.push(Response::Data(Data::Lsub { items, delimiter, mailbox: wire_mailbox(&parent) }));
+            }
         }
         responses.push(ok(tag, if subscribed_only { "LSUB completed" } else { "LIST completed" }));
         responses
@@ -1041,6 +1078,7 @@ impl<M: Mailstore> Session<M> {
         let State::Selected(selected) = &self.state else { return vec![bad(tag, "no mailbox selected")] };
         let mut responses = Vec::with_capacity(indices.len() + 1);
         let mut raws: Vec<Option<Arc<Vec<u8>>>> = Vec::new();
+        let mut expunge_issued = false;
         for (position, index) in indices.iter().copied().enumerate() {
             let entry = &selected.view[index];
             if needs_raw && position % RAW_BATCH == 0 {
@@ -1053,8 +1091,12 @@ impl<M: Mailstore> Session<M> {
             let raw = if needs_raw {
                 match raws.pop().flatten() {
                     Some(raw) => Some(raw),
-                    // Expunged elsewhere and collected: nothing to show for it.
-                    None => continue,
+                    // Expunged elsewhere and collected: nothing to show for
+                    // it; the command ends NO [EXPUNGEISSUED] (RFC 5530).
+                    None => {
+                        expunge_issued = true;
+                        continue;
+                    }
                 }
             } else {
                 None
@@ -1149,7 +1191,11 @@ impl<M: Mailstore> Session<M> {
                 responses.push(Response::Data(Data::Fetch { seq: nz(index as u32 + 1), items }));
             }
         }
-        responses.push(ok(tag, "FETCH completed"));
+        if expunge_issued {
+            responses.push(status(tag, StatusKind::No, Some(code("EXPUNGEISSUED")), "some messages were expunged"));
+        } else {
+            responses.push(ok(tag, "FETCH completed"));
+        }
         responses
     }
 

@@ -61,10 +61,11 @@ where
 {
     let socket_path = args.account_paths().map_err(|error| (EXIT_USAGE, error.into()))?.socket(kind);
     let shutdown = crate::shutdown::shutdown_signal().map_err(|error| (1, error.into()))?;
-    let server = build(args).await.map_err(|error| (1, error))?;
+    // The socket first: a service that cannot have it fails before doing anything else.
     let socket = bind_unix(&socket_path).map_err(|error| {
         let code = if matches!(error, ServerError::SocketPathTooLong { .. }) { EXIT_USAGE } else { 1 };
         (code, BoxError::from(error))
     })?;
+    let server = build(args).await.map_err(|error| (1, error))?;
     server.serve(socket, shutdown).await.map_err(|error| (1, error.into()))
 }

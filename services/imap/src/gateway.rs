@@ -193,6 +193,9 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
     let mut pending = After::Continue;
     loop {
         match server.next() {
+            // After LOGOUT, a cut-off or STARTTLS, whatever the client sent
+            // behind it is not run (for STARTTLS: nothing may be injected).
+            Ok(Event::CommandReceived { .. }) if pending != After::Continue => {}
             Ok(Event::CommandReceived { command }) => {
                 bad_in_a_row = 0;
                 let reply = session.handle(command).await;

@@ -17,6 +17,7 @@ use tonic::server::NamedService as _;
 
 fn main() -> std::process::ExitCode {
     bitmask_runtime::service::main(ServiceKind::Imap, |args| async move {
+        let mut server = GrpcServer::new(&[MailServer::<MailApi>::NAME])?;
         let paths = args.common.paths()?;
         let account_paths = args.account_paths()?;
         let config = bitmask_supervisor::config::Config::load(&paths.config_file())?;
@@ -47,7 +48,6 @@ fn main() -> std::process::ExitCode {
         });
         tracing::info!(address = %listener.local_addr()?, "IMAP listening");
         tokio::spawn(gateway::serve(listener, gateway));
-        let mut server = GrpcServer::new(&[MailServer::<MailApi>::NAME])?;
         server.routes().add_service(MailServer::new(MailApi::new(model)).max_decoding_message_size(80 << 20));
         Ok(server)
     })
