@@ -322,7 +322,8 @@ impl<'m> Loaded<'m> {
     fn new(raw: &'m [u8]) -> Self {
         Loaded {
             raw,
-            message: MessageParser::new().parse(raw),
+            // A message too deeply nested for mail-parser matches on nothing it holds.
+            message: if bitmask_mail::split::safe_to_parse(raw) { MessageParser::new().parse(raw) } else { None },
             header_lines: OnceCell::new(),
             body_texts: OnceCell::new(),
         }

@@ -43,8 +43,38 @@ pub fn content_id(bytes: &[u8]) -> String {
     format!("content/{}", data_encoding::HEXLOWER.encode(&Sha256::digest(bytes)))
 }
 
+/// MIME parts (Content-Type fields) a message may have for mail-parser to
+/// look into it. mail-parser recurses once per nesting level, and some
+/// thousands of nested message/rfc822 parts overflow a thread's stack (an
+/// abort, not a panic): a message with more is kept and served, but not
+/// taken apart.
+pub const MAX_MIME_PARTS: usize = 512;
+
+/// Whether mail-parser may parse `raw` (see [`MAX_MIME_PARTS`]).
+pub fn safe_to_parse(raw: &[u8]) -> bool {
+    const FIELD: &[u8] = b"content-type:";
+    let mut count = 0;
+    let mut line_start = true;
+    for (index, byte) in raw.iter().enumerate() {
+        if line_start
+            && (*byte | 0x20) == b'c'
+            && raw.get(index..index + FIELD.len()).is_some_and(|field| field.eq_ignore_ascii_case(FIELD))
+        {
+            count += 1;
+            if count > MAX_MIME_PARTS {
+                return false;
+            }
+        }
+        line_start = *byte == b'\n';
+    }
+    true
+}
+
 /// The byte ranges of the leaf bodies worth storing apart, in order.
 fn leaf_ranges(raw: &[u8]) -> Vec<(usize, usize)> {
+    if !safe_to_parse(raw) {
+        return Vec::new();
+    }
     let Some(message) = mail_parser::MessageParser::default().parse(raw) else { return Vec::new() };
     let mut ranges: Vec<(usize, usize)> = message
         .parts
@@ -188,6 +218,17 @@ mod tests {
         }
         round_trip(b"");
         round_trip(b"\x00\xff not mail at all");
+    }
+
+    #[test]
+    fn deeply_nested_messages_are_kept_whole_without_parsing() {
+        // 50,000 nested message/rfc822 parts overflow mail-parser's recursion.
+        let mut raw = b"Content-Type: message/rfc822\r\n\r\n".repeat(50_000);
+        raw.extend_from_slice(&b"Subject: deep\r\n\r\nbody\r\n".repeat(200));
+        assert!(!safe_to_parse(&raw));
+        let split = round_trip(&raw);
+        assert!(split.contents.is_empty(), "kept whole");
+        assert!(safe_to_parse(b"Content-Type: text/plain\r\n\r\nhi"));
     }
 
     #[test]

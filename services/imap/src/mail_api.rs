@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bitmask_mail::split::safe_to_parse;
 use bitmask_mail::{Entry, FlagOperation, Flags, MailError, MailEvent, MailModel, MailboxInfo, SpecialUse};
 use bitmask_proto::mail::v1 as pb;
 use bitmask_proto::mail::v1::mail_server::Mail;
@@ -130,7 +131,7 @@ fn summary(mailbox: &str, entry: &Entry, raw: Option<&[u8]>) -> pb::MessageSumma
         summary.date = message.date().and_then(|date| timestamp(date.to_timestamp()));
         summary.message_id = message.message_id().unwrap_or_default().to_owned();
     }
-    if let Some(message) = raw.and_then(|raw| MessageParser::default().parse(raw)) {
+    if let Some(message) = raw.filter(|raw| safe_to_parse(raw)).and_then(|raw| MessageParser::default().parse(raw)) {
         summary.has_attachments = message.attachment_count() > 0;
     }
     summary
@@ -249,7 +250,9 @@ impl Mail for MailApi {
         let mailbox = self.model.mailbox(&reference.mailbox).await.map_err(status)?.name;
         let mut response =
             pb::GetMessageResponse { summary: Some(summary(&mailbox, &entry, Some(&raw))), ..Default::default() };
-        if let Some(message) = MessageParser::default().parse(&raw) {
+        if let Some(message) =
+            Some(&raw).filter(|raw| safe_to_parse(raw)).and_then(|raw| MessageParser::default().parse(raw))
+        {
             response.headers = message
                 .headers_raw()
                 .map(|(name, value)| pb::Header { name: name.to_owned(), value: value.trim().to_owned() })
@@ -465,6 +468,9 @@ fn walk(message: &mail_parser::Message<'_>, id: usize, section: String, out: &mu
 
 /// One part's bytes by its IMAP section number, raw or decoded.
 fn section_bytes(raw: &[u8], section: &str, decode: bool) -> Result<Vec<u8>, Status> {
+    if !safe_to_parse(raw) {
+        return Err(Status::failed_precondition("the message has too many MIME parts to take apart"));
+    }
     let message =
         MessageParser::default().parse(raw).ok_or_else(|| Status::data_loss("the message cannot be parsed"))?;
     let mut id = 0usize;
