@@ -360,6 +360,13 @@ impl Core for CoreService {
     async fn add_account(&self, request: Request<pb::AddAccountRequest>) -> Result<Response<pb::Account>, Status> {
         let account = new_account(request.into_inner())?;
         let account = self.supervisor.add_account(account).await.map_err(status_of)?;
+        // The gateways' STARTTLS certificate exists from now on, so a mail
+        // client can pin it before the first start.
+        let paths =
+            self.supervisor.paths().account(&account.address).map_err(|error| Status::internal(error.to_string()))?;
+        if let Err(error) = bitmask_runtime::tls::local_certificate(&paths.data_dir.join("tls")) {
+            tracing::warn!(account = %account.address, %error, "no local TLS certificate yet");
+        }
         Ok(Response::new(account_to_pb(account)))
     }
 
@@ -406,6 +413,14 @@ impl Core for CoreService {
                     // The account key is made on the first unlock (and found after).
                     if let Err(status) = ensure_account_key(self.supervisor.paths(), &address).await {
                         tracing::warn!(account = %address, error = %status.message(), "no account key yet");
+                    }
+                    // So is the mail token.
+                    let token = match store_client(self.supervisor.paths(), &address).await {
+                        Ok(mut store) => bitmask_mail::token::mail_token(&mut store).await.map(drop),
+                        Err(status) => Err(status),
+                    };
+                    if let Err(status) = token {
+                        tracing::warn!(account = %address, error = %status.message(), "no mail token yet");
                     }
                 }
                 Err(status) => {
