@@ -126,6 +126,12 @@ impl World {
             .envs(self.env.iter().map(|(key, value)| (key, value)));
     }
 
+    /// What a service of an account has logged so far (empty if nothing).
+    pub fn log(&self, address: &str, service: &str) -> String {
+        let path = self.home.join("accounts").join(address).join("logs").join(format!("{service}.log"));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     pub fn core_socket(&self) -> PathBuf {
         self.runtime_dir.join("core.sock")
     }

@@ -1,0 +1,209 @@
+//! The SMTP submission listener: one task per connection driving
+//! `bitmask_smtp::session::Session`, deciding what the session asks (the
+//! login, the sender, each recipient) and queueing each message durably
+//! before the session may answer `250`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitmask_smtp::session::{Action, Config, Reply, Session};
+use bitmask_supervisor::config::EncryptionPolicy;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::worker::Worker;
+
+/// What every connection needs.
+pub struct Listener {
+    pub worker: Arc<Worker>,
+    /// The mail token, read from the store (None while it is locked).
+    pub token: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<String>> + Send + Sync>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub max_message_size: usize,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").field("max_connections", &self.max_connections).finish_non_exhaustive()
+    }
+}
+
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    async fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = match self {
+            Self::Plain(stream) => stream.read(buffer).await,
+            Self::Tls(stream) => stream.read(buffer).await,
+        };
+        // See the IMAP gateway: no delayed ACK behind a client's small writes.
+        let tcp = match self {
+            Self::Plain(stream) => &*stream,
+            Self::Tls(stream) => stream.get_ref().0,
+        };
+        let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+        read
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Plain(stream) => stream.write_all(bytes).await,
+            Self::Tls(stream) => {
+                stream.write_all(bytes).await?;
+                stream.flush().await
+            }
+        }
+    }
+}
+
+pub async fn serve(listener: TcpListener, context: Arc<Listener>) {
+    let slots = Arc::new(Semaphore::new(context.max_connections));
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting an SMTP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let context = context.clone();
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Err(error) = connection(Conn::Plain(stream), context).await {
+                        tracing::debug!(%peer, %error, "SMTP connection ended");
+                    }
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let _ = stream.write_all(b"421 4.7.0 too many connections, try again later\r\n").await;
+                });
+            }
+        }
+    }
+}
+
+/// Constant-time comparison of the presented token with the account's.
+fn same(expected: &str, given: &str) -> bool {
+    let (expected, given) = (expected.as_bytes(), given.as_bytes());
+    let mut difference = expected.len() ^ given.len();
+    for (index, byte) in expected.iter().enumerate() {
+        difference |= usize::from(byte ^ given.get(index).copied().unwrap_or(0));
+    }
+    difference == 0 && !expected.is_empty()
+}
+
+async fn connection(mut conn: Conn, context: Arc<Listener>) -> std::io::Result<()> {
+    let worker = &context.worker;
+    let mut config = Config::new("localhost");
+    config.max_message_size = context.max_message_size;
+    config.starttls_available = context.tls.is_some();
+    let mut session = Session::new(config);
+    conn.write(&session.greeting()).await?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut failed_logins = 0u32;
+    let mut pending: Vec<Action> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            let read = tokio::time::timeout(context.idle_timeout, conn.read(&mut buffer)).await;
+            let n = match read {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => n,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    conn.write(b"421 4.4.2 idle for too long, closing\r\n").await?;
+                    return Ok(());
+                }
+            };
+            pending = session.feed(&buffer[..n]);
+            continue;
+        }
+        let action = pending.remove(0);
+        let more = match action {
+            Action::Send(bytes) => {
+                conn.write(&bytes).await?;
+                Vec::new()
+            }
+            Action::Close => return Ok(()),
+            Action::StartTls => {
+                let Some(acceptor) = context.tls.clone() else { return Ok(()) };
+                let Conn::Plain(stream) = conn else { return Ok(()) };
+                conn = Conn::Tls(Box::new(acceptor.accept(stream).await?));
+                session.tls_started();
+                // Whatever the client pipelined behind STARTTLS is dropped.
+                pending.clear();
+                Vec::new()
+            }
+            Action::Authenticate { user, password, .. } => {
+                let token = (context.token)().await.unwrap_or_default();
+                let ok = user.eq_ignore_ascii_case(&worker.address) && same(&token, password.expose());
+                if !ok {
+                    failed_logins += 1;
+                    tokio::time::sleep(Duration::from_secs(u64::from(failed_logins.min(5)))).await;
+                }
+                let mut actions = session.auth_result(ok);
+                if failed_logins >= 5 {
+                    actions.push(Action::Send(b"421 4.7.0 too many failed logins, closing\r\n".to_vec()));
+                    actions.push(Action::Close);
+                }
+                actions
+            }
+            Action::MailFrom { address, .. } => {
+                let result = if address.eq_ignore_ascii_case(&worker.address) {
+                    Ok(())
+                } else {
+                    Err(Reply::new(553, [5, 7, 1], format!("this gateway sends as {} only", worker.address)))
+                };
+                session.mail_from_result(result)
+            }
+            Action::Rcpt { address } => {
+                let result = if worker.policy == EncryptionPolicy::EncryptedOnly {
+                    match worker.key_of(&address.to_lowercase()).await {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => Err(Reply::new(
+                            550,
+                            [5, 7, 1],
+                            format!(
+                                "no OpenPGP key is known for {address}, and this account sends encrypted mail only"
+                            ),
+                        )),
+                        Err(status) => {
+                            Err(Reply::new(451, [4, 7, 0], format!("the key service: {}", status.message())))
+                        }
+                    }
+                } else {
+                    Ok(())
+                };
+                session.rcpt_result(result)
+            }
+            Action::Message { from, recipients, data, .. } => {
+                let recipients: Vec<String> = recipients.iter().map(|address| address.to_lowercase()).collect();
+                let subject = crate::api::subject_of(&data);
+                let result = match worker.queue.enqueue(&from, &recipients, &data, subject).await {
+                    Ok(entry) => {
+                        worker.wake.notify_one();
+                        Ok(entry.id)
+                    }
+                    Err(status) => {
+                        Err(Reply::new(451, [4, 3, 0], format!("cannot queue the message: {}", status.message())))
+                    }
+                };
+                session.message_result(result)
+            }
+        };
+        // Replies to this action come before what was already waiting.
+        for (index, action) in more.into_iter().enumerate() {
+            pending.insert(index, action);
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! The queue worker: for each queued message, per recipient, encrypt and
+//! sign (the recipient's key is known or found), or sign only, or refuse by
+//! policy; relay to the account's relay; retry temporary failures with
+//! back-off; on a permanent failure file an "undelivered" report in INBOX.
+//!
+//! A recipient is marked sent (durably) as soon as the relay accepted the
+//! message for it, so a crash never sends twice what the relay took; the
+//! window left is between the relay's reply and that write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitmask_proto::keys::v1 as keys_pb;
+use bitmask_proto::keys::v1::keys_client::KeysClient;
+use bitmask_proto::mail::v1 as mail_pb;
+use bitmask_proto::mail::v1::mail_client::MailClient;
+use bitmask_runtime::client::TracedChannel;
+use bitmask_supervisor::config::{EncryptionPolicy, RelayConfig, RelayTls};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
+use tokio::sync::Notify;
+use tonic::Status;
+
+use crate::queue::{self, Entry, Queue, State};
+
+/// What the worker needs of the account.
+#[derive(Debug)]
+pub struct Worker {
+    pub address: String,
+    pub queue: Queue,
+    pub keys: TracedChannel,
+    pub mail: TracedChannel,
+    pub relay: Option<RelayConfig>,
+    pub policy: EncryptionPolicy,
+    /// Wakes the worker: a message was queued, or a flush was asked for.
+    pub wake: Notify,
+}
+
+/// How a recipient's copy is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Treatment {
+    Encrypt,
+    SignOnly,
+    /// Already encrypted by the mail client: sent as it is.
+    PassThrough,
+}
+
+impl Treatment {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Encrypt => "encrypt",
+            Self::SignOnly => "sign-only",
+            Self::PassThrough => "as-is",
+        }
+    }
+}
+
+/// The outcome of relaying one copy to some recipients.
+enum Relayed {
+    Accepted(String),
+    Temporary(String),
+    Permanent(String),
+}
+
+impl Worker {
+    fn keys(&self) -> KeysClient<TracedChannel> {
+        KeysClient::new(self.keys.clone()).max_decoding_message_size(80 << 20)
+    }
+
+    /// The recipient's key, found locally or by discovery.
+    pub async fn key_of(&self, address: &str) -> Result<Option<keys_pb::Key>, Status> {
+        let selector = Some(keys_pb::get_key_request::Selector::Address(address.to_owned()));
+        match self.keys().get_key(keys_pb::GetKeyRequest { selector, fetch: true }).await {
+            Ok(key) => Ok(Some(key.into_inner()).filter(|key| !key.revoked)),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(status),
+        }
+    }
+
+    /// Runs until the process ends: one pass over the queue, then sleep
+    /// until woken or the next retry is due.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let next = match self.pass().await {
+                Ok(next) => next,
+                Err(status) => {
+                    tracing::warn!(error = %status.message(), "queue pass failed; retrying in 5 s");
+                    Some(Duration::from_secs(5))
+                }
+            };
+            let sleep = next.unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Delivers what is due; returns how long until the next retry.
+    pub async fn pass(&self) -> Result<Option<Duration>, Status> {
+        let now = queue::now();
+        let mut next: Option<u64> = None;
+        for mut entry in self.queue.entries().await? {
+            if !entry.pending() {
+                continue;
+            }
+            if entry.next_attempt > now {
+                next = Some(next.map_or(entry.next_attempt, |next| next.min(entry.next_attempt)));
+                continue;
+            }
+            self.deliver(&mut entry).await?;
+            if entry.pending() {
+                next = Some(next.map_or(entry.next_attempt, |next| next.min(entry.next_attempt)));
+            }
+        }
+        Ok(next.map(|at| Duration::from_secs(at.saturating_sub(queue::now()).max(1))))
+    }
+
+    async fn deliver(&self, entry: &mut Entry) -> Result<(), Status> {
+        let raw = self.queue.message(entry).await?;
+        entry.attempts += 1;
+        tracing::info!(id = %entry.id, attempt = entry.attempts, "delivering");
+        let outcome = self.deliver_copies(entry, &raw).await;
+        if let Err(status) = outcome {
+            tracing::warn!(id = %entry.id, error = %status.message(), "delivery attempt failed");
+            // Something of ours failed (the key service, composition): try again later.
+            entry.last_error = status.message().to_owned();
+            for recipient in entry.recipients.iter_mut().filter(|recipient| recipient.state == State::Queued) {
+                recipient.state = State::Deferred;
+            }
+        }
+        let expired = queue::now().saturating_sub(entry.queued_at) > queue::GIVE_UP_AFTER.as_secs();
+        if expired {
+            for recipient in entry.recipients.iter_mut().filter(|recipient| recipient.state == State::Deferred) {
+                recipient.state = State::Failed;
+                recipient.last_reply = format!("given up after {} attempts: {}", entry.attempts, recipient.last_reply);
+            }
+        }
+        entry.next_attempt = queue::now() + queue::backoff(entry.attempts).as_secs();
+        self.queue.save(entry).await?;
+        let failed: Vec<String> = entry
+            .recipients
+            .iter()
+            .filter(|recipient| recipient.state == State::Failed && !recipient.last_reply.starts_with("[reported] "))
+            .map(|recipient| format!("{}: {}", recipient.address, recipient.last_reply))
+            .collect();
+        if !failed.is_empty() {
+            self.report(entry, &raw, &failed).await?;
+            for recipient in entry.recipients.iter_mut().filter(|recipient| recipient.state == State::Failed) {
+                if !recipient.last_reply.starts_with("[reported] ") {
+                    recipient.last_reply = format!("[reported] {}", recipient.last_reply);
+                }
+            }
+            self.queue.save(entry).await?;
+        }
+        if !entry.pending() && entry.state() == State::Sent {
+            self.queue.remove(entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Composes and relays the copies for the recipients still waiting.
+    async fn deliver_copies(&self, entry: &mut Entry, raw: &[u8]) -> Result<(), Status> {
+        let prepared = bitmask_smtp::pgpmime::prepare(raw)
+            .map_err(|error| Status::invalid_argument(format!("the message cannot be composed: {error}")))?;
+        let bcc = bcc_of(raw);
+        let waiting: Vec<String> = entry
+            .recipients
+            .iter()
+            .filter(|recipient| matches!(recipient.state, State::Queued | State::Deferred))
+            .map(|recipient| recipient.address.clone())
+            .collect();
+        // Decide each recipient's treatment now (keys may have been found since).
+        let mut encrypt = Vec::new();
+        let mut sign_only = Vec::new();
+        let mut pass_through = Vec::new();
+        for address in &waiting {
+            if prepared.is_encrypted() {
+                pass_through.push(address.clone());
+            } else if self.key_of(address).await?.is_some() {
+                encrypt.push(address.clone());
+            } else if self.policy == EncryptionPolicy::EncryptedOnly {
+                self.mark(
+                    entry,
+                    std::slice::from_ref(address),
+                    State::Failed,
+                    "",
+                    "5.7.1 no OpenPGP key is known for this recipient and the account sends encrypted mail only",
+                );
+            } else {
+                sign_only.push(address.clone());
+            }
+        }
+        let headers = self.extra_headers().await?;
+        let attachment = self.key_attachment().await?;
+        if !pass_through.is_empty() {
+            let relayed = self.relay(&entry.from, &pass_through, raw).await;
+            self.record(entry, &pass_through, Treatment::PassThrough, relayed);
+        }
+        // Bcc recipients get a copy of their own: the others never see them.
+        let (hidden, shared): (Vec<String>, Vec<String>) =
+            encrypt.into_iter().partition(|address| bcc.contains(address));
+        let mut groups: Vec<Vec<String>> = hidden.into_iter().map(|address| vec![address]).collect();
+        if !shared.is_empty() {
+            groups.insert(0, shared);
+        }
+        for group in groups {
+            let inner = prepared.inner_for_encryption(Some(&attachment));
+            let mut to = group.clone();
+            to.push(self.address.clone());
+            let ciphertext = self.encrypt(&to, &inner).await?;
+            let message = prepared.encrypted(&ciphertext, &headers).map_err(compose_error)?;
+            let relayed = self.relay(&entry.from, &group, &message).await;
+            self.record(entry, &group, Treatment::Encrypt, relayed);
+        }
+        if !sign_only.is_empty() {
+            let entity = prepared.entity_for_signing(Some(&attachment));
+            let (signature, micalg) = self.sign(&entity).await?;
+            let message = prepared.signed(&entity, &signature, &micalg, &headers).map_err(compose_error)?;
+            let relayed = self.relay(&entry.from, &sign_only, &message).await;
+            self.record(entry, &sign_only, Treatment::SignOnly, relayed);
+        }
+        Ok(())
+    }
+
+    fn mark(&self, entry: &mut Entry, addresses: &[String], state: State, treatment: &str, reply: &str) {
+        for recipient in entry.recipients.iter_mut().filter(|recipient| addresses.contains(&recipient.address)) {
+            recipient.state = state;
+            if !treatment.is_empty() {
+                recipient.treatment = treatment.to_owned();
+            }
+            recipient.last_reply = reply.to_owned();
+        }
+    }
+
+    fn record(&self, entry: &mut Entry, addresses: &[String], treatment: Treatment, relayed: Relayed) {
+        let (outcome, reply) = match &relayed {
+            Relayed::Accepted(reply) => ("accepted", reply),
+            Relayed::Temporary(reply) => ("deferred", reply),
+            Relayed::Permanent(reply) => ("refused", reply),
+        };
+        tracing::info!(id = %entry.id, recipients = addresses.len(), treatment = treatment.name(), outcome, reply = %reply, "relayed");
+        match relayed {
+            Relayed::Accepted(reply) => self.mark(entry, addresses, State::Sent, treatment.name(), &reply),
+            Relayed::Temporary(reply) => {
+                entry.last_error = reply.clone();
+                self.mark(entry, addresses, State::Deferred, treatment.name(), &reply);
+            }
+            Relayed::Permanent(reply) => {
+                entry.last_error = reply.clone();
+                self.mark(entry, addresses, State::Failed, treatment.name(), &reply);
+            }
+        }
+    }
+
+    /// `OpenPGP:` and `Autocrypt:` headers announcing the account key.
+    async fn extra_headers(&self) -> Result<Vec<(String, String)>, Status> {
+        let selector = Some(keys_pb::get_key_request::Selector::Address(self.address.clone()));
+        let key = self.keys().get_key(keys_pb::GetKeyRequest { selector, fetch: false }).await?.into_inner();
+        let binary = self.export(false).await?;
+        Ok(vec![
+            ("OpenPGP".into(), bitmask_keys::learn::openpgp_header(&key.fingerprint, None)),
+            ("Autocrypt".into(), bitmask_keys::learn::autocrypt_header(&self.address, &binary, true)),
+        ])
+    }
+
+    async fn export(&self, armor: bool) -> Result<Vec<u8>, Status> {
+        let request = keys_pb::ExportKeyRequest {
+            selector: Some(keys_pb::export_key_request::Selector::Address(self.address.clone())),
+            include_secret: false,
+            armor,
+        };
+        Ok(self.keys().export_key(request).await?.into_inner().data)
+    }
+
+    async fn key_attachment(&self) -> Result<bitmask_smtp::pgpmime::KeyAttachment, Status> {
+        Ok(bitmask_smtp::pgpmime::KeyAttachment {
+            filename: format!("OpenPGP_{}.asc", self.address),
+            armored_public_key: self.export(true).await?,
+        })
+    }
+
+    async fn encrypt(&self, recipients: &[String], data: &[u8]) -> Result<Vec<u8>, Status> {
+        let options =
+            keys_pb::EncryptOptions { recipients: recipients.to_vec(), sign: true, armor: true, fetch_missing: false };
+        let mut messages =
+            vec![keys_pb::EncryptRequest { item: Some(keys_pb::encrypt_request::Item::Options(options)) }];
+        messages.extend(
+            data.chunks(1 << 20).map(|chunk| keys_pb::EncryptRequest {
+                item: Some(keys_pb::encrypt_request::Item::Data(chunk.to_vec())),
+            }),
+        );
+        let mut stream = self.keys().encrypt(tokio_stream::iter(messages)).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(message) = stream.message().await? {
+            out.extend_from_slice(&message.data);
+        }
+        Ok(out)
+    }
+
+    async fn sign(&self, data: &[u8]) -> Result<(Vec<u8>, String), Status> {
+        let options = keys_pb::SignOptions { detached: true, armor: true, text: false };
+        let mut messages = vec![keys_pb::SignRequest { item: Some(keys_pb::sign_request::Item::Options(options)) }];
+        messages.extend(
+            data.chunks(1 << 20)
+                .map(|chunk| keys_pb::SignRequest { item: Some(keys_pb::sign_request::Item::Data(chunk.to_vec())) }),
+        );
+        let mut stream = self.keys().sign(tokio_stream::iter(messages)).await?.into_inner();
+        let (mut signature, mut micalg) = (Vec::new(), String::new());
+        while let Some(message) = stream.message().await? {
+            signature.extend_from_slice(&message.data);
+            if !message.micalg.is_empty() {
+                micalg = message.micalg;
+            }
+        }
+        Ok((signature, micalg))
+    }
+
+    /// Relays one copy to `recipients` through the account's relay.
+    async fn relay(&self, from: &str, recipients: &[String], message: &[u8]) -> Relayed {
+        let Some(relay) = &self.relay else {
+            return Relayed::Temporary("4.4.0 no relay is configured for this account yet".into());
+        };
+        match send(relay, from, recipients, message).await {
+            Ok(reply) => Relayed::Accepted(reply),
+            Err(error) if error.is_permanent() => Relayed::Permanent(error.to_string()),
+            Err(error) => Relayed::Temporary(error.to_string()),
+        }
+    }
+
+    /// Files a readable "undelivered" report, the original attached, in INBOX.
+    async fn report(&self, entry: &Entry, raw: &[u8], failures: &[String]) -> Result<(), Status> {
+        let report = undelivered_report(&self.address, &entry.subject, failures, raw);
+        let request =
+            mail_pb::AddMessageRequest { mailbox: "INBOX".into(), raw: report, flags: None, internal_date: None };
+        MailClient::new(self.mail.clone()).max_encoding_message_size(80 << 20).add_message(request).await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("{0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("5.1.3 {0}")]
+    Address(String),
+    #[error("4.4.0 {0}")]
+    Setup(String),
+}
+
+impl SendError {
+    fn is_permanent(&self) -> bool {
+        match self {
+            Self::Smtp(error) => error.is_permanent(),
+            Self::Address(_) => true,
+            Self::Setup(_) => false,
+        }
+    }
+}
+
+async fn send(relay: &RelayConfig, from: &str, recipients: &[String], message: &[u8]) -> Result<String, SendError> {
+    let (host, port) = relay
+        .address
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host.to_owned(), port.parse::<u16>().ok()?)))
+        .ok_or_else(|| SendError::Setup(format!("{:?} is not HOST:PORT", relay.address)))?;
+    let tls = match relay.tls {
+        RelayTls::None => Tls::None,
+        RelayTls::Starttls | RelayTls::Tls => {
+            let mut parameters = TlsParameters::builder(host.clone());
+            if let Some(file) = &relay.ca_file {
+                let pem =
+                    std::fs::read(file).map_err(|error| SendError::Setup(format!("{}: {error}", file.display())))?;
+                let certificate = Certificate::from_pem(&pem).map_err(|error| SendError::Setup(error.to_string()))?;
+                parameters = parameters.add_root_certificate(certificate);
+            }
+            let parameters = parameters.build().map_err(|error| SendError::Setup(error.to_string()))?;
+            if relay.tls == RelayTls::Tls { Tls::Wrapper(parameters) } else { Tls::Required(parameters) }
+        }
+    };
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(port)
+        .tls(tls)
+        .timeout(Some(Duration::from_secs(60)))
+        .build();
+    let address =
+        |text: &str| text.parse::<lettre::Address>().map_err(|error| SendError::Address(format!("{text}: {error}")));
+    let to = recipients.iter().map(|recipient| address(recipient)).collect::<Result<Vec<_>, _>>()?;
+    let envelope = lettre::address::Envelope::new(Some(address(from)?), to)
+        .map_err(|error| SendError::Address(error.to_string()))?;
+    let response = transport.send_raw(&envelope, message).await?;
+    Ok(format!("{} {}", response.code(), response.message().collect::<Vec<_>>().join(" ")))
+}
+
+fn compose_error(error: bitmask_smtp::pgpmime::ComposeError) -> Status {
+    Status::internal(format!("composing the outgoing message: {error}"))
+}
+
+/// The Bcc addresses of a message, lowercased.
+fn bcc_of(raw: &[u8]) -> Vec<String> {
+    let Some(message) = mail_parser::MessageParser::default().parse_headers(raw) else { return Vec::new() };
+    message
+        .bcc()
+        .map(|bcc| bcc.iter().filter_map(|address| address.address()).map(str::to_lowercase).collect())
+        .unwrap_or_default()
+}
+
+/// A readable report of what could not be delivered, the original attached.
+fn undelivered_report(account: &str, subject: &str, failures: &[String], original: &[u8]) -> Vec<u8> {
+    let boundary = format!("undelivered-{}", data_encoding::HEXLOWER.encode(&rand::random::<[u8; 8]>()));
+    let date = chrono::Utc::now().to_rfc2822();
+    let subject: String = subject.chars().filter(|c| !c.is_control()).collect();
+    let mut report = format!(
+        "From: Mail Delivery System <mailer-daemon@localhost>\r\nTo: <{account}>\r\n\
+         Subject: Undelivered Mail Returned to Sender: {subject}\r\nDate: {date}\r\nMIME-Version: 1.0\r\n\
+         Auto-Submitted: auto-replied\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n\
+         --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Your message could not be delivered to these recipients:\r\n\r\n"
+    );
+    for failure in failures {
+        let line: String = failure.chars().filter(|c| !c.is_control()).collect();
+        report.push_str(&format!("  {line}\r\n"));
+    }
+    report.push_str(&format!(
+        "\r\nThe original message is attached.\r\n\r\n--{boundary}\r\n\
+         Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n"
+    ));
+    let mut bytes = report.into_bytes();
+    bytes.extend_from_slice(original);
+    if !original.ends_with(b"\r\n") {
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    bytes
+}

@@ -1,0 +1,51 @@
+"""A test relay: aiosmtpd (a real SMTP server this project did not write)
+saving every message it accepts as DIR/<n>.eml, with DIR/<n>.json holding
+the envelope. Prints its port once it listens. Recipients whose local part
+starts with "reject" get 550, "later" get 451.
+
+Usage: relay.py DIR"""
+
+import asyncio
+import itertools
+import json
+import pathlib
+import socket
+import sys
+
+from aiosmtpd.controller import Controller
+
+directory = pathlib.Path(sys.argv[1])
+directory.mkdir(parents=True, exist_ok=True)
+counter = itertools.count(1)
+
+
+class Handler:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0]
+        if local.startswith("reject"):
+            return "550 5.1.1 no such user here"
+        if local.startswith("later"):
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        n = next(counter)
+        (directory / f"{n}.eml").write_bytes(envelope.original_content)
+        (directory / f"{n}.json").write_text(json.dumps({"from": envelope.mail_from, "to": envelope.rcpt_tos}))
+        return "250 2.0.0 queued as test-%d" % n
+
+
+probe = socket.socket()
+probe.bind(("127.0.0.1", 0))
+port = probe.getsockname()[1]
+probe.close()
+controller = Controller(Handler(), hostname="127.0.0.1", port=port, data_size_limit=64 * 1024 * 1024)
+controller.start()
+print(port, flush=True)
+try:
+    asyncio.get_event_loop().run_until_complete(asyncio.Event().wait())
+except KeyboardInterrupt:
+    pass
+finally:
+    controller.stop()
