@@ -62,6 +62,11 @@ pub struct RelayConfig {
     /// A PEM file with the CA certificate to trust for the relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// PEM files with the client certificate and its key, presented to the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,7 +191,13 @@ mod tests {
         let mut config = Config::default();
         config.accounts.push(AccountConfig::new("alice@example.org".into(), 1984, 2013));
         let mut bob = AccountConfig::new("bob@example.org".into(), 1985, 2014);
-        bob.relay = Some(RelayConfig { address: "relay.example.org:465".into(), tls: RelayTls::Tls, ca_file: None });
+        bob.relay = Some(RelayConfig {
+            address: "relay.example.org:465".into(),
+            tls: RelayTls::Tls,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        });
         bob.encryption_policy = EncryptionPolicy::EncryptedOnly;
         config.accounts.push(bob);
         config.save(&path).unwrap();

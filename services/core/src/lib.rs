@@ -216,6 +216,8 @@ fn new_account(request: pb::AddAccountRequest) -> Result<NewAccount, Status> {
                     pb::RelayTls::Starttls | pb::RelayTls::Unspecified => RelayTls::Starttls,
                 },
                 ca_file: non_empty(relay.ca_file).map(PathBuf::from),
+                client_cert_file: non_empty(relay.client_cert_file).map(PathBuf::from),
+                client_key_file: non_empty(relay.client_key_file).map(PathBuf::from),
             }),
             _ => None,
         };
@@ -250,6 +252,8 @@ fn account_to_pb(account: AccountConfig) -> pb::Account {
             }
             .into(),
             ca_file: relay.ca_file.map(|path| path.display().to_string()).unwrap_or_default(),
+            client_cert_file: relay.client_cert_file.map(|path| path.display().to_string()).unwrap_or_default(),
+            client_key_file: relay.client_key_file.map(|path| path.display().to_string()).unwrap_or_default(),
         }),
         encryption_policy: match account.encryption_policy {
             EncryptionPolicy::Opportunistic => pb::EncryptionPolicy::Opportunistic,

@@ -13,6 +13,10 @@ use bitmask_proto::core::v1 as pb;
 use bitmask_proto::core::v1::core_client::CoreClient;
 use bitmask_proto::keys::v1 as keys_pb;
 use bitmask_proto::keys::v1::keys_client::KeysClient;
+use bitmask_proto::mail::v1 as mail_pb;
+use bitmask_proto::mail::v1::mail_client::MailClient;
+use bitmask_proto::smtp::v1 as smtp_pb;
+use bitmask_proto::smtp::v1::smtp_client::SmtpClient;
 use bitmask_runtime::client::TracedChannel;
 use bitmask_runtime::{CommonArgs, ServiceKind};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -101,6 +105,18 @@ enum AccountCommand {
 enum MailCommand {
     /// Print the mail token: the password for IMAP and SMTP in a mail client
     Token { address: String },
+    /// The outgoing queue: what is waiting to be relayed, and why
+    Queue {
+        address: String,
+        /// Try every waiting message now instead of at its next attempt
+        #[arg(long, conflicts_with = "cancel")]
+        flush: bool,
+        /// Remove this message from the queue without sending it
+        #[arg(long, value_name = "QUEUE_ID")]
+        cancel: Option<String>,
+    },
+    /// The mailboxes (messages, unseen), incoming mail and the outgoing queue
+    Status { address: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +179,12 @@ struct AddArgs {
     /// PEM file with the CA certificate to trust for the relay
     #[arg(long, value_name = "FILE", requires = "relay")]
     relay_ca: Option<PathBuf>,
+    /// PEM file with the client certificate to present to the relay
+    #[arg(long, value_name = "FILE", requires_all = ["relay", "relay_client_key"])]
+    relay_client_cert: Option<PathBuf>,
+    /// PEM file with the private key of --relay-client-cert
+    #[arg(long, value_name = "FILE", requires = "relay_client_cert")]
+    relay_client_key: Option<PathBuf>,
     /// Refuse to send to recipients whose key is unknown (default: sign only)
     #[arg(long)]
     encrypted_only: bool,
@@ -371,21 +393,69 @@ async fn run_keys(common: &CommonArgs, command: KeysCommand, json: bool) -> Resu
     Ok(())
 }
 
+/// A channel to one of the account's services, straight to its socket.
+async fn service_channel(common: &CommonArgs, account: &str, kind: ServiceKind) -> Result<TracedChannel, Failure> {
+    let paths = common.paths().map_err(|error| Failure { code: EXIT_USAGE, message: error.to_string() })?;
+    let socket =
+        paths.account(account).map_err(|error| Failure { code: EXIT_USAGE, message: error.to_string() })?.socket(kind);
+    let channel = bitmask_runtime::client::connect_unix(&socket).await.map_err(|_| Failure {
+        code: 1,
+        message: format!("the {} service of {account} is not running: start the account first", kind.name()),
+    })?;
+    Ok(bitmask_runtime::client::traced(channel))
+}
+
+async fn run_mail(common: &CommonArgs, command: MailCommand, json: bool) -> Result<(), Failure> {
+    match command {
+        MailCommand::Queue { address, flush, cancel } => {
+            let mut smtp = SmtpClient::new(service_channel(common, &address, ServiceKind::Smtp).await?);
+            if flush {
+                smtp.flush_queue(smtp_pb::FlushQueueRequest {}).await?;
+            }
+            if let Some(queue_id) = cancel {
+                smtp.cancel_queued(smtp_pb::CancelQueuedRequest { queue_id }).await?;
+            }
+            let entries = smtp.list_queue(smtp_pb::ListQueueRequest {}).await?.into_inner().entries;
+            output::queue(&entries, json);
+        }
+        MailCommand::Status { address } => {
+            let mut mail = MailClient::new(service_channel(common, &address, ServiceKind::Imap).await?);
+            let status = mail.get_mail_status(mail_pb::GetMailStatusRequest {}).await?.into_inner();
+            let mut smtp = SmtpClient::new(service_channel(common, &address, ServiceKind::Smtp).await?);
+            let queue = smtp.list_queue(smtp_pb::ListQueueRequest {}).await?.into_inner().entries;
+            output::mail_status(&address, &status, &queue, json);
+        }
+        MailCommand::Token { .. } => unreachable!("asked of bitmaskd"),
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Keys(command) = cli.command {
         return run_keys(&cli.common, command, cli.json).await;
+    }
+    if let Command::Mail(command @ (MailCommand::Queue { .. } | MailCommand::Status { .. })) = cli.command {
+        return run_mail(&cli.common, command, cli.json).await;
     }
     let mut core = connect(&cli.common).await?;
     let json = cli.json;
     match cli.command {
         Command::Account(AccountCommand::Add(args)) => {
-            let relay_ca = match args.relay_ca {
-                Some(path) => Some(std::path::absolute(&path).map_err(|error| Failure {
-                    code: EXIT_USAGE,
-                    message: format!("--relay-ca {}: {error}", path.display()),
-                })?),
-                None => None,
+            let absolute = |option: &str, path: Option<PathBuf>| -> Result<String, Failure> {
+                match path {
+                    Some(path) => Ok(std::path::absolute(&path)
+                        .map_err(|error| Failure {
+                            code: EXIT_USAGE,
+                            message: format!("{option} {}: {error}", path.display()),
+                        })?
+                        .display()
+                        .to_string()),
+                    None => Ok(String::new()),
+                }
             };
+            let relay_ca = absolute("--relay-ca", args.relay_ca)?;
+            let client_cert_file = absolute("--relay-client-cert", args.relay_client_cert)?;
+            let client_key_file = absolute("--relay-client-key", args.relay_client_key)?;
             let request = pb::AddAccountRequest {
                 address: args.address,
                 imap_port: args.imap_port.map(u32::from).unwrap_or(0),
@@ -399,7 +469,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         RelayTlsArg::Tls => pb::RelayTls::Tls,
                     }
                     .into(),
-                    ca_file: relay_ca.map(|path| path.display().to_string()).unwrap_or_default(),
+                    ca_file: relay_ca,
+                    client_cert_file,
+                    client_key_file,
                 }),
                 encryption_policy: if args.encrypted_only {
                     pb::EncryptionPolicy::EncryptedOnly
@@ -464,7 +536,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let status = core.get_status(request).await?.into_inner();
             output::status(&status.accounts, json);
         }
-        Command::Keys(_) => unreachable!("handled above"),
+        Command::Keys(_) | Command::Mail(MailCommand::Queue { .. } | MailCommand::Status { .. }) => {
+            unreachable!("handled above")
+        }
         Command::Status { address, watch: true } => {
             let request = pb::WatchStatusRequest { address: address.unwrap_or_default() };
             let mut updates = core.watch_status(request).await?.into_inner();

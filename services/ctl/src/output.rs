@@ -8,6 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use bitmask_proto::core::v1 as pb;
+use bitmask_proto::smtp::v1 as smtp_pb;
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -463,4 +464,169 @@ pub fn token(token: &str, json: bool) {
         return print_json(&serde_json::json!({ "token": token }));
     }
     println!("{token}");
+}
+
+#[derive(Debug, Serialize)]
+struct QueueRecipientView<'a> {
+    address: &'a str,
+    state: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    treatment: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    last_reply: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct QueueEntryView<'a> {
+    queue_id: &'a str,
+    state: &'static str,
+    subject: &'a str,
+    size: u64,
+    attempts: u32,
+    /// Seconds since it was queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    age: Option<u64>,
+    /// Seconds until the next attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_attempt_in: Option<f64>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    last_error: &'a str,
+    recipients: Vec<QueueRecipientView<'a>>,
+}
+
+fn queue_state(state: smtp_pb::QueueState) -> &'static str {
+    match state {
+        smtp_pb::QueueState::Queued => "queued",
+        smtp_pb::QueueState::Sending => "sending",
+        smtp_pb::QueueState::Deferred => "deferred",
+        smtp_pb::QueueState::Failed => "failed",
+        smtp_pb::QueueState::Unspecified => "sent",
+    }
+}
+
+impl<'a> From<&'a smtp_pb::QueueEntry> for QueueEntryView<'a> {
+    fn from(entry: &'a smtp_pb::QueueEntry) -> Self {
+        Self {
+            queue_id: &entry.queue_id,
+            state: queue_state(entry.state()),
+            subject: &entry.subject,
+            size: entry.size,
+            attempts: entry.attempts,
+            age: entry
+                .queued_at
+                .as_ref()
+                .and_then(|time| SystemTime::try_from(*time).ok())
+                .map(|time| SystemTime::now().duration_since(time).unwrap_or(Duration::ZERO).as_secs()),
+            next_attempt_in: entry.next_attempt.as_ref().and_then(seconds_until),
+            last_error: &entry.last_error,
+            recipients: entry
+                .recipients
+                .iter()
+                .map(|recipient| QueueRecipientView {
+                    address: &recipient.address,
+                    state: queue_state(recipient.state()),
+                    treatment: &recipient.treatment,
+                    last_reply: &recipient.last_reply,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn print_queue(views: &[QueueEntryView], indent: &str) {
+    if views.is_empty() {
+        println!("{indent}the outgoing queue is empty");
+        return;
+    }
+    for view in views {
+        let next = match view.next_attempt_in {
+            Some(seconds) => format!(", next attempt in {seconds:.0}s"),
+            None => String::new(),
+        };
+        println!(
+            "{indent}{}  {}  {:?}  {} bytes, {} attempt(s){next}",
+            view.queue_id, view.state, view.subject, view.size, view.attempts
+        );
+        let mut rows = Vec::new();
+        for recipient in &view.recipients {
+            let why = if recipient.last_reply.is_empty() { "-" } else { recipient.last_reply };
+            rows.push(vec![
+                recipient.address.to_owned(),
+                recipient.state.to_owned(),
+                if recipient.treatment.is_empty() { "-".into() } else { recipient.treatment.to_owned() },
+                why.replace('\n', " "),
+            ]);
+        }
+        print_table(&rows, &format!("{indent}  "));
+        if !view.last_error.is_empty() {
+            println!("{indent}  last error: {}", view.last_error.replace('\n', " "));
+        }
+    }
+}
+
+pub fn queue(entries: &[smtp_pb::QueueEntry], json: bool) {
+    let views: Vec<QueueEntryView> = entries.iter().map(QueueEntryView::from).collect();
+    if json {
+        return print_json(&views);
+    }
+    print_queue(&views, "");
+}
+
+#[derive(Debug, Serialize)]
+struct MailboxView<'a> {
+    name: &'a str,
+    messages: u32,
+    unseen: u32,
+    uid_validity: u32,
+    uid_next: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct MailStatusView<'a> {
+    address: &'a str,
+    mailboxes: Vec<MailboxView<'a>>,
+    incoming_pending: u32,
+    undecryptable: u32,
+    queue: Vec<QueueEntryView<'a>>,
+}
+
+pub fn mail_status(
+    address: &str,
+    status: &bitmask_proto::mail::v1::GetMailStatusResponse,
+    queue: &[smtp_pb::QueueEntry],
+    json: bool,
+) {
+    let view = MailStatusView {
+        address,
+        mailboxes: status
+            .mailboxes
+            .iter()
+            .map(|mailbox| MailboxView {
+                name: &mailbox.name,
+                messages: mailbox.messages,
+                unseen: mailbox.unseen,
+                uid_validity: mailbox.uid_validity,
+                uid_next: mailbox.uid_next,
+            })
+            .collect(),
+        incoming_pending: status.incoming_pending,
+        undecryptable: status.undecryptable,
+        queue: queue.iter().map(QueueEntryView::from).collect(),
+    };
+    if json {
+        return print_json(&view);
+    }
+    println!("{address}");
+    let mut rows = vec![["MAILBOX", "MESSAGES", "UNSEEN"].map(String::from).to_vec()];
+    for mailbox in &view.mailboxes {
+        rows.push(vec![mailbox.name.to_owned(), mailbox.messages.to_string(), mailbox.unseen.to_string()]);
+    }
+    print_table(&rows, "  ");
+    println!("  incoming, not yet filed: {}", view.incoming_pending);
+    if view.undecryptable > 0 {
+        println!("  filed undecrypted: {}", view.undecryptable);
+    }
+    let waiting = view.queue.iter().filter(|entry| entry.state != "failed").count();
+    println!("  outgoing queue: {waiting} waiting, {} failed", view.queue.len() - waiting);
+    print_queue(&view.queue, "  ");
 }

@@ -16,9 +16,13 @@ use bitmask_proto::mail::v1 as mail_pb;
 use bitmask_proto::mail::v1::mail_client::MailClient;
 use bitmask_runtime::client::TracedChannel;
 use bitmask_supervisor::config::{EncryptionPolicy, RelayConfig, RelayTls};
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Identity, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::sync::Notify;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tonic::Status;
 
 use crate::queue::{self, Entry, Queue, State};
@@ -55,7 +59,8 @@ impl Treatment {
     }
 }
 
-/// The outcome of relaying one copy to some recipients.
+/// The outcome of relaying one copy to a recipient.
+#[derive(Debug, Clone)]
 enum Relayed {
     Accepted(String),
     Temporary(String),
@@ -153,7 +158,10 @@ impl Worker {
             }
             self.queue.save(entry).await?;
         }
-        if !entry.pending() && entry.state() == State::Sent {
+        // Done with: every recipient was sent to, or refused and reported
+        // (the report in INBOX holds the original).
+        if !entry.pending() {
+            tracing::info!(id = %entry.id, state = ?entry.state(), "done; removed from the queue");
             self.queue.remove(entry).await?;
         }
         Ok(())
@@ -163,7 +171,7 @@ impl Worker {
     async fn deliver_copies(&self, entry: &mut Entry, raw: &[u8]) -> Result<(), Status> {
         let prepared = bitmask_smtp::pgpmime::prepare(raw)
             .map_err(|error| Status::invalid_argument(format!("the message cannot be composed: {error}")))?;
-        let bcc = bcc_of(raw);
+        let visible = visible_recipients(raw);
         let waiting: Vec<String> = entry
             .recipients
             .iter()
@@ -195,11 +203,13 @@ impl Worker {
         let attachment = self.key_attachment().await?;
         if !pass_through.is_empty() {
             let relayed = self.relay(&entry.from, &pass_through, raw).await;
-            self.record(entry, &pass_through, Treatment::PassThrough, relayed);
+            self.record(entry, Treatment::PassThrough, relayed);
         }
-        // Bcc recipients get a copy of their own: the others never see them.
-        let (hidden, shared): (Vec<String>, Vec<String>) =
-            encrypt.into_iter().partition(|address| bcc.contains(address));
+        // A recipient the headers do not name (Bcc, whether the client kept
+        // the Bcc line or, as most do, dropped it) gets an encrypted copy of
+        // its own: a shared one would name its key to the others.
+        let (shared, hidden): (Vec<String>, Vec<String>) =
+            encrypt.into_iter().partition(|address| visible.contains(address));
         let mut groups: Vec<Vec<String>> = hidden.into_iter().map(|address| vec![address]).collect();
         if !shared.is_empty() {
             groups.insert(0, shared);
@@ -211,14 +221,14 @@ impl Worker {
             let ciphertext = self.encrypt(&to, &inner).await?;
             let message = prepared.encrypted(&ciphertext, &headers).map_err(compose_error)?;
             let relayed = self.relay(&entry.from, &group, &message).await;
-            self.record(entry, &group, Treatment::Encrypt, relayed);
+            self.record(entry, Treatment::Encrypt, relayed);
         }
         if !sign_only.is_empty() {
             let entity = prepared.entity_for_signing(Some(&attachment));
             let (signature, micalg) = self.sign(&entity).await?;
             let message = prepared.signed(&entity, &signature, &micalg, &headers).map_err(compose_error)?;
             let relayed = self.relay(&entry.from, &sign_only, &message).await;
-            self.record(entry, &sign_only, Treatment::SignOnly, relayed);
+            self.record(entry, Treatment::SignOnly, relayed);
         }
         Ok(())
     }
@@ -233,22 +243,25 @@ impl Worker {
         }
     }
 
-    fn record(&self, entry: &mut Entry, addresses: &[String], treatment: Treatment, relayed: Relayed) {
-        let (outcome, reply) = match &relayed {
-            Relayed::Accepted(reply) => ("accepted", reply),
-            Relayed::Temporary(reply) => ("deferred", reply),
-            Relayed::Permanent(reply) => ("refused", reply),
-        };
-        tracing::info!(id = %entry.id, recipients = addresses.len(), treatment = treatment.name(), outcome, reply = %reply, "relayed");
-        match relayed {
-            Relayed::Accepted(reply) => self.mark(entry, addresses, State::Sent, treatment.name(), &reply),
-            Relayed::Temporary(reply) => {
-                entry.last_error = reply.clone();
-                self.mark(entry, addresses, State::Deferred, treatment.name(), &reply);
-            }
-            Relayed::Permanent(reply) => {
-                entry.last_error = reply.clone();
-                self.mark(entry, addresses, State::Failed, treatment.name(), &reply);
+    fn record(&self, entry: &mut Entry, treatment: Treatment, outcomes: Vec<(String, Relayed)>) {
+        for (address, relayed) in outcomes {
+            let (outcome, reply) = match &relayed {
+                Relayed::Accepted(reply) => ("accepted", reply),
+                Relayed::Temporary(reply) => ("deferred", reply),
+                Relayed::Permanent(reply) => ("refused", reply),
+            };
+            tracing::info!(id = %entry.id, treatment = treatment.name(), outcome, reply = %reply, "relayed");
+            let addresses = std::slice::from_ref(&address);
+            match relayed {
+                Relayed::Accepted(reply) => self.mark(entry, addresses, State::Sent, treatment.name(), &reply),
+                Relayed::Temporary(reply) => {
+                    entry.last_error = reply.clone();
+                    self.mark(entry, addresses, State::Deferred, treatment.name(), &reply);
+                }
+                Relayed::Permanent(reply) => {
+                    entry.last_error = reply.clone();
+                    self.mark(entry, addresses, State::Failed, treatment.name(), &reply);
+                }
             }
         }
     }
@@ -316,15 +329,18 @@ impl Worker {
         Ok((signature, micalg))
     }
 
-    /// Relays one copy to `recipients` through the account's relay.
-    async fn relay(&self, from: &str, recipients: &[String], message: &[u8]) -> Relayed {
+    /// Relays one copy to `recipients` through the account's relay: the
+    /// outcome for each.
+    async fn relay(&self, from: &str, recipients: &[String], message: &[u8]) -> Vec<(String, Relayed)> {
+        let everyone =
+            |outcome: Relayed| recipients.iter().map(|recipient| (recipient.clone(), outcome.clone())).collect();
         let Some(relay) = &self.relay else {
-            return Relayed::Temporary("4.4.0 no relay is configured for this account yet".into());
+            return everyone(Relayed::Temporary("4.4.0 no relay is configured for this account yet".into()));
         };
         match send(relay, from, recipients, message).await {
-            Ok(reply) => Relayed::Accepted(reply),
-            Err(error) if error.is_permanent() => Relayed::Permanent(error.to_string()),
-            Err(error) => Relayed::Temporary(error.to_string()),
+            Ok(outcomes) => outcomes,
+            Err(error) if error.is_permanent() => everyone(Relayed::Permanent(error.to_string())),
+            Err(error) => everyone(Relayed::Temporary(error.to_string())),
         }
     }
 
@@ -358,51 +374,129 @@ impl SendError {
     }
 }
 
-async fn send(relay: &RelayConfig, from: &str, recipients: &[String], message: &[u8]) -> Result<String, SendError> {
+/// Relays one copy: each recipient's outcome (the relay may take some
+/// and refuse others), or an error before any recipient was tried.
+async fn send(
+    relay: &RelayConfig,
+    from: &str,
+    recipients: &[String],
+    message: &[u8],
+) -> Result<Vec<(String, Relayed)>, SendError> {
     let (host, port) = relay
         .address
         .rsplit_once(':')
         .and_then(|(host, port)| Some((host.to_owned(), port.parse::<u16>().ok()?)))
         .ok_or_else(|| SendError::Setup(format!("{:?} is not HOST:PORT", relay.address)))?;
-    let tls = match relay.tls {
-        RelayTls::None => Tls::None,
-        RelayTls::Starttls | RelayTls::Tls => {
-            let mut parameters = TlsParameters::builder(host.clone());
-            if let Some(file) = &relay.ca_file {
-                let pem =
-                    std::fs::read(file).map_err(|error| SendError::Setup(format!("{}: {error}", file.display())))?;
-                let certificate = Certificate::from_pem(&pem).map_err(|error| SendError::Setup(error.to_string()))?;
-                parameters = parameters.add_root_certificate(certificate);
-            }
-            let parameters = parameters.build().map_err(|error| SendError::Setup(error.to_string()))?;
-            if relay.tls == RelayTls::Tls { Tls::Wrapper(parameters) } else { Tls::Required(parameters) }
-        }
+    let parameters = match relay.tls {
+        RelayTls::None => None,
+        RelayTls::Starttls | RelayTls::Tls => Some(tls_parameters(relay, &host)?),
     };
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-        .port(port)
-        .tls(tls)
-        .timeout(Some(Duration::from_secs(60)))
-        .build();
     let address =
         |text: &str| text.parse::<lettre::Address>().map_err(|error| SendError::Address(format!("{text}: {error}")));
-    let to = recipients.iter().map(|recipient| address(recipient)).collect::<Result<Vec<_>, _>>()?;
-    let envelope = lettre::address::Envelope::new(Some(address(from)?), to)
-        .map_err(|error| SendError::Address(error.to_string()))?;
-    let response = transport.send_raw(&envelope, message).await?;
-    Ok(format!("{} {}", response.code(), response.message().collect::<Vec<_>>().join(" ")))
+    let sender = address(from)?;
+    let hello = ClientId::default();
+    let timeout = Some(Duration::from_secs(60));
+    let wrapped = if relay.tls == RelayTls::Tls { parameters.clone() } else { None };
+    let mut connection =
+        AsyncSmtpConnection::connect_tokio1((host.as_str(), port), timeout, &hello, wrapped, None).await?;
+    if relay.tls == RelayTls::Starttls {
+        if !connection.can_starttls() {
+            connection.abort().await;
+            return Err(SendError::Setup("the relay does not offer STARTTLS".into()));
+        }
+        if let Some(parameters) = parameters {
+            connection.starttls(parameters, &hello).await?;
+        }
+    }
+    let mut options = Vec::new();
+    if !message.is_ascii() && connection.server_info().supports_feature(Extension::EightBitMime) {
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    if let Err(error) = connection.command(Mail::new(Some(sender), options)).await {
+        connection.abort().await;
+        return Err(error.into());
+    }
+    let mut outcomes = Vec::new();
+    let mut accepted = Vec::new();
+    for recipient in recipients {
+        let outcome = match address(recipient) {
+            Err(error) => Relayed::Permanent(error.to_string()),
+            Ok(to) => match connection.command(Rcpt::new(to, Vec::new())).await {
+                Ok(_) => {
+                    accepted.push(recipient.clone());
+                    continue;
+                }
+                Err(error) if error.is_permanent() => Relayed::Permanent(error.to_string()),
+                Err(error) if error.is_transient() => Relayed::Temporary(error.to_string()),
+                Err(error) => {
+                    // The connection itself failed: nothing of this copy was sent.
+                    connection.abort().await;
+                    return Err(error.into());
+                }
+            },
+        };
+        outcomes.push((recipient.clone(), outcome));
+    }
+    if accepted.is_empty() {
+        let _ = connection.quit().await;
+        return Ok(outcomes);
+    }
+    let data = match connection.command(Data).await {
+        Ok(_) => connection.message(message).await,
+        Err(error) => Err(error),
+    };
+    let outcome = match data {
+        Ok(response) => {
+            Relayed::Accepted(format!("{} {}", response.code(), response.message().collect::<Vec<_>>().join(" ")))
+        }
+        Err(error) if error.is_permanent() => Relayed::Permanent(error.to_string()),
+        Err(error) => Relayed::Temporary(error.to_string()),
+    };
+    let _ = connection.quit().await;
+    outcomes.extend(accepted.into_iter().map(|recipient| (recipient, outcome.clone())));
+    Ok(outcomes)
+}
+
+/// TLS towards the relay: its CA pinned when one is configured, the
+/// account's client certificate presented when it has one.
+fn tls_parameters(relay: &RelayConfig, host: &str) -> Result<TlsParameters, SendError> {
+    let mut parameters = TlsParameters::builder(host.to_owned());
+    if let Some(file) = &relay.ca_file {
+        let pem = std::fs::read(file).map_err(|error| SendError::Setup(format!("{}: {error}", file.display())))?;
+        let certificate = Certificate::from_pem(&pem).map_err(|error| SendError::Setup(error.to_string()))?;
+        // Pinned: this CA only, not the system's.
+        parameters = parameters.certificate_store(CertificateStore::None).add_root_certificate(certificate);
+    }
+    if let (Some(certificate), Some(key)) = (&relay.client_cert_file, &relay.client_key_file) {
+        let read = |file: &std::path::PathBuf| {
+            std::fs::read(file).map_err(|error| SendError::Setup(format!("{}: {error}", file.display())))
+        };
+        // lettre's rustls `Identity::from_pem` takes the certificate as DER
+        // despite its name (0.11.23): give it the first one.
+        let der = CertificateDer::pem_slice_iter(&read(certificate)?)
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| SendError::Setup(format!("{}: no PEM certificate", certificate.display())))?;
+        let identity = Identity::from_pem(der.as_ref(), &read(key)?)
+            .map_err(|error| SendError::Setup(format!("the client certificate: {error}")))?;
+        parameters = parameters.identify_with(identity);
+    }
+    parameters.build().map_err(|error| SendError::Setup(error.to_string()))
 }
 
 fn compose_error(error: bitmask_smtp::pgpmime::ComposeError) -> Status {
     Status::internal(format!("composing the outgoing message: {error}"))
 }
 
-/// The Bcc addresses of a message, lowercased.
-fn bcc_of(raw: &[u8]) -> Vec<String> {
+/// The addresses the message's To and Cc name, lowercased: the recipients
+/// every other recipient may know of.
+fn visible_recipients(raw: &[u8]) -> Vec<String> {
     let Some(message) = mail_parser::MessageParser::default().parse_headers(raw) else { return Vec::new() };
-    message
-        .bcc()
-        .map(|bcc| bcc.iter().filter_map(|address| address.address()).map(str::to_lowercase).collect())
-        .unwrap_or_default()
+    [message.to(), message.cc()]
+        .into_iter()
+        .flatten()
+        .flat_map(|list| list.iter().filter_map(|address| address.address()).map(str::to_lowercase))
+        .collect()
 }
 
 /// A readable report of what could not be delivered, the original attached.

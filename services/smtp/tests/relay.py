@@ -3,18 +3,27 @@ saving every message it accepts as DIR/<n>.eml, with DIR/<n>.json holding
 the envelope. Prints its port once it listens. Recipients whose local part
 starts with "reject" get 550, "later" get 451.
 
-Usage: relay.py DIR"""
+Usage: relay.py DIR [--port N] [--tls CERT KEY [--client-ca CA]]
+With --tls, STARTTLS is required; with --client-ca, so is a client
+certificate signed by CA."""
 
+import argparse
 import asyncio
 import itertools
 import json
 import pathlib
 import socket
-import sys
+import ssl
 
 from aiosmtpd.controller import Controller
 
-directory = pathlib.Path(sys.argv[1])
+arguments = argparse.ArgumentParser()
+arguments.add_argument("dir")
+arguments.add_argument("--port", type=int, default=0)
+arguments.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+arguments.add_argument("--client-ca")
+options = arguments.parse_args()
+directory = pathlib.Path(options.dir)
 directory.mkdir(parents=True, exist_ok=True)
 counter = itertools.count(1)
 
@@ -36,11 +45,21 @@ class Handler:
         return "250 2.0.0 queued as test-%d" % n
 
 
-probe = socket.socket()
-probe.bind(("127.0.0.1", 0))
-port = probe.getsockname()[1]
-probe.close()
-controller = Controller(Handler(), hostname="127.0.0.1", port=port, data_size_limit=64 * 1024 * 1024)
+port = options.port
+if port == 0:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+tls = {}
+if options.tls:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*options.tls)
+    if options.client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(options.client_ca)
+    tls = {"tls_context": context, "require_starttls": True}
+controller = Controller(Handler(), hostname="127.0.0.1", port=port, data_size_limit=64 * 1024 * 1024, **tls)
 controller.start()
 print(port, flush=True)
 try:
