@@ -57,11 +57,8 @@ impl Smtp for SmtpApi {
         if recipients.is_empty() {
             return Err(Status::invalid_argument("the message names no recipient"));
         }
-        let entry = self
-            .worker
-            .queue
-            .enqueue(&self.worker.address, &recipients, &request.raw, subject_of(&request.raw))
-            .await?;
+        let subject = subject_of(&request.raw);
+        let entry = self.worker.queue.enqueue(&self.worker.address, &recipients, request.raw, subject).await?;
         self.worker.wake.notify_one();
         Ok(Response::new(pb::SubmitResponse { queue_id: entry.id }))
     }

@@ -189,7 +189,7 @@ async fn connection(mut conn: Conn, context: Arc<Listener>) -> std::io::Result<(
             Action::Message { from, recipients, data, .. } => {
                 let recipients: Vec<String> = recipients.iter().map(|address| address.to_lowercase()).collect();
                 let subject = crate::api::subject_of(&data);
-                let result = match worker.queue.enqueue(&from, &recipients, &data, subject).await {
+                let result = match worker.queue.enqueue(&from, &recipients, data, subject).await {
                     Ok(entry) => {
                         worker.wake.notify_one();
                         Ok(entry.id)

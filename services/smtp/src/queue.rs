@@ -77,6 +77,16 @@ impl Entry {
     }
 }
 
+/// `data` as a lazy sequence of messages of at most 1 MiB each: a gRPC
+/// stream that copies one chunk at a time.
+pub fn chunks_of<T>(data: Vec<u8>, make: impl Fn(Vec<u8>) -> T) -> impl Iterator<Item = T> {
+    let data = std::sync::Arc::new(data);
+    (0..data.len().div_ceil(CHUNK)).map(move |index| {
+        let end = (index * CHUNK + CHUNK).min(data.len());
+        make(data[index * CHUNK..end].to_vec())
+    })
+}
+
 pub fn now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|since| since.as_secs()).unwrap_or_default()
 }
@@ -125,18 +135,17 @@ impl Queue {
         &self,
         from: &str,
         recipients: &[String],
-        raw: &[u8],
+        raw: Vec<u8>,
         subject: String,
     ) -> Result<Entry, Status> {
         self.declare().await?;
-        let mut chunks: Vec<pb::PutBlobRequest> =
-            raw.chunks(CHUNK).map(|chunk| pb::PutBlobRequest { data: chunk.to_vec(), ..Default::default() }).collect();
-        if chunks.is_empty() {
-            chunks.push(pb::PutBlobRequest::default());
-        }
-        chunks[0].content_type = "message/rfc822".into();
-        chunks[0].size = raw.len() as u64;
-        chunks[0].local_only = true;
+        let size = raw.len() as u64;
+        // The first message names the blob; the data follows a chunk at a
+        // time (not a second copy of the whole message).
+        let first =
+            pb::PutBlobRequest { content_type: "message/rfc822".into(), size, local_only: true, ..Default::default() };
+        let chunks =
+            std::iter::once(first).chain(chunks_of(raw, |data| pb::PutBlobRequest { data, ..Default::default() }));
         let blob = self.store.clone().put_blob(tokio_stream::iter(chunks)).await?.into_inner();
         let bytes: [u8; 12] = rand::random();
         let id = data_encoding::BASE32_NOPAD.encode(&bytes);
@@ -153,7 +162,7 @@ impl Queue {
                 })
                 .collect(),
             subject,
-            size: raw.len() as u64,
+            size,
             blob: blob.id,
             queued_at: now(),
             attempts: 0,

@@ -218,7 +218,7 @@ impl Worker {
             let inner = prepared.inner_for_encryption(Some(&attachment));
             let mut to = group.clone();
             to.push(self.address.clone());
-            let ciphertext = self.encrypt(&to, &inner).await?;
+            let ciphertext = self.encrypt(&to, inner).await?;
             let message = prepared.encrypted(&ciphertext, &headers).map_err(compose_error)?;
             let relayed = self.relay(&entry.from, &group, &message).await;
             self.record(entry, Treatment::Encrypt, relayed);
@@ -293,18 +293,16 @@ impl Worker {
         })
     }
 
-    async fn encrypt(&self, recipients: &[String], data: &[u8]) -> Result<Vec<u8>, Status> {
+    async fn encrypt(&self, recipients: &[String], data: Vec<u8>) -> Result<Vec<u8>, Status> {
         let options =
             keys_pb::EncryptOptions { recipients: recipients.to_vec(), sign: true, armor: true, fetch_missing: false };
-        let mut messages =
-            vec![keys_pb::EncryptRequest { item: Some(keys_pb::encrypt_request::Item::Options(options)) }];
-        messages.extend(
-            data.chunks(1 << 20).map(|chunk| keys_pb::EncryptRequest {
-                item: Some(keys_pb::encrypt_request::Item::Data(chunk.to_vec())),
-            }),
-        );
+        // Armored ciphertext: about 4/3 of the plaintext (compressed, often less).
+        let mut out = Vec::with_capacity(data.len() / 3 * 4 + 4096);
+        let first = keys_pb::EncryptRequest { item: Some(keys_pb::encrypt_request::Item::Options(options)) };
+        let messages = std::iter::once(first).chain(crate::queue::chunks_of(data, |chunk| keys_pb::EncryptRequest {
+            item: Some(keys_pb::encrypt_request::Item::Data(chunk)),
+        }));
         let mut stream = self.keys().encrypt(tokio_stream::iter(messages)).await?.into_inner();
-        let mut out = Vec::new();
         while let Some(message) = stream.message().await? {
             out.extend_from_slice(&message.data);
         }
@@ -442,7 +440,8 @@ async fn send(
         return Ok(outcomes);
     }
     let data = match connection.command(Data).await {
-        Ok(_) => connection.message(message).await,
+        // In pieces: the dot-stuffed copy is made 64 KiB at a time.
+        Ok(_) => connection.message_iter(message.chunks(64 << 10)).await,
         Err(error) => Err(error),
     };
     let outcome = match data {
