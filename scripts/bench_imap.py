@@ -177,6 +177,13 @@ def run(server, args):
         figures[f"UID FETCH 1:* FLAGS on {args.big} (s)"], result = timed(lambda: imap.uid("FETCH", "1:*", "(FLAGS)"))
         assert len(result[1]) >= args.big, len(result[1])
         figures[f"peak RSS with {args.big} messages (MiB)"] = peak_memory_kib(pids_of(server)) / 1024
+        for pid in pids_of(server).split():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as file:
+                    name = os.path.basename(file.read().split(b"\0")[0].decode())
+            except FileNotFoundError:
+                continue
+            print(f"  {server['name']}: {name} (pid {pid}) peak RSS {peak_memory_kib(pid) / 1024:.1f} MiB", flush=True)
         imap.logout()
     return figures
 

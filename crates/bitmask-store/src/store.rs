@@ -28,6 +28,9 @@ use crate::types::*;
 /// Larger payloads belong in blobs.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 pub const MAX_ID_BYTES: usize = 1024;
+/// sled's page cache: its default (1 GiB) would let one account's store grow
+/// to a gigabyte of resident memory on a large mailbox.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 const SECRETS: &[u8] = b"secrets";
 const SEQUENCE: &[u8] = b"sequence";
@@ -165,7 +168,7 @@ impl Store {
 
     /// Like [`Store::open`], with the KDF cost for a new passphrase.
     pub fn open_with_kdf(dir: &std::path::Path, account: &str, kdf: KdfParams) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(CACHE_BYTES).open()?;
         Ok(Self {
             account: account.to_owned(),
             meta: db.open_tree("meta")?,

@@ -88,6 +88,11 @@ impl Worker {
         loop {
             let next = match self.pass().await {
                 Ok(next) => next,
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    // The store is still locked: the account is starting.
+                    tracing::debug!(error = %status.message(), "queue pass waits for the store");
+                    Some(Duration::from_secs(5))
+                }
                 Err(status) => {
                     tracing::warn!(error = %status.message(), "queue pass failed; retrying in 5 s");
                     Some(Duration::from_secs(5))
