@@ -89,11 +89,12 @@ fn two_accounts_run_eight_services_that_answer_grpcurl() {
     // The core socket serves the Core API the same way.
     let listed = grpcurl(&world.core_socket(), &["list"]);
     assert!(text(&listed).contains("bitmask.core.v1.Core"), "{}", text(&listed));
-    // An RPC that a later issue implements answers UNIMPLEMENTED, never a fake success.
+    // A call that cannot be answered yet (the store has no secrets) fails
+    // with the reason, never with a fake success (an empty queue).
     let smtp = world.socket("alice@example.org", "smtp");
-    let unimplemented = grpcurl(&smtp, &["bitmask.smtp.v1.Smtp/ListQueue"]);
-    assert!(!unimplemented.status.success());
-    assert!(text(&unimplemented).contains("Unimplemented"), "{}", text(&unimplemented));
+    let queue = grpcurl(&smtp, &["bitmask.smtp.v1.Smtp/ListQueue"]);
+    assert!(!queue.status.success());
+    assert!(text(&queue).contains("FailedPrecondition"), "{}", text(&queue));
 }
 
 #[test]
