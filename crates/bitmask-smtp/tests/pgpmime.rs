@@ -7,60 +7,35 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 
 use bitmask_smtp::pgpmime::{self, ComposeError, KeyAttachment, Prepared};
+use bitmask_testkit::gpg::Gpg;
 use mail_parser::{MessageParser, MimeHeaders as _, PartType};
 
 // ---------------------------------------------------------------------------
 // GnuPG harness: one home directory per account, per test.
 
-struct Gpg {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-}
-
-impl Gpg {
+/// What these tests ask of GnuPG beyond the shared harness.
+trait GpgExt: Sized {
     /// A fresh keyring with a key for `address`: Ed25519 signing, Cv25519
     /// encryption subkey.
+    fn account(address: &str) -> Self;
+    fn export(&self, address: &str, armor: bool) -> Vec<u8>;
+    fn import(&self, key: &[u8]);
+    fn detach_sign(&self, signer: &str, data: &[u8]) -> Vec<u8>;
+    fn encrypt_sign(&self, signer: &str, recipient: &str, data: &[u8]) -> Vec<u8>;
+    fn verify(&self, signature: &[u8], data: &[u8]) -> String;
+    fn decrypt(&self, ciphertext: &[u8]) -> (Vec<u8>, String);
+}
+
+impl GpgExt for Gpg {
     fn account(address: &str) -> Self {
-        // gpg-agent's socket must fit a short path.
-        let dir = tempfile::Builder::new().prefix("g").tempdir_in("/tmp").unwrap();
-        let home = dir.path().to_owned();
-        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let gpg = Self { _dir: dir, home };
+        let gpg = Gpg::new();
         gpg.ok(&["--quick-gen-key", address, "ed25519", "sign,cert", "never"], b"");
         let fingerprint = gpg.fingerprint(address);
         gpg.ok(&["--quick-add-key", &fingerprint, "cv25519", "encr", "never"], b"");
         gpg
-    }
-
-    fn run(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = Command::new("gpg")
-            .arg("--homedir")
-            .arg(&self.home)
-            .args(["--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", "", "--trust-model", "always"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str], input: &[u8]) -> Output {
-        let output = self.run(args, input);
-        assert!(output.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        output
-    }
-
-    fn fingerprint(&self, address: &str) -> String {
-        let listing = String::from_utf8(self.ok(&["--with-colons", "--list-keys", address], b"").stdout).unwrap();
-        listing.lines().find(|line| line.starts_with("fpr:")).unwrap().split(':').nth(9).unwrap().to_owned()
     }
 
     fn export(&self, address: &str, armor: bool) -> Vec<u8> {
@@ -70,12 +45,6 @@ impl Gpg {
 
     fn import(&self, key: &[u8]) {
         self.ok(&["--import"], key);
-    }
-
-    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
-        let path = self.home.join(name);
-        std::fs::write(&path, data).unwrap();
-        path
     }
 
     /// `gpg --detach-sign --armor --digest-algo SHA256` over `data`.
@@ -112,13 +81,6 @@ impl Gpg {
         let output = self.run(&["--status-fd", "1", "--output", path(&output_path), "--decrypt", path(&input)], b"");
         let status = String::from_utf8_lossy(&output.stdout).into_owned();
         (std::fs::read(&output_path).unwrap_or_default(), status)
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        // The agent this keyring started; not anyone else's.
-        let _ = Command::new("gpgconf").arg("--homedir").arg(&self.home).args(["--kill", "gpg-agent"]).status();
     }
 }
 

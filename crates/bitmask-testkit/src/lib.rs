@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
+pub mod gpg;
 pub mod https;
 
 use std::path::{Path, PathBuf};

@@ -4,11 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
-use std::io::{BufRead as _, Write as _};
+use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use bitmask_testkit::gpg::Gpg;
 use bitmask_testkit::{KillOnDrop, World, free_port, text, wait_until};
 
 const ALICE: &str = "alice@example.org";
@@ -39,47 +40,6 @@ fn received(dir: &Path) -> Vec<(serde_json::Value, Vec<u8>)> {
         out.push((serde_json::from_str(&envelope).unwrap(), std::fs::read(dir.join(format!("{n}.eml"))).unwrap()));
     }
     out
-}
-
-struct Gpg {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-}
-
-impl Gpg {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("g").tempdir_in("/tmp").unwrap();
-        let home = dir.path().to_owned();
-        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        Self { _dir: dir, home }
-    }
-
-    fn run(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = Command::new("gpg")
-            .arg("--homedir")
-            .arg(&self.home)
-            .args(["--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", "", "--trust-model", "always"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Written from another thread: gpg writes as it reads, and a full
-        // stdout pipe would stop it reading.
-        let mut stdin = child.stdin.take().unwrap();
-        let input = input.to_vec();
-        let writer = std::thread::spawn(move || stdin.write_all(&input));
-        let output = child.wait_with_output().unwrap();
-        writer.join().unwrap().unwrap();
-        output
-    }
-
-    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
-        let path = self.home.join(name);
-        std::fs::write(&path, data).unwrap();
-        path
-    }
 }
 
 struct Stack {
