@@ -14,6 +14,7 @@
 
 pub mod args;
 pub mod client;
+pub mod conn;
 pub mod paths;
 pub mod server;
 pub mod service;

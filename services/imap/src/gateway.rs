@@ -14,10 +14,11 @@ use bitmask_imap::imap_types::core::Text;
 use bitmask_imap::imap_types::response::{CommandContinuationRequest, Response, Status};
 use bitmask_imap::session::{After, Credentials, Session};
 use bitmask_mail::{MailEvent, MailModel};
+use bitmask_runtime::conn::Conn;
 use imap_next::server::{Error as ServerError, Event, Options, Server};
 use imap_next::{Interrupt, Io, State as _};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast};
 
 /// The gateway's limits.
@@ -89,40 +90,6 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
                     let mut stream = stream;
                     let _ = stream.write_all(b"* BYE too many connections, try again later\r\n").await;
                 });
-            }
-        }
-    }
-}
-
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl Conn {
-    async fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        let read = match self {
-            Self::Plain(stream) => stream.read(buffer).await,
-            Self::Tls(stream) => stream.read(buffer).await,
-        };
-        // Acknowledge at once: a client that sends a literal and then its
-        // CRLF in two writes would otherwise wait for our delayed ACK (40 ms
-        // on Linux) before Nagle lets the CRLF go. Linux clears the flag as it
-        // sees fit, so it is set again after every read.
-        let tcp = match self {
-            Self::Plain(stream) => &*stream,
-            Self::Tls(stream) => stream.get_ref().0,
-        };
-        let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
-        read
-    }
-
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
-            Self::Plain(stream) => stream.write_all(bytes).await,
-            Self::Tls(stream) => {
-                stream.write_all(bytes).await?;
-                stream.flush().await
             }
         }
     }

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bitmask_runtime::conn::Conn;
 use bitmask_smtp::session::{Action, Config, Reply, Session};
 use bitmask_supervisor::config::EncryptionPolicy;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::worker::Worker;
@@ -28,37 +29,6 @@ pub struct Listener {
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listener").field("max_connections", &self.max_connections).finish_non_exhaustive()
-    }
-}
-
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl Conn {
-    async fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        let read = match self {
-            Self::Plain(stream) => stream.read(buffer).await,
-            Self::Tls(stream) => stream.read(buffer).await,
-        };
-        // See the IMAP gateway: no delayed ACK behind a client's small writes.
-        let tcp = match self {
-            Self::Plain(stream) => &*stream,
-            Self::Tls(stream) => stream.get_ref().0,
-        };
-        let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
-        read
-    }
-
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
-            Self::Plain(stream) => stream.write_all(bytes).await,
-            Self::Tls(stream) => {
-                stream.write_all(bytes).await?;
-                stream.flush().await
-            }
-        }
     }
 }
 
