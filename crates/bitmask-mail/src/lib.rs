@@ -4,8 +4,10 @@
 //! `split` cuts a raw message into a skeleton and deduplicated content
 //! documents and puts it back together byte for byte; `model` is the model
 //! over the store service (the only writer of mail documents on a device);
-//! `types` are its protocol-neutral types.
+//! `types` are its protocol-neutral types; `incoming` reads and marks
+//! what the provider's MX accepted (the sender's encryption and signature).
 
+pub mod incoming;
 #[cfg(feature = "store")]
 pub mod model;
 pub mod split;

@@ -684,6 +684,100 @@ impl MailModel {
         Ok((validity, uid))
     }
 
+    /// Files a received message exactly once, under the deterministic copy
+    /// id `copy_id` (e.g. `copy/in-<item>`), without flags (so `\Recent`
+    /// and unseen), with `extra` writes in the same batch (the incoming
+    /// document's deletion and its done marker). If a document `copy_id`
+    /// exists already, or ever existed (a tombstone: filed and expunged
+    /// since), by this device before a crash or by another device through
+    /// sync, nothing is filed again: only `extra` is written, and the answer
+    /// is `None`. Otherwise the message is filed in `name`, durable before
+    /// this returns, and the answer is the UIDVALIDITY and the new UID.
+    pub async fn file_incoming(
+        &self,
+        name: &str,
+        raw: &[u8],
+        internal_date: (i64, i32),
+        copy_id: &str,
+        extra: Vec<pb::Write>,
+    ) -> Result<Option<(u32, u32)>> {
+        if self.copy_known(copy_id).await? {
+            self.write_extra(extra).await?;
+            return Ok(None);
+        }
+        let stored = self.store_message(raw).await?;
+        let (internal_date, zone) = internal_date;
+        let mut guard = self.state().await?;
+        let state = guard.as_mut().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        let mailbox = state.get_mut(name)?;
+        let copy = CopyDoc {
+            mailbox: mailbox.id.clone(),
+            message: stored.message_id,
+            internal_date,
+            zone,
+            size: stored.size,
+            flags: Vec::new(),
+        };
+        // Refused if the copy appeared (synced in) since the check above.
+        let check = pb::Write {
+            op: Some(pb::write::Op::Check(pb::CheckRevision { id: copy_id.to_owned(), rev: String::new() })),
+        };
+        let mut writes = stored.writes;
+        writes.push(check);
+        writes.push(put(copy_id, COPIES, json(&copy)));
+        let uid = mailbox.uid_next;
+        let modseq = mailbox.highest_modseq + 1;
+        let uid_doc = UidDoc { mailbox: mailbox.id.clone(), uid, modseq, copy: copy_id.to_owned() };
+        writes.push(put(&format!("uid/{copy_id}"), UIDS, json(&uid_doc)));
+        writes.push(add_to_counter(format!("uidnext/{}", mailbox.id), 1));
+        writes.push(add_to_counter(format!("modseq/{}", mailbox.id), 1));
+        writes.extend(extra.iter().cloned());
+        match self.client().batch(pb::BatchRequest { writes }).await {
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::Aborted => {
+                drop(guard);
+                // A revision check failed: the copy is there now (filed
+                // elsewhere), or an `extra` write's own check failed.
+                if self.copy_known(copy_id).await? {
+                    self.write_extra(extra).await?;
+                    return Ok(None);
+                }
+                return Err(status.into());
+            }
+            Err(status) => {
+                // The batch may have been applied with the reply lost (the
+                // store went away): the state is read again on next use.
+                if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) {
+                    *guard = None;
+                }
+                return Err(status.into());
+            }
+        }
+        mailbox.uid_next += 1;
+        mailbox.highest_modseq = modseq;
+        mailbox.by_copy.insert(copy_id.to_owned(), uid);
+        mailbox.entries.insert(uid, entry(uid, copy_id.to_owned(), &copy, modseq));
+        let validity = mailbox.local.uid_validity;
+        self.emit(MailEvent::Added { mailbox: mailbox.doc.name.clone(), uid });
+        Ok(Some((validity, uid)))
+    }
+
+    /// Whether a copy document exists or existed (a tombstone).
+    async fn copy_known(&self, copy_id: &str) -> Result<bool> {
+        match self.client().get(pb::GetRequest { id: copy_id.to_owned(), include_deleted: true }).await {
+            Ok(document) => Ok(!document.into_inner().rev.is_empty()),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+            Err(status) => Err(status.into()),
+        }
+    }
+
+    async fn write_extra(&self, extra: Vec<pb::Write>) -> Result<()> {
+        if !extra.is_empty() {
+            self.batch(extra).await?;
+        }
+        Ok(())
+    }
+
     /// The writes that store a message's documents that are not stored yet.
     async fn store_message(&self, raw: &[u8]) -> Result<StoredMessage> {
         let split = split::split(raw);

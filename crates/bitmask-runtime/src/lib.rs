@@ -16,6 +16,7 @@ pub mod args;
 pub mod client;
 pub mod conn;
 pub mod paths;
+pub mod provider;
 pub mod server;
 pub mod service;
 pub mod shutdown;

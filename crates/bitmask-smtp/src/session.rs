@@ -100,6 +100,9 @@ pub struct Config {
     pub max_recipients: usize,
     /// Whether MAIL needs a successful AUTH first (`530 5.7.0`).
     pub auth_required: bool,
+    /// Whether AUTH is announced and accepted at all (an MX or a relay that
+    /// knows its clients by certificate has no logins: `503 5.5.1`).
+    pub auth_offered: bool,
     /// Whether STARTTLS is offered (until TLS is active).
     pub starttls_available: bool,
     /// The longest command or SASL response line, `<CR><LF>` included.
@@ -115,6 +118,7 @@ impl Config {
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
             auth_required: true,
+            auth_offered: true,
             starttls_available: false,
             max_line: 4096,
         }
@@ -559,6 +563,19 @@ impl Session {
         actions
     }
 
+    /// The service could not check the credentials (its token store did not
+    /// answer): `454 4.7.0`, so the client tries again rather than giving up.
+    pub fn auth_unavailable(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if !matches!(self.awaiting, Some(Awaiting::Authentication)) {
+            return actions;
+        }
+        self.awaiting = None;
+        self.reply(&mut actions, 454, [4, 7, 0], "Temporary authentication failure, try again");
+        self.resume(&mut actions);
+        actions
+    }
+
     /// The service's answer to [`Action::MailFrom`]: `Ok` starts the
     /// transaction (`250 2.1.0`), `Err` is sent as the reply.
     pub fn mail_from_result(&mut self, result: Result<(), Reply>) -> Vec<Action> {
@@ -837,6 +854,10 @@ impl Session {
                 self.reply(actions, 250, [2, 0, 0], &text);
             }
             Request::StartTls => self.starttls(actions),
+            Request::Auth { mut initial_response, .. } if !self.config.auth_offered => {
+                initial_response.zeroize();
+                self.reply(actions, 503, [5, 5, 1], "AUTH is not offered here");
+            }
             Request::Auth { mechanism, mut initial_response } => {
                 self.auth(mechanism, &initial_response, actions);
                 initial_response.zeroize();
@@ -879,17 +900,15 @@ impl Session {
         self.transaction = None;
         let hostname = sanitize(&self.config.hostname);
         let mut response = EhloResponse::new(hostname.as_str());
-        response.capabilities = EXT_SIZE
-            | EXT_8BIT_MIME
-            | EXT_PIPELINING
-            | EXT_ENHANCED_STATUS_CODES
-            | EXT_SMTP_UTF8
-            | EXT_CHUNKING
-            | EXT_AUTH;
+        response.capabilities =
+            EXT_SIZE | EXT_8BIT_MIME | EXT_PIPELINING | EXT_ENHANCED_STATUS_CODES | EXT_SMTP_UTF8 | EXT_CHUNKING;
+        if self.config.auth_offered {
+            response.capabilities |= EXT_AUTH;
+            response.auth_mechanisms = AUTH_PLAIN | AUTH_LOGIN;
+        }
         if self.config.starttls_available && !self.tls_active {
             response.capabilities |= EXT_START_TLS;
         }
-        response.auth_mechanisms = AUTH_PLAIN | AUTH_LOGIN;
         response.size = self.config.max_message_size;
         let mut capabilities = Vec::new();
         // Writing to a Vec cannot fail.

@@ -15,6 +15,7 @@ use data_encoding::BASE64;
 /// queued as Q1.
 fn decide(session: &mut Session, action: &Action) -> Vec<Action> {
     match action {
+        Action::Authenticate { user, .. } if user == "unavailable" => session.auth_unavailable(),
         Action::Authenticate { user, password, .. } => {
             session.auth_result(user == "alice" && password.expose() == "secret")
         }
@@ -342,6 +343,46 @@ fn auth_plain_refused_by_the_service() {
             S: 530 5.7.0 Authentication required"
         ),
     );
+}
+
+#[test]
+fn auth_that_cannot_be_checked_now_is_a_temporary_failure() {
+    let transcript = converse(
+        &config(),
+        &lines(&[
+            "EHLO client.test",
+            &format!("AUTH PLAIN {}", plain("", "unavailable", "secret")),
+            &format!("AUTH PLAIN {}", plain("", "alice", "secret")),
+        ]),
+    );
+    assert_transcript(
+        &transcript,
+        &format!(
+            "{EHLO_REPLY}
+            E: AUTH Plain unavailable secret
+            S: 454 4.7.0 Temporary authentication failure, try again
+            E: AUTH Plain alice secret
+            S: 235 2.7.0 Authentication successful"
+        ),
+    );
+}
+
+#[test]
+fn a_session_without_logins_neither_announces_nor_takes_auth() {
+    let mut config = config();
+    config.auth_offered = false;
+    config.auth_required = false;
+    let transcript = converse(
+        &config,
+        &lines(&[
+            "EHLO client.test",
+            &format!("AUTH PLAIN {}", plain("", "alice", "secret")),
+            "MAIL FROM:<a@b.example>",
+        ]),
+    );
+    assert!(!transcript.contains("250-AUTH"), "{transcript}");
+    assert!(transcript.contains("S: 503 5.5.1 AUTH is not offered here\nE: MAIL"), "{transcript}");
+    assert!(!transcript.contains("E: AUTH"), "{transcript}");
 }
 
 #[test]

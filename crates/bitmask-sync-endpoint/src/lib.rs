@@ -5,15 +5,19 @@
 //!
 //! - [`storage`]: the [`SyncStorage`] trait and its sled implementation;
 //! - [`sessions`]: session tokens (issued at login by the provider);
+//! - [`incoming`]: mail the MX deposits, encrypted to the user, and the
+//!   notices that wake the user's devices;
 //! - [`service`]: the gRPC edge.
 //!
 //! **Architecture invariant:** the provider never holds a key: ids are keyed
 //! hashes, contents ciphertext, and the secrets sealed under the passphrase.
 
+pub mod incoming;
 pub mod service;
 pub mod sessions;
 pub mod storage;
 
+pub use incoming::{IncomingNotifier, deposit};
 pub use service::{SyncService, server_tls};
 pub use sessions::Sessions;
-pub use storage::{PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument, SyncStorage};
+pub use storage::{IncomingItem, PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument, SyncStorage};

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
+use crate::incoming::IncomingNotifier;
 use crate::sessions::{SessionError, Sessions};
 use crate::storage::{PushOutcome, PushedDocument, StorageError, StoredDocument, SyncStorage};
 
@@ -27,6 +28,7 @@ pub fn server_tls(certificate_pem: &[u8], key_pem: &[u8]) -> ServerTlsConfig {
 pub struct SyncService {
     storage: Arc<dyn SyncStorage>,
     sessions: Arc<Sessions>,
+    notifier: Arc<IncomingNotifier>,
 }
 
 impl std::fmt::Debug for SyncService {
@@ -56,7 +58,17 @@ fn document_to_pb(document: StoredDocument) -> pb::SyncedDocument {
 
 impl SyncService {
     pub fn new(storage: Arc<dyn SyncStorage>, sessions: Arc<Sessions>) -> Self {
-        Self { storage, sessions }
+        Self::with_notifier(storage, sessions, Arc::default())
+    }
+
+    /// An endpoint whose `WatchIncoming` streams wake on `notifier` (the one
+    /// the provider's MX notifies when it deposits mail).
+    pub fn with_notifier(
+        storage: Arc<dyn SyncStorage>,
+        sessions: Arc<Sessions>,
+        notifier: Arc<IncomingNotifier>,
+    ) -> Self {
+        Self { storage, sessions, notifier }
     }
 
     /// The user whose session token the request carries.
@@ -112,7 +124,11 @@ impl SyncService {
     }
 }
 
+/// Incoming items listed at once unless the client asks for fewer.
+const DEFAULT_INCOMING_LIMIT: usize = 1000;
+
 type PullStream = tonic::codegen::BoxStream<pb::PullResponse>;
+type NoticeStream = tonic::codegen::BoxStream<pb::IncomingNotice>;
 type BlobStream = tonic::codegen::BoxStream<pb::BlobChunk>;
 
 #[tonic::async_trait]
@@ -274,5 +290,87 @@ impl SyncEndpoint for SyncService {
         let expected = request.expected_version;
         let version = self.blocking(move |storage| storage.put_secrets(&user, &secrets.blob, expected)).await?;
         Ok(Response::new(pb::PutSecretsResponse { version }))
+    }
+
+    async fn list_incoming(
+        &self,
+        request: Request<pb::ListIncomingRequest>,
+    ) -> Result<Response<pb::ListIncomingResponse>, Status> {
+        let user = self.user(&request)?;
+        let limit = match request.into_inner().limit as usize {
+            0 => DEFAULT_INCOMING_LIMIT,
+            limit => limit.min(DEFAULT_INCOMING_LIMIT),
+        };
+        let items = self.blocking(move |storage| storage.list_incoming(&user, limit)).await?;
+        let items = items
+            .into_iter()
+            .map(|item| pb::IncomingItem { id: item.id, size: item.size, received_unix_ms: item.received_ms })
+            .collect();
+        Ok(Response::new(pb::ListIncomingResponse { items }))
+    }
+
+    async fn get_incoming(&self, request: Request<pb::GetIncomingRequest>) -> Result<Response<BlobStream>, Status> {
+        let user = self.user(&request)?;
+        let id = request.into_inner().id;
+        let data = self.blocking(move |storage| storage.get_incoming(&user, &id)).await?;
+        let data = data.ok_or_else(|| Status::not_found("no such incoming message (deleted by another device?)"))?;
+        let chunks: Vec<Result<pb::BlobChunk, Status>> =
+            data.chunks(BLOB_CHUNK).map(|chunk| Ok(pb::BlobChunk { data: chunk.to_vec() })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn delete_incoming(
+        &self,
+        request: Request<pb::DeleteIncomingRequest>,
+    ) -> Result<Response<pb::DeleteIncomingResponse>, Status> {
+        let user = self.user(&request)?;
+        let ids = request.into_inner().ids;
+        let deleted = self.blocking(move |storage| storage.delete_incoming(&user, &ids)).await?;
+        Ok(Response::new(pb::DeleteIncomingResponse { deleted }))
+    }
+
+    async fn watch_incoming(
+        &self,
+        request: Request<pb::WatchIncomingRequest>,
+    ) -> Result<Response<NoticeStream>, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .to_owned();
+        let user = self.user(&request)?;
+        let mut changes = self.notifier.subscribe(&user);
+        let (sender, receiver) = mpsc::channel(1);
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                // The session is checked again for every notice: an expired
+                // one ends the stream, and the client logs in again.
+                if let Err(error) = service.sessions.user(&token) {
+                    let _ = sender.send(Err(Status::unauthenticated(error.to_string()))).await;
+                    return;
+                }
+                // Marked before the listing: a deposit after it wakes us again.
+                changes.mark_unchanged();
+                let reader = user.clone();
+                let waiting = match service.blocking(move |storage| storage.list_incoming(&reader, 0)).await {
+                    Ok(items) => items.len() as u32,
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                };
+                if sender.send(Ok(pb::IncomingNotice { waiting })).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = sender.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }
 }

@@ -40,6 +40,14 @@ pub struct PushedDocument {
     pub deleted: bool,
 }
 
+/// An incoming message as the provider lists it (its bytes are apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingItem {
+    pub id: String,
+    pub size: u64,
+    pub received_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushOutcome {
     /// Stored at this generation (or already there: a retried push).
@@ -65,6 +73,15 @@ pub trait SyncStorage: Send + Sync + 'static {
     fn secrets(&self, user: &str) -> Result<Option<(Vec<u8>, u64)>, StorageError>;
     /// Compare-and-set on the version (0: none yet); returns the new version.
     fn put_secrets(&self, user: &str, blob: &[u8], expected_version: u64) -> Result<u64, StorageError>;
+
+    /// Keeps an incoming message (already encrypted to the user) under a new
+    /// id; durable when it returns.
+    fn deposit_incoming(&self, user: &str, id: &str, received_ms: u64, data: &[u8]) -> Result<(), StorageError>;
+    /// Incoming messages, oldest first, at most `limit` (0: all).
+    fn list_incoming(&self, user: &str, limit: usize) -> Result<Vec<IncomingItem>, StorageError>;
+    fn get_incoming(&self, user: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Removes those of `ids` that exist; returns how many did.
+    fn delete_incoming(&self, user: &str, ids: &[String]) -> Result<u32, StorageError>;
 }
 
 /// The embedded default: one sled database, a few trees per user.
@@ -92,6 +109,10 @@ impl SledStorage {
 }
 
 const GENERATION: &[u8] = b"generation";
+/// Incoming messages: `incoming` maps an id to its arrival time and size,
+/// `incoming-data` to its bytes.
+const INCOMING: &str = "incoming";
+const INCOMING_DATA: &str = "incoming-data";
 const SECRETS: &[u8] = b"secrets";
 
 fn u64_of(bytes: &[u8]) -> Result<u64, StorageError> {
@@ -216,5 +237,55 @@ impl SyncStorage for SledStorage {
             .map_err(|_| StorageError::SecretsVersion { current: current + 1, expected: expected_version })?;
         self.db.flush()?;
         Ok(version)
+    }
+
+    fn deposit_incoming(&self, user: &str, id: &str, received_ms: u64, data: &[u8]) -> Result<(), StorageError> {
+        let (items, contents) = (self.tree(user, INCOMING)?, self.tree(user, INCOMING_DATA)?);
+        let mut meta = received_ms.to_be_bytes().to_vec();
+        meta.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        // The bytes first: an item is listed only once they are there.
+        contents.insert(id.as_bytes(), data)?;
+        items.insert(id.as_bytes(), meta)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn list_incoming(&self, user: &str, limit: usize) -> Result<Vec<IncomingItem>, StorageError> {
+        let mut out = Vec::new();
+        for entry in self.tree(user, INCOMING)?.iter() {
+            let (id, meta) = entry?;
+            let (received, size) = meta.split_first_chunk::<8>().ok_or(StorageError::Damaged)?;
+            out.push(IncomingItem {
+                id: String::from_utf8(id.to_vec()).map_err(|_| StorageError::Damaged)?,
+                size: u64_of(size)?,
+                received_ms: u64::from_be_bytes(*received),
+            });
+        }
+        out.sort_by(|a, b| (a.received_ms, &a.id).cmp(&(b.received_ms, &b.id)));
+        if limit != 0 {
+            out.truncate(limit);
+        }
+        Ok(out)
+    }
+
+    fn get_incoming(&self, user: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        if !self.tree(user, INCOMING)?.contains_key(id.as_bytes())? {
+            return Ok(None);
+        }
+        Ok(self.tree(user, INCOMING_DATA)?.get(id.as_bytes())?.map(|bytes| bytes.to_vec()))
+    }
+
+    fn delete_incoming(&self, user: &str, ids: &[String]) -> Result<u32, StorageError> {
+        let (items, contents) = (self.tree(user, INCOMING)?, self.tree(user, INCOMING_DATA)?);
+        let mut deleted = 0;
+        for id in ids {
+            // Unlisted first, then the bytes: never a listed item without them.
+            if items.remove(id.as_bytes())?.is_some() {
+                deleted += 1;
+            }
+            contents.remove(id.as_bytes())?;
+        }
+        self.db.flush()?;
+        Ok(deleted)
     }
 }

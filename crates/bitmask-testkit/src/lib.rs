@@ -312,6 +312,7 @@ impl TestProvider {
             user: Self::USER.into(),
             session_token: self.token.clone(),
             interval_seconds: 3600,
+            login_secret: Vec::new(),
         }
     }
 
@@ -340,4 +341,82 @@ pub fn all_bytes(dir: &Path) -> Vec<u8> {
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// A real `bitmask-provider` on loopback: initialized in its own temp dir
+/// with free ports, served until dropped (or killed and served again).
+#[derive(Debug)]
+pub struct ProviderProcess {
+    pub dir: tempfile::TempDir,
+    pub domain: String,
+    pub https_port: u16,
+    pub mx_port: u16,
+    pub relay_port: u16,
+    server: Option<KillOnDrop>,
+}
+
+impl ProviderProcess {
+    /// `bitmask-provider init --domain DOMAIN` with free ports and `extra`
+    /// arguments, then `serve`, once it says `ready`.
+    pub fn start(domain: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new().prefix("bmp").tempdir_in("/tmp").unwrap();
+        let (https_port, mx_port, relay_port) = (free_port(), free_port(), free_port());
+        let init = Command::new(bin("bitmask-provider"))
+            .args(["init", "--domain", domain, "--dir"])
+            .arg(dir.path().join("provider"))
+            .args(["--https-port", &https_port.to_string()])
+            .args(["--mx-port", &mx_port.to_string()])
+            .args(["--relay-port", &relay_port.to_string()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "bitmask-provider init: {}", text(&init));
+        let mut provider = Self { dir, domain: domain.to_owned(), https_port, mx_port, relay_port, server: None };
+        provider.serve();
+        provider
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("provider")
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.https_port)
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.home().join("ca.pem")
+    }
+
+    /// `bitmask-provider serve`, once it printed `ready` (its log goes to
+    /// `serve.log` in its dir).
+    pub fn serve(&mut self) {
+        use std::io::BufRead as _;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("serve.log")).unwrap();
+        let mut child = Command::new(bin("bitmask-provider"))
+            .args(["serve", "--dir"])
+            .arg(self.home())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let ready = lines.any(|line| line.is_ok_and(|line| line.trim() == "ready"));
+        assert!(ready, "bitmask-provider serve did not get ready: {}", self.log());
+        // Its later output is drained so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        self.server = Some(KillOnDrop(child));
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        self.server = None;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
 }

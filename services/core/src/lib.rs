@@ -26,6 +26,11 @@ use tonic::server::NamedService as _;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
+pub mod provider;
+
+/// How long a start waits for the account key to appear in the provider's directory.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Serves the Core API on `socket` until `shutdown`, then stops every account.
 pub async fn run(
     supervisor: Supervisor,
@@ -101,9 +106,27 @@ async fn ensure_account_key(paths: &Paths, address: &str) -> Result<(), Status> 
     Ok(())
 }
 
-async fn unlock_store(paths: &Paths, address: &str, passphrase: &str) -> Result<Option<String>, Status> {
+async fn unlock_store(
+    paths: &Paths,
+    address: &str,
+    passphrase: &str,
+    provider: Option<&provider::Provider>,
+) -> Result<Option<String>, Status> {
     let mut store = store_client(paths, address).await?;
     let state = store.get_state(store_pb::GetStateRequest {}).await?.into_inner().state();
+    if let Some(provider) = provider {
+        // At the provider: sign up or log in first, then the store.
+        if state == store_pb::store_state::State::Uninitialized {
+            return Ok(match provider::first_start(provider, address, passphrase, &mut store).await? {
+                provider::FirstStart::SignedUp { recovery_code } => Some(recovery_code),
+                provider::FirstStart::Restored => None,
+            });
+        }
+        let credential = store_pb::unlock_request::Credential::Passphrase(passphrase.to_owned());
+        store.unlock(store_pb::UnlockRequest { credential: Some(credential) }).await?;
+        provider::resume(provider, address, passphrase, &mut store).await?;
+        return Ok(None);
+    }
     if state == store_pb::store_state::State::Uninitialized {
         let reply = store
             .initialize(store_pb::InitializeRequest { passphrase: passphrase.to_owned(), from_provider: false })
@@ -127,7 +150,7 @@ impl RestartHook for UnlockRestartedStore {
         let (paths, address) = (self.paths.clone(), address.to_owned());
         Box::pin(async move {
             let Some(passphrase) = passphrase else { return };
-            match unlock_store(&paths, &address, &passphrase).await {
+            match unlock_store(&paths, &address, &passphrase, None).await {
                 Ok(_) => tracing::info!(account = %address, "unlocked the restarted store"),
                 Err(status) => {
                     tracing::error!(account = %address, error = %status.message(), "cannot unlock the restarted store")
@@ -144,6 +167,17 @@ pub struct CoreService {
 }
 
 impl CoreService {
+    /// The provider of a provider account (None for a local-only one).
+    fn provider_of(&self, address: &str) -> Result<Option<provider::Provider>, Status> {
+        let Some(account) = self.supervisor.accounts().into_iter().find(|account| account.address == address) else {
+            return Ok(None);
+        };
+        let Some(url) = account.provider_url else { return Ok(None) };
+        let data_dir =
+            self.supervisor.paths().account(address).map_err(|error| Status::internal(error.to_string()))?.data_dir;
+        provider::Provider::load(&url, &data_dir).map(Some)
+    }
+
     /// Fails unless the account's services run.
     fn running_store(&self, address: &str) -> Result<(), Status> {
         let status = self.supervisor.status(Some(address)).map_err(status_of)?;
@@ -362,7 +396,17 @@ type SyncStream = tonic::codegen::BoxStream<store_pb::SyncProgress>;
 #[tonic::async_trait]
 impl Core for CoreService {
     async fn add_account(&self, request: Request<pb::AddAccountRequest>) -> Result<Response<pb::Account>, Status> {
-        let account = new_account(request.into_inner())?;
+        let mut request = request.into_inner();
+        if !request.provider_url.is_empty() {
+            let data_dir = self
+                .supervisor
+                .paths()
+                .account(&request.address)
+                .map_err(|error| Status::invalid_argument(error.to_string()))?
+                .data_dir;
+            provider::pin(&mut request, &provider::ProviderFiles::new(&data_dir)).await?;
+        }
+        let account = new_account(request)?;
         let account = self.supervisor.add_account(account).await.map_err(status_of)?;
         // The gateways' STARTTLS certificate exists from now on, so a mail
         // client can pin it before the first start.
@@ -411,12 +455,23 @@ impl Core for CoreService {
         let status = self.supervisor.start_account(&address).await.map_err(status_of)?;
         let mut recovery_code = String::new();
         if !request.locked {
-            match unlock_store(self.supervisor.paths(), &address, &passphrase).await {
+            let provider = self.provider_of(&address)?;
+            match unlock_store(self.supervisor.paths(), &address, &passphrase, provider.as_ref()).await {
                 Ok(code) => {
                     recovery_code = code.unwrap_or_default();
                     // The account key is made on the first unlock (and found after).
                     if let Err(status) = ensure_account_key(self.supervisor.paths(), &address).await {
                         tracing::warn!(account = %address, error = %status.message(), "no account key yet");
+                    } else if let Some(provider) = &provider {
+                        // Others can write to the account once its key is published.
+                        match provider::wait_for_published_key(provider, &address, PUBLISH_WAIT).await {
+                            Ok(fingerprint) => {
+                                tracing::info!(account = %address, %fingerprint, "account key published")
+                            }
+                            Err(status) => {
+                                tracing::warn!(account = %address, error = %status.message(), "account key not published yet");
+                            }
+                        }
                     }
                     // So is the mail token.
                     let token = match store_client(self.supervisor.paths(), &address).await {

@@ -64,8 +64,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AccountCommand {
-    /// Add an account (nothing is started)
-    Add(AddArgs),
+    /// Add an account (a local one is not started; one at a provider is
+    /// signed up for or logged in to, and started)
+    Add(Box<AddArgs>),
     /// List the accounts
     List,
     /// Start the account's services, wait until all are serving, and unlock
@@ -167,9 +168,19 @@ struct AddArgs {
     /// Address the gateways listen on
     #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
     bind_address: String,
-    /// The provider, https://HOST:PORT
-    #[arg(long, value_name = "URL")]
+    /// The provider, https://HOST:PORT: its CA is fetched and pinned, and the
+    /// account signed up for (or logged in to, on a second device)
+    #[arg(long, value_name = "URL", conflicts_with = "relay")]
     provider: Option<String>,
+    /// Pin this CA certificate (PEM) instead of fetching the provider's
+    #[arg(long, value_name = "FILE", requires = "provider")]
+    provider_ca: Option<PathBuf>,
+    /// Refuse the provider unless its CA has this SHA-256 fingerprint (hex)
+    #[arg(long, value_name = "HEX", requires = "provider")]
+    ca_fingerprint: Option<String>,
+    /// With --provider: read the passphrase from this file (else the terminal or standard input)
+    #[arg(long, value_name = "FILE", requires = "provider")]
+    passphrase_file: Option<PathBuf>,
     /// Relay outgoing mail through HOST:PORT instead of the provider
     #[arg(long, value_name = "HOST:PORT")]
     relay: Option<String>,
@@ -256,6 +267,53 @@ async fn connect(common: &CommonArgs) -> Result<CoreClient<TracedChannel>, Failu
         message: format!("bitmaskd is not running (nothing answers on {}); start it with `bitmaskd`", socket.display()),
     })?;
     Ok(CoreClient::new(bitmask_runtime::client::traced(channel)))
+}
+
+/// The provider's CA certificate to pin: from `file`, or fetched from the
+/// provider (trust on first use: its fingerprint is shown, and checked
+/// against `fingerprint` when given). bitmaskd then checks that the provider
+/// really serves a certificate of this CA.
+async fn provider_ca(
+    url: &str,
+    file: Option<&std::path::Path>,
+    fingerprint: Option<&str>,
+    json: bool,
+) -> Result<String, Failure> {
+    let unavailable = |message: String| Failure { code: EXIT_UNAVAILABLE, message };
+    let pem =
+        match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|error| Failure {
+                code: EXIT_USAGE,
+                message: format!("--provider-ca {}: {error}", path.display()),
+            })?,
+            None => {
+                let client = reqwest::Client::builder()
+                    .danger_accept_invalid_certs(true)
+                    .timeout(std::time::Duration::from_secs(20))
+                    .build()
+                    .map_err(|error| unavailable(format!("an HTTPS client: {error}")))?;
+                let location = format!("{}/ca.crt", url.trim_end_matches('/'));
+                let response =
+                    client.get(&location).send().await.and_then(|response| response.error_for_status()).map_err(
+                        |error| unavailable(format!("cannot fetch the provider's CA from {location}: {error}")),
+                    )?;
+                response.text().await.map_err(|error| unavailable(format!("reading {location}: {error}")))?
+            }
+        };
+    let actual = bitmask_runtime::provider::ca_fingerprint(&pem)?;
+    if let Some(expected) = fingerprint {
+        let expected: String = expected.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        if !expected.eq_ignore_ascii_case(&actual) {
+            return Err(Failure {
+                code: 1,
+                message: format!("the provider's CA has fingerprint {actual}, not {expected}: refused"),
+            });
+        }
+    }
+    if !json {
+        eprintln!("Provider CA (SHA-256): {actual}{}", if fingerprint.is_some() { " (as expected)" } else { "" });
+    }
+    Ok(pem)
 }
 
 /// The passphrase from a file, the terminal, or standard input, in that order.
@@ -456,7 +514,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let relay_ca = absolute("--relay-ca", args.relay_ca)?;
             let client_cert_file = absolute("--relay-client-cert", args.relay_client_cert)?;
             let client_key_file = absolute("--relay-client-key", args.relay_client_key)?;
+            let provider_ca_pem = match &args.provider {
+                Some(url) => {
+                    provider_ca(url, args.provider_ca.as_deref(), args.ca_fingerprint.as_deref(), json).await?
+                }
+                None => String::new(),
+            };
+            let passphrase = match &args.provider {
+                Some(_) => Some(read_passphrase(&args.address, args.passphrase_file.clone())?),
+                None => None,
+            };
+            let address = args.address.clone();
             let request = pb::AddAccountRequest {
+                provider_ca_pem,
                 address: args.address,
                 imap_port: args.imap_port.map(u32::from).unwrap_or(0),
                 smtp_port: args.smtp_port.map(u32::from).unwrap_or(0),
@@ -483,6 +553,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let account = core.add_account(request).await?.into_inner();
             output::account_added(&account, json);
+            if let Some(passphrase) = passphrase {
+                // Sign up or log in, create the store, the key (published)
+                // and the mail token: the account is ready to use.
+                let request = pb::StartAccountRequest {
+                    address: address.clone(),
+                    passphrase: passphrase.to_string(),
+                    locked: false,
+                };
+                match core.start_account(request).await {
+                    Ok(reply) => {
+                        let reply = reply.into_inner();
+                        output::account_started(&reply.status.unwrap_or_default(), &reply.recovery_code, json);
+                    }
+                    Err(status) => {
+                        // Nothing is left half set up: the next try starts afresh.
+                        let _ = core.remove_account(pb::RemoveAccountRequest { address, purge_data: true }).await;
+                        return Err(status.into());
+                    }
+                }
+            }
         }
         Command::Account(AccountCommand::List) => {
             let accounts = core.list_accounts(pb::ListAccountsRequest {}).await?.into_inner().accounts;

@@ -1,7 +1,9 @@
 //! The IMAP gateway's service: the IMAP listener (`gateway`), the Mail API
-//! (`mail_api`), and following the changes sync brings in.
+//! (`mail_api`), the incoming-mail processor (`incoming`), and following
+//! the changes sync brings in.
 
 pub mod gateway;
+pub mod incoming;
 pub mod mail_api;
 mod search;
 

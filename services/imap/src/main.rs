@@ -3,11 +3,13 @@
 //! Serves IMAP on the account's port (127.0.0.1 unless configured otherwise,
 //! STARTTLS with the account's local certificate) and the protocol-agnostic
 //! `bitmask.mail.v1.Mail` API on `<runtime-dir>/<account>/imap.sock`, both
-//! over one mail model (the only writer of mail documents in the store).
+//! over one mail model (the only writer of mail documents in the store),
+//! which also files the incoming mail the store's sync brings in.
 
 use std::sync::Arc;
 
 use bitmask_imap_service::gateway::{self, Gateway, Limits};
+use bitmask_imap_service::incoming::Processor;
 use bitmask_imap_service::mail_api::MailApi;
 use bitmask_mail::MailModel;
 use bitmask_proto::mail::v1::mail_server::MailServer;
@@ -30,6 +32,11 @@ fn main() -> std::process::ExitCode {
         let store = bitmask_runtime::client::traced(bitmask_runtime::client::connect_unix_lazy(store_socket));
         let model = MailModel::new(store.clone());
         tokio::spawn(bitmask_imap_service::follow_sync(model.clone()));
+        let keys = bitmask_runtime::client::traced(bitmask_runtime::client::connect_unix_lazy(
+            account_paths.socket(ServiceKind::Keys),
+        ));
+        let processor = Processor::new(&account.address, store.clone(), keys, model.clone());
+        tokio::spawn(Arc::new(processor).run());
         let tls = bitmask_runtime::tls::server_config(&account_paths.data_dir.join("tls"))?;
         let listener = tokio::net::TcpListener::bind((account.bind_address, account.imap_port)).await?;
         let token_store = store.clone();

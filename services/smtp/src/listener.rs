@@ -114,20 +114,22 @@ async fn connection(mut conn: Conn, context: Arc<Listener>) -> std::io::Result<(
                 pending.clear();
                 Vec::new()
             }
-            Action::Authenticate { user, password, .. } => {
-                let token = (context.token)().await.unwrap_or_default();
-                let ok = user.eq_ignore_ascii_case(&worker.address) && same(&token, password.expose());
-                if !ok {
-                    failed_logins += 1;
-                    tokio::time::sleep(Duration::from_secs(u64::from(failed_logins.min(5)))).await;
+            Action::Authenticate { user, password, .. } => match (context.token)().await {
+                None => session.auth_unavailable(),
+                Some(token) => {
+                    let ok = user.eq_ignore_ascii_case(&worker.address) && same(&token, password.expose());
+                    if !ok {
+                        failed_logins += 1;
+                        tokio::time::sleep(Duration::from_secs(u64::from(failed_logins.min(5)))).await;
+                    }
+                    let mut actions = session.auth_result(ok);
+                    if failed_logins >= 5 {
+                        actions.push(Action::Send(b"421 4.7.0 too many failed logins, closing\r\n".to_vec()));
+                        actions.push(Action::Close);
+                    }
+                    actions
                 }
-                let mut actions = session.auth_result(ok);
-                if failed_logins >= 5 {
-                    actions.push(Action::Send(b"421 4.7.0 too many failed logins, closing\r\n".to_vec()));
-                    actions.push(Action::Close);
-                }
-                actions
-            }
+            },
             Action::MailFrom { address, .. } => {
                 let result = if address.eq_ignore_ascii_case(&worker.address) {
                     Ok(())

@@ -57,7 +57,10 @@ fn main() -> std::process::ExitCode {
                 let store = token_store.clone();
                 Box::pin(async move {
                     let mut client = bitmask_proto::store::v1::store_client::StoreClient::new(store);
-                    bitmask_mail::token::mail_token(&mut client).await.ok()
+                    bitmask_mail::token::mail_token(&mut client)
+                        .await
+                        .inspect_err(|status| tracing::warn!(error = %status.message(), "cannot read the mail token"))
+                        .ok()
                 })
             }),
             tls: Some(tokio_rustls::TlsAcceptor::from(tls)),

@@ -91,16 +91,19 @@ pub fn now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|since| since.as_secs()).unwrap_or_default()
 }
 
-/// How long to wait before attempt `attempts + 1`: 1 min, 5, 15, 30, then hourly.
+/// How long to wait before attempt `attempts + 1`: 15 s, 1 min, 5, 15, 30,
+/// then hourly. The first retry comes soon: the usual temporary failure is
+/// the provider restarting, or the relay certificate not issued yet.
 pub fn backoff(attempts: u32) -> Duration {
-    let minutes = match attempts {
-        0 | 1 => 1,
-        2 => 5,
-        3 => 15,
-        4 => 30,
-        _ => 60,
+    let seconds = match attempts {
+        0 | 1 => 15,
+        2 => 60,
+        3 => 5 * 60,
+        4 => 15 * 60,
+        5 => 30 * 60,
+        _ => 60 * 60,
     };
-    Duration::from_secs(minutes * 60)
+    Duration::from_secs(seconds)
 }
 
 /// Gives up on a message this long after it was queued.

@@ -41,7 +41,11 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         n = next(counter)
         (directory / f"{n}.eml").write_bytes(envelope.original_content)
-        (directory / f"{n}.json").write_text(json.dumps({"from": envelope.mail_from, "to": envelope.rcpt_tos}))
+        # The envelope appears whole (renamed into place): readers take its
+        # presence to mean the message is complete.
+        partial = directory / f".{n}.json"
+        partial.write_text(json.dumps({"from": envelope.mail_from, "to": envelope.rcpt_tos}))
+        partial.rename(directory / f"{n}.json")
         return "250 2.0.0 queued as test-%d" % n
 
 

@@ -647,7 +647,7 @@ for payload in (b"\n.\r\n", b"\r.\r\n", b"\n.\n", b"\r\n.\r"):
                 return b"".join(lines)
     reply()
     c.sendall(b"EHLO test\r\n"); reply()
-    c.sendall(f"AUTH PLAIN {{auth}}\r\n".encode()); assert reply().startswith(b"235")
+    c.sendall(f"AUTH PLAIN {{auth}}\r\n".encode()); answer = reply(); assert answer.startswith(b"235"), (payload, answer)
     c.sendall(b"MAIL FROM:<{ALICE}>\r\n"); reply()
     c.sendall(b"RCPT TO:<carol@example.net>\r\n"); reply()
     c.sendall(b"DATA\r\n"); assert reply().startswith(b"354")

@@ -19,6 +19,11 @@ const WATCH_BUFFER: usize = 1024;
 /// The largest request (an atomic batch of documents).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+pub mod incoming;
+
+/// How long the incoming-mail follower waits after a failure (doubling).
+const INCOMING_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const INCOMING_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 pub mod sync;
 
 #[derive(Debug, Clone)]
@@ -35,7 +40,57 @@ impl StoreService {
         let (changes, _) = broadcast::channel(WATCH_BUFFER);
         let service = Self { store: Arc::new(store), changes, sync: Arc::default() };
         tokio::spawn(service.clone().sync_in_background());
+        tokio::spawn(service.clone().incoming_in_background());
         service
+    }
+
+    /// Follows the provider's incoming-mail notices and fetches new items at
+    /// once (a sync fetches them too; this is what makes delivery immediate).
+    async fn incoming_in_background(self) {
+        let mut backoff = INCOMING_BACKOFF_MIN;
+        loop {
+            let Some(config) = self.sync_config().await else {
+                tokio::time::sleep(INCOMING_BACKOFF_MIN).await;
+                continue;
+            };
+            match self.follow_incoming(&config).await {
+                Ok(()) => backoff = INCOMING_BACKOFF_MIN,
+                Err(status) if status.code() == tonic::Code::Unauthenticated && !config.login_secret.is_empty() => {
+                    if let Err(status) = self.renew_session(&config).await {
+                        tracing::warn!(error = %status.message(), "logging in again failed");
+                    } else {
+                        continue;
+                    }
+                }
+                Err(status) => tracing::debug!(error = %status.message(), "incoming mail notices interrupted"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(INCOMING_BACKOFF_MAX);
+        }
+    }
+
+    async fn follow_incoming(&self, config: &sync::SyncConfig) -> Result<(), Status> {
+        let mut client = sync::connect(config).await?;
+        let mut notices = client.watch_incoming(bitmask_proto::sync::v1::WatchIncomingRequest {}).await?.into_inner();
+        let publish = |change: Change| {
+            let _ = self.changes.send((change, pb::change::Origin::Sync));
+        };
+        while let Some(notice) = notices.message().await? {
+            if notice.waiting > 0 {
+                incoming::fetch(&self.store, &mut client, &publish).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs in again (the session expired, or the provider restarted and
+    /// forgot it) and keeps the new token.
+    async fn renew_session(&self, config: &sync::SyncConfig) -> Result<sync::SyncConfig, Status> {
+        let renewed = config.relogin().await?;
+        let saved = renewed.clone();
+        self.blocking(move |store| sync::save_config(store, &saved)).await?;
+        tracing::info!("the provider session had expired: logged in again");
+        Ok(renewed)
     }
 
     async fn sync_in_background(self) {
@@ -75,7 +130,17 @@ impl StoreService {
         let publish = |change: Change| {
             let _ = self.changes.send((change, pb::change::Origin::Sync));
         };
-        let result = sync::run(&self.store, config, updates, &publish).await;
+        let mut result = sync::run(&self.store, config, updates, &publish).await;
+        if let Err(status) = &result
+            && status.code() == tonic::Code::Unauthenticated
+            && !config.login_secret.is_empty()
+        {
+            tracing::info!(error = %status.message(), "sync refused the session");
+            result = match self.renew_session(config).await {
+                Ok(renewed) => sync::run(&self.store, &renewed, updates, &publish).await,
+                Err(status) => Err(status),
+            };
+        }
         let mut state = self.sync.state();
         state.running = false;
         state.last_time = Some(std::time::SystemTime::now());
@@ -265,6 +330,7 @@ impl StoreApi for StoreService {
             })
             .await?;
             self.sync.state().pending_config = None;
+            self.blocking(incoming::declare).await?;
             tracing::info!("store initialized from the provider's backup");
             return Ok(Response::new(pb::InitializeResponse { recovery_code: String::new() }));
         }
@@ -278,6 +344,7 @@ impl StoreApi for StoreService {
             })
             .await?;
         self.sync.state().pending_config = None;
+        self.blocking(incoming::declare).await?;
         tracing::info!("store initialized");
         Ok(Response::new(pb::InitializeResponse { recovery_code: code.to_string() }))
     }
@@ -301,6 +368,7 @@ impl StoreApi for StoreService {
         if let Some(config) = pending {
             self.blocking(move |store| sync::save_config(store, &config)).await?;
         }
+        self.blocking(incoming::declare).await?;
         tracing::info!("store unlocked");
         Ok(Response::new(pb::UnlockResponse {}))
     }
@@ -502,6 +570,7 @@ impl StoreApi for StoreService {
             user: request.user,
             session_token: request.session_token,
             interval_seconds: request.interval_seconds,
+            login_secret: request.login_secret,
         };
         let saved = config.clone();
         let unlocked = self
@@ -531,6 +600,8 @@ impl StoreApi for StoreService {
             user: config.user,
             session_token: config.session_token,
             interval_seconds: config.interval_seconds,
+            // Never handed out: only the store logs in again.
+            login_secret: Vec::new(),
         }))
     }
 

@@ -33,6 +33,10 @@ pub struct SyncConfig {
     pub user: String,
     pub session_token: String,
     pub interval_seconds: u32,
+    /// The SRP login secret (see `bitmask-auth`), to log in again when the
+    /// session expires; empty: no automatic re-login.
+    #[serde(default)]
+    pub login_secret: Vec<u8>,
 }
 
 impl std::fmt::Debug for SyncConfig {
@@ -42,6 +46,17 @@ impl std::fmt::Debug for SyncConfig {
 }
 
 impl SyncConfig {
+    /// Logs in again with the kept login secret, for a new session token.
+    pub async fn relogin(&self) -> Result<SyncConfig, Status> {
+        let secret = bitmask_auth::LoginSecret::from_bytes(&self.login_secret)
+            .map_err(|_| Status::unauthenticated("the session expired and no login secret is kept: log in again"))?;
+        let session =
+            bitmask_runtime::provider::login(&self.url, &self.ca_certificate_pem, &self.user, &secret).await?;
+        let mut renewed = self.clone();
+        renewed.session_token.clone_from(&session.token);
+        Ok(renewed)
+    }
+
     pub fn interval(&self) -> Duration {
         match self.interval_seconds {
             0 => DEFAULT_INTERVAL,
@@ -94,7 +109,7 @@ fn blocking_error(error: tokio::task::JoinError) -> Status {
     Status::internal(format!("store task failed: {error}"))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     store: &Arc<Store>,
     work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
@@ -143,6 +158,8 @@ pub async fn run(
         let secrets = sync_pb::SealedSecrets { blob: local_secrets, version: 0 };
         client.put_secrets(sync_pb::PutSecretsRequest { secrets: Some(secrets), expected_version: version }).await?;
     }
+    // Incoming items filed before this push are acknowledged after it.
+    let filed = crate::incoming::filed(store).await?;
     let (mut sent, mut received, mut blobs_sent) = (0u64, 0u64, 0u64);
     for _ in 0..ROUNDS {
         // Push, in batches: the outgoing changes are read and sealed a batch at a time.
@@ -202,6 +219,8 @@ pub async fn run(
             break;
         }
     }
+    crate::incoming::acknowledge(store, &mut client, filed).await?;
+    crate::incoming::fetch(store, &mut client, publish).await?;
     report(progress(
         pb::sync_progress::Phase::Done,
         sent + received,

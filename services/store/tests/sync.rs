@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use bitmask_proto::store::v1 as pb;
 use bitmask_proto::store::v1::store_client::StoreClient;
-use bitmask_sync_endpoint::{PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument, SyncStorage};
+use bitmask_sync_endpoint::{
+    IncomingItem, PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument, SyncStorage,
+};
 use bitmask_testkit::{KillOnDrop, TestProvider, World, all_bytes, contains, wait_until};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -55,6 +57,18 @@ impl SyncStorage for Flaky {
     }
     fn put_secrets(&self, user: &str, blob: &[u8], expected_version: u64) -> Result<u64, StorageError> {
         self.inner.put_secrets(user, blob, expected_version)
+    }
+    fn deposit_incoming(&self, user: &str, id: &str, received_ms: u64, data: &[u8]) -> Result<(), StorageError> {
+        self.inner.deposit_incoming(user, id, received_ms, data)
+    }
+    fn list_incoming(&self, user: &str, limit: usize) -> Result<Vec<IncomingItem>, StorageError> {
+        self.inner.list_incoming(user, limit)
+    }
+    fn get_incoming(&self, user: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get_incoming(user, id)
+    }
+    fn delete_incoming(&self, user: &str, ids: &[String]) -> Result<u32, StorageError> {
+        self.inner.delete_incoming(user, ids)
     }
 }
 

@@ -1,0 +1,315 @@
+//! The provider's two SMTP listeners, each connection driving a
+//! `bitmask_smtp::session::Session` (without AUTH: `auth_required` off).
+//!
+//! **MX** (plain SMTP, STARTTLS offered): mail for the provider's domain
+//! from anyone. RCPT of another domain: `550 5.7.1` (no open relay); of no
+//! account: `550 5.1.1`; of an account without a public key: `450 4.7.1`.
+//! At the end of DATA every recipient's copy is encrypted and deposited
+//! ([`crate::deliver`]) before `250`.
+//!
+//! **Relay** (implicit TLS): the client must present a certificate the
+//! provider's CA issued (checked in the handshake, which fails without
+//! one); the account is the one the certificate was issued to, found by
+//! its SHA-256 (an unknown or expired one: `530 5.7.0` and the connection
+//! closes). MAIL FROM must be that account's address (`550 5.7.1`).
+//! Recipients of the provider's domain take the MX's path; others go to
+//! the smarthost ([`crate::smarthost`]) before `250`; without one they get
+//! `550 5.7.1`. Local copies are deposited first, then the smarthost is
+//! asked; its temporary refusal is `451`, its permanent one `554`.
+//!
+//! Both: messages up to [`MAX_MESSAGE_SIZE`] (`552` beyond), at most
+//! [`MAX_CONNECTIONS`] connections per listener (`421` beyond), idle
+//! connections closed after [`IDLE_TIMEOUT`], malformed input answered by
+//! the session (`500`, `501`, `550 5.5.2` for bare line feeds) without
+//! ending the listener.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bitmask_runtime::conn::Conn;
+use bitmask_smtp::session::{Action, Config, Reply, Session};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::deliver::{Delivered, Delivery, Message, Trace, trace_headers};
+use crate::smarthost::Smarthost;
+
+/// The largest message taken: a 25 MB attachment in base64 and its message.
+pub const MAX_MESSAGE_SIZE: usize = 40 << 20;
+pub const MAX_CONNECTIONS: usize = 100;
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What both listeners share.
+pub struct SmtpContext {
+    pub delivery: Arc<Delivery>,
+    pub smarthost: Option<Smarthost>,
+    /// The MX's STARTTLS.
+    pub starttls: TlsAcceptor,
+    /// The relay's TLS (client certificate required).
+    pub relay_tls: TlsAcceptor,
+}
+
+impl std::fmt::Debug for SmtpContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpContext")
+            .field("delivery", &self.delivery)
+            .field("smarthost", &self.smarthost)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who is on the other side of a connection.
+#[derive(Debug, Clone)]
+enum Client {
+    /// Anyone, on the MX.
+    Anyone,
+    /// An account, by its client certificate, on the relay.
+    Account(String),
+}
+
+/// Accepts connections until the task is dropped, each served on its own
+/// task by `serve`.
+async fn accept_loop<F, Fut>(listener: TcpListener, name: &'static str, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(listener = name, %error, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let connection = serve(stream, peer);
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    connection.await;
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let _ = stream.write_all(b"421 4.7.0 too many connections, try again later\r\n").await;
+                });
+            }
+        }
+    }
+}
+
+/// The MX on `listener`.
+pub async fn serve_mx(listener: TcpListener, context: Arc<SmtpContext>) {
+    accept_loop(listener, "mx", move |stream, peer| {
+        let context = context.clone();
+        async move {
+            if let Err(error) = connection(Conn::Plain(stream), peer.ip(), Client::Anyone, &context).await {
+                tracing::debug!(%peer, %error, "MX connection ended");
+            }
+        }
+    })
+    .await;
+}
+
+/// The relay on `listener`.
+pub async fn serve_relay(listener: TcpListener, context: Arc<SmtpContext>) {
+    accept_loop(listener, "relay", move |stream, peer| {
+        let context = context.clone();
+        async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, context.relay_tls.accept(stream)).await;
+            let mut stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::info!(%peer, %error, "relay TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "relay TLS handshake timed out");
+                    return;
+                }
+            };
+            let account = match account_of(&context, &stream).await {
+                Ok(account) => account,
+                Err(reason) => {
+                    tracing::info!(%peer, %reason, "relay client refused");
+                    let reply = format!("530 5.7.0 {reason}\r\n");
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            };
+            tracing::debug!(%peer, %account, "relay client");
+            let conn = Conn::Tls(Box::new(stream));
+            if let Err(error) = connection(conn, peer.ip(), Client::Account(account), &context).await {
+                tracing::debug!(%peer, %error, "relay connection ended");
+            }
+        }
+    })
+    .await;
+}
+
+/// The account whose issued certificate the client presented.
+async fn account_of(
+    context: &SmtpContext,
+    stream: &tokio_rustls::server::TlsStream<TcpStream>,
+) -> Result<String, String> {
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| "a client certificate is required".to_owned())?;
+    let fingerprint = crate::ca::sha256(certificate.as_ref());
+    let store = context.delivery.store().clone();
+    let issued = tokio::task::spawn_blocking(move || store.certificate(&fingerprint))
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| "this client certificate was not issued here (or is forgotten): ask for a new one".to_owned())?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0);
+    if issued.not_after_unix <= now {
+        return Err("this client certificate has expired: ask for a new one".into());
+    }
+    Ok(issued.address)
+}
+
+/// Runs blocking work on the blocking pool; a failed task is a temporary
+/// local error.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Reply> + Send + 'static) -> Result<T, Reply> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|error| {
+        tracing::error!(%error, "delivery task failed");
+        Err(Reply::new(451, [4, 3, 0], "local error in processing, try again later"))
+    })
+}
+
+/// The decision on RCPT `address` for `client`.
+async fn check_recipient(context: &SmtpContext, client: &Client, address: &str) -> Result<(), Reply> {
+    if context.delivery.is_local(address) {
+        let delivery = context.delivery.clone();
+        let address = address.to_owned();
+        return blocking(move || delivery.check_local(&address)).await.map(drop);
+    }
+    match (client, &context.smarthost) {
+        (Client::Account(_), Some(_)) => Ok(()),
+        (Client::Account(_), None) => {
+            Err(Reply::new(550, [5, 7, 1], "relaying denied: this provider sends no mail to other domains"))
+        }
+        (Client::Anyone, _) => Err(Reply::new(550, [5, 7, 1], "relaying denied")),
+    }
+}
+
+/// The end of DATA: local copies deposited, then remote ones handed to the
+/// smarthost; the queue id for `250`, or the refusal.
+async fn take_message(
+    context: &SmtpContext,
+    trace: Trace,
+    recipients: Vec<String>,
+    message: Message,
+) -> Result<String, Reply> {
+    let (local, remote): (Vec<String>, Vec<String>) =
+        recipients.into_iter().partition(|recipient| context.delivery.is_local(recipient));
+    let local: Vec<String> = local.iter().map(|address| address.to_lowercase()).collect();
+    let mut ids = Vec::new();
+    if !local.is_empty() {
+        let (delivery, trace, message) = (context.delivery.clone(), trace.clone(), message.clone());
+        let delivered = blocking(move || delivery.deliver(&trace, &local, &message)).await?;
+        ids.extend(delivered.into_iter().map(|delivered| match delivered {
+            Delivered::Deposited(id) => id,
+            Delivered::Duplicate => "duplicate".to_owned(),
+        }));
+    }
+    if !remote.is_empty() {
+        let Some(smarthost) = &context.smarthost else {
+            return Err(Reply::new(550, [5, 7, 1], "relaying denied"));
+        };
+        let received = trace_headers(&trace, context.delivery.domain(), None);
+        let answer = smarthost.send(&trace.from, &remote, received.as_bytes(), &message).await?;
+        tracing::info!(recipients = remote.len(), %answer, "relayed to the smarthost");
+        ids.push("relayed".to_owned());
+    }
+    Ok(ids.join(","))
+}
+
+async fn connection(mut conn: Conn, peer: IpAddr, client: Client, context: &SmtpContext) -> std::io::Result<()> {
+    let mut config = Config::new(context.delivery.domain());
+    config.auth_required = false;
+    config.auth_offered = false;
+    config.starttls_available = matches!(client, Client::Anyone);
+    config.max_message_size = MAX_MESSAGE_SIZE;
+    let mut session = Session::new(config);
+    conn.write(&session.greeting()).await?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut pending: Vec<Action> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            let read = tokio::time::timeout(IDLE_TIMEOUT, conn.read(&mut buffer)).await;
+            let n = match read {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => n,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    conn.write(b"421 4.4.2 idle for too long, closing\r\n").await?;
+                    return Ok(());
+                }
+            };
+            pending = session.feed(buffer.get(..n).unwrap_or_default());
+            continue;
+        }
+        let action = pending.remove(0);
+        let more = match action {
+            Action::Send(bytes) => {
+                conn.write(&bytes).await?;
+                Vec::new()
+            }
+            Action::Close => return Ok(()),
+            Action::StartTls => {
+                let Conn::Plain(stream) = conn else { return Ok(()) };
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, context.starttls.accept(stream)).await;
+                conn = Conn::Tls(Box::new(handshake.map_err(|_| std::io::ErrorKind::TimedOut)??));
+                session.tls_started();
+                // Whatever the client pipelined behind STARTTLS is dropped.
+                pending.clear();
+                Vec::new()
+            }
+            // AUTH is not how anyone logs in here (the relay knows its
+            // clients by their certificates).
+            Action::Authenticate { .. } => session.auth_result(false),
+            Action::MailFrom { address, .. } => {
+                let result = match &client {
+                    Client::Account(account) if !address.eq_ignore_ascii_case(account) => Err(Reply::new(
+                        550,
+                        [5, 7, 1],
+                        format!("this certificate sends as <{account}> only, not <{address}>"),
+                    )),
+                    _ => Ok(()),
+                };
+                session.mail_from_result(result)
+            }
+            Action::Rcpt { address } => {
+                let result = check_recipient(context, &client, &address).await;
+                session.rcpt_result(result)
+            }
+            Action::Message { from, recipients, data, .. } => {
+                let protocol = if matches!(conn, Conn::Tls(_)) { "ESMTPS" } else { "ESMTP" };
+                let trace = Trace { from, peer, protocol };
+                let result = take_message(context, trace, recipients, Arc::new(data.into())).await;
+                if let Err(reply) = &result {
+                    tracing::info!(%peer, code = reply.code, text = %reply.text, "message refused");
+                }
+                session.message_result(result)
+            }
+        };
+        // Replies to this action come before what was already waiting.
+        for (index, action) in more.into_iter().enumerate() {
+            pending.insert(index, action);
+        }
+    }
+}

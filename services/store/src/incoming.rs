@@ -1,0 +1,196 @@
+//! Incoming mail, the store's half: the provider's MX keeps each message it
+//! accepted, encrypted to the account's public key, as an "incoming item";
+//! the store fetches the items this device has not taken yet into local
+//! blobs, each announced by a local-only document `incoming/<item>` that the
+//! IMAP gateway's incoming processor watches. The processor files the
+//! message and, in the same batch, replaces that document by a marker
+//! `incoming-done/<item>`; after the next push has taken the filed message to
+//! the provider, the store deletes the item there and drops the marker. So
+//! an item is removed from the provider only once the message is filed here
+//! and synced, and a crash anywhere leaves it to be fetched or filed again
+//! (filing is idempotent per item).
+
+use std::sync::Arc;
+
+use bitmask_proto::sync::v1 as sync_pb;
+use bitmask_store::{Bound, Change, CollectionDef, ConflictPolicy, IndexDef, PutOp, Query, Store, StoreError, Write};
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use crate::sync::{EndpointClient, blocking};
+
+pub const INCOMING: &str = "incoming";
+pub const INCOMING_DONE: &str = "incoming-done";
+/// Waiting items, oldest first (the processor's order).
+pub const BY_RECEIVED: &str = "incoming-by-received";
+const DONE_BY_ITEM: &str = "incoming-done-by-item";
+/// The largest item taken (the provider's MX takes 40 MiB messages; their
+/// encryption adds a little).
+const MAX_ITEM: u64 = 48 << 20;
+
+/// What `incoming/<item>` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct IncomingDoc {
+    item: String,
+    blob: String,
+    size: u64,
+    received_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DoneDoc {
+    item: String,
+}
+
+/// The collections and indexes of incoming mail (the processor declares the
+/// same; identical declarations are no-ops).
+pub fn declare(store: &Store) -> Result<(), StoreError> {
+    for name in [INCOMING, INCOMING_DONE] {
+        store.declare_collection(CollectionDef {
+            name: name.into(),
+            policy: ConflictPolicy::LastWriterWins,
+            local_only: true,
+        })?;
+    }
+    store.declare_index(IndexDef {
+        name: BY_RECEIVED.into(),
+        collection: INCOMING.into(),
+        fields: vec!["/received_ms".into()],
+        unique: false,
+    })?;
+    store.declare_index(IndexDef {
+        name: DONE_BY_ITEM.into(),
+        collection: INCOMING_DONE.into(),
+        fields: vec!["/item".into()],
+        unique: true,
+    })
+}
+
+/// An item id as the provider makes them (hex); anything else is refused
+/// rather than turned into a document id.
+fn valid_item(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|byte| byte.is_ascii_alphanumeric())
+}
+
+/// Fetches the provider's waiting items that this device has neither taken
+/// nor filed; returns how many it took.
+pub async fn fetch(
+    store: &Arc<Store>,
+    client: &mut EndpointClient,
+    publish: &(dyn Fn(Change) + Sync),
+) -> Result<usize, Status> {
+    let items = client.list_incoming(sync_pb::ListIncomingRequest { limit: 0 }).await?.into_inner().items;
+    let mut taken = 0;
+    for item in items {
+        if !valid_item(&item.id) {
+            tracing::warn!(item = %item.id, "the provider listed an incoming item with an invalid id");
+            continue;
+        }
+        if item.size > MAX_ITEM {
+            tracing::warn!(item = %item.id, size = item.size, "incoming item too large to take");
+            continue;
+        }
+        let id = item.id.clone();
+        let known = blocking(store, move |store| {
+            Ok(store.get(&format!("incoming/{id}"), false)?.is_some()
+                || store.get(&format!("incoming-done/{id}"), false)?.is_some())
+        })
+        .await?;
+        if known {
+            continue;
+        }
+        let mut stream = match client.get_incoming(sync_pb::GetIncomingRequest { id: item.id.clone() }).await {
+            Ok(stream) => stream.into_inner(),
+            // Filed by another device meanwhile.
+            Err(status) if status.code() == tonic::Code::NotFound => continue,
+            Err(status) => return Err(status),
+        };
+        let mut data = Vec::with_capacity(item.size as usize);
+        while let Some(chunk) = stream.message().await? {
+            if data.len() as u64 + chunk.data.len() as u64 > MAX_ITEM {
+                return Err(Status::resource_exhausted("the provider sent a larger incoming item than it listed"));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let doc = IncomingDoc {
+            item: item.id.clone(),
+            blob: String::new(),
+            size: data.len() as u64,
+            received_ms: item.received_unix_ms,
+        };
+        let change = blocking(store, move |store| {
+            let mut upload = store.begin_blob("application/octet-stream", true)?;
+            if let Err(error) = store.write_blob(&mut upload, &data) {
+                store.abort_blob(upload)?;
+                return Err(error);
+            }
+            let blob = store.finish_blob(upload, Some(data.len() as u64))?;
+            let doc = IncomingDoc { blob: blob.id.clone(), ..doc };
+            let content = serde_json::to_string(&doc).map_err(|_| StoreError::Corrupt("incoming document"))?;
+            let put = PutOp {
+                id: format!("incoming/{}", doc.item),
+                collection: INCOMING.into(),
+                content,
+                expected_rev: None,
+                create_only: true,
+            };
+            match store.put(put) {
+                Ok((_, change)) => Ok(Some(change)),
+                // Taken by a concurrent fetch: its blob is the one in use.
+                Err(StoreError::AlreadyExists(_)) => {
+                    store.delete_blob(&blob.id)?;
+                    Ok(None)
+                }
+                Err(error) => Err(error),
+            }
+        })
+        .await?;
+        if let Some(change) = change {
+            tracing::info!(item = %item.id, size = item.size, "incoming mail fetched");
+            publish(change);
+            taken += 1;
+        }
+    }
+    Ok(taken)
+}
+
+/// The items filed on this device so far (their markers).
+pub async fn filed(store: &Arc<Store>) -> Result<Vec<String>, Status> {
+    blocking(store, |store| {
+        let query = Query {
+            index: DONE_BY_ITEM.into(),
+            equal: Vec::new(),
+            lower: None::<Bound>,
+            upper: None,
+            descending: false,
+            limit: 0,
+            page_token: None,
+        };
+        let page = store.query(&query)?;
+        Ok(page
+            .documents
+            .into_iter()
+            .filter_map(|document| serde_json::from_str::<DoneDoc>(&document.content).ok())
+            .map(|done| done.item)
+            .collect())
+    })
+    .await
+}
+
+/// Deletes `items` at the provider (their messages are filed and pushed),
+/// then their markers here.
+pub async fn acknowledge(store: &Arc<Store>, client: &mut EndpointClient, items: Vec<String>) -> Result<(), Status> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let reply = client.delete_incoming(sync_pb::DeleteIncomingRequest { ids: items.clone() }).await?.into_inner();
+    tracing::info!(filed = items.len(), deleted = reply.deleted, "incoming mail acknowledged to the provider");
+    blocking(store, move |store| {
+        let deletes = items
+            .iter()
+            .map(|item| Write::Delete { id: format!("incoming-done/{item}"), expected_rev: None })
+            .collect();
+        store.apply(deletes).map(drop)
+    })
+    .await
+}
