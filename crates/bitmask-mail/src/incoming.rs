@@ -20,6 +20,7 @@
 //! the sender cannot set ([`ENCRYPTION_HEADER`], [`SIGNATURE_HEADER`]) are
 //! removed wherever they come from and written once, at the top.
 
+use bitmask_smtp::text::crlf_line_endings;
 use std::ops::Range;
 
 use mail_builder::MessageBuilder;
@@ -384,7 +385,7 @@ fn protection(raw: &[u8]) -> Protection {
         ("multipart", "signed") if protocol == "application/pgp-signature" => match (child(0), child(1)) {
             (Some(first), Some(second)) if !second.contents().is_empty() => {
                 let range = first.offset_header as usize..first.offset_end as usize;
-                let data = crlf(raw.get(range).unwrap_or_default());
+                let data = crlf_line_endings(raw.get(range).unwrap_or_default());
                 Protection::PgpMimeSigned { data, signature: second.contents().to_vec() }
             }
             _ => Protection::Plain,
@@ -494,25 +495,11 @@ pub fn without_leap_headers(raw: &[u8]) -> Vec<u8> {
 
 /// A field's bytes ending in CRLF.
 fn field_bytes(raw: &[u8], field: &Field) -> Vec<u8> {
-    let mut bytes = crlf(raw.get(field.range.clone()).unwrap_or_default());
+    let mut bytes = crlf_line_endings(raw.get(field.range.clone()).unwrap_or_default());
     if !bytes.ends_with(b"\r\n") {
         bytes.extend_from_slice(b"\r\n");
     }
     bytes
-}
-
-/// Every bare LF becomes CRLF.
-fn crlf(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
-    let mut previous = 0u8;
-    for &byte in raw {
-        if byte == b'\n' && previous != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(byte);
-        previous = byte;
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------
@@ -524,7 +511,7 @@ fn crlf(raw: &[u8]) -> Vec<u8> {
 /// entity's other fields after them, then the entity's Content-* fields
 /// and body.
 fn merge_decrypted(outer: &[u8], inner: &[u8]) -> Vec<u8> {
-    let inner = crlf(inner);
+    let inner = crlf_line_endings(inner);
     let (outer_fields, _) = header_fields(outer);
     let (inner_fields, inner_body) = header_fields(&inner);
     // A Subject elsewhere in the entity (a multipart/signed first part, a
@@ -625,7 +612,7 @@ fn replace_text_body(message: &[u8], body: &[u8]) -> Vec<u8> {
             })
             .unwrap_or_else(|| "unknown-8bit".into())
     };
-    let body = crlf(body);
+    let body = crlf_line_endings(body);
     let safe_lines = body.split(|&byte| byte == b'\n').all(|line| line.len() <= MAX_LINE + 1);
     let bare_cr = body.windows(2).any(|pair| pair[0] == b'\r' && pair[1] != b'\n') || body.ends_with(b"\r");
     let (encoding, encoded) = if !safe_lines || bare_cr || body.contains(&0) {

@@ -7,6 +7,10 @@
 //! `pgpmime`: RFC 3156 PGP/MIME composition (multipart/encrypted and
 //! multipart/signed), protected headers, Autocrypt and `OpenPGP:` headers,
 //! Bcc removal; the cryptography itself is the key service's.
+//! `submission`: the `Date:` and `Message-ID:` a submission agent adds.
+//! `text`: line-ending helpers (shared with `bitmask-mail`).
 
 pub mod pgpmime;
 pub mod session;
+pub mod submission;
+pub mod text;

@@ -39,6 +39,7 @@ use std::{
     ops::Range,
 };
 
+use crate::text::crlf_line_endings;
 use mail_builder::headers::{
     Header as _, address::Address as BuilderAddress, content_type::ContentType as BuilderContentType,
     text::Text as BuilderText,
@@ -649,21 +650,6 @@ enum Mode {
 
 // ---------------------------------------------------------------------------
 // Parsing
-
-/// Every bare LF becomes CRLF (a CR not followed by LF stays: it is encoded
-/// or cleaned where it matters).
-fn crlf_line_endings(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
-    let mut previous = 0u8;
-    for &byte in raw {
-        if byte == b'\n' && previous != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(byte);
-        previous = byte;
-    }
-    out
-}
 
 /// The end of the line starting at `start` (the index of its CR, or `end`)
 /// and where the next line starts. After [`crlf_line_endings`] every LF is

@@ -217,6 +217,19 @@ fn alice_writes_to_bob_and_bob_reads_it_decrypted_and_verified() {
     let signature = header(raw, "X-Leap-Signature").unwrap_or_default();
     assert_eq!(signature, format!("valid; pubkey=\"{}\"", alice.fingerprint()), "{raw}");
 
+    // swaks submits too (AUTH PLAIN with the mail token).
+    let swaks = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", alice.smtp_port), "--auth", "PLAIN", "--auth-user", ALICE])
+        .args(["--auth-password", &alice.token(), "--from", ALICE, "--to", BOB])
+        .args(["--header", "Subject: sent with swaks", "--body", "swaks was here"])
+        .output()
+        .unwrap();
+    assert!(swaks.status.success(), "{}", text(&swaks));
+    let inbox = bob.wait_for_inbox(2);
+    let raw = &inbox.iter().find(|(_, raw)| raw.contains("swaks was here")).unwrap().1;
+    assert_eq!(header(raw, "Subject"), Some("sent with swaks"), "{raw}");
+    assert!(header(raw, "X-Leap-Signature").unwrap_or_default().starts_with("valid;"), "{raw}");
+
     // Bob answers, also encrypted: Alice's key is known to him now.
     bob.send(
         &[ALICE],
@@ -226,7 +239,10 @@ fn alice_writes_to_bob_and_bob_reads_it_decrypted_and_verified() {
     assert!(inbox[0].1.contains("pancakes it is"));
     assert!(header(&inbox[0].1, "X-Leap-Signature").unwrap_or_default().starts_with("valid;"), "{}", inbox[0].1);
 
-    assert_no_plaintext(&provider, &["lunch on thursday", "the secret plan is pancakes", "pancakes it is"]);
+    assert_no_plaintext(
+        &provider,
+        &["lunch on thursday", "the secret plan is pancakes", "pancakes it is", "swaks was here", "sent with swaks"],
+    );
 }
 
 #[test]
@@ -303,6 +319,11 @@ fn mail_waits_while_bob_is_stopped_and_his_second_device_sees_the_same_inbox() {
     assert_eq!(inbox.len(), 3);
     for n in 1..=3 {
         assert!(inbox.iter().any(|(_, raw)| raw.contains(&format!("message {n}"))), "{inbox:?}");
+    }
+    // The client gave neither: the submission gateway added both.
+    for (_, raw) in &inbox {
+        assert!(header(raw, "Message-ID").is_some_and(|id| id.ends_with("@example.org>")), "{raw}");
+        assert!(header(raw, "Date").is_some(), "{raw}");
     }
 
     // A second device: the same account and passphrase, another store.

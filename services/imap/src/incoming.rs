@@ -37,6 +37,8 @@ pub const INCOMING: &str = "incoming";
 pub const DONE: &str = "incoming-done";
 /// Every waiting item, oldest first.
 pub const BY_RECEIVED: &str = "incoming-by-received";
+/// The store counter of items filed as undecryptable on this device.
+pub const UNDECRYPTABLE: &str = "incoming-undecryptable";
 /// Where incoming mail is filed.
 const MAILBOX: &str = "INBOX";
 /// Bytes per message of a request stream to the key service.
@@ -167,6 +169,26 @@ impl Processor {
     }
 
     /// Every waiting item, oldest first.
+    /// How many items wait, and how many were filed as undecryptable here
+    /// (for the Mail API's status).
+    pub async fn counts(store: &TracedChannel) -> Result<(u32, u32), Status> {
+        let mut client = StoreClient::new(store.clone());
+        let request = pb::QueryRequest { index: BY_RECEIVED.into(), keys_only: true, ..Default::default() };
+        let waiting = match client.query(request).await {
+            Ok(page) => page.into_inner().documents.len() as u32,
+            // Not declared yet: nothing ever arrived.
+            Err(status)
+                if matches!(status.code(), Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument) =>
+            {
+                0
+            }
+            Err(status) => return Err(status),
+        };
+        let counter = pb::AddToCounterRequest { name: UNDECRYPTABLE.into(), delta: 0 };
+        let undecryptable = client.add_to_counter(counter).await?.into_inner().value;
+        Ok((waiting, u32::try_from(undecryptable).unwrap_or(0)))
+    }
+
     async fn waiting(&self) -> Result<Vec<pb::Document>, Status> {
         let mut documents = Vec::new();
         let mut page_token = String::new();
@@ -229,7 +251,7 @@ impl Processor {
             .map_err(|error| Status::data_loss(format!("{} is damaged: {error}", document.id)))?;
         let item = doc.item.as_str();
         let copy_id = format!("copy/in-{item}");
-        let done = vec![
+        let mut done = vec![
             pb::Write {
                 op: Some(pb::write::Op::Delete(pb::DeleteRequest {
                     id: document.id.clone(),
@@ -240,7 +262,9 @@ impl Processor {
                 op: Some(pb::write::Op::Put(pb::PutRequest {
                     id: format!("{DONE}/{item}"),
                     collection: DONE.into(),
-                    content: serde_json::json!({ "item": item }).to_string().into_bytes(),
+                    // The blob too: if it outlives this (a crash before it
+                    // is deleted below), the store deletes it with the marker.
+                    content: serde_json::json!({ "item": item, "blob": doc.blob }).to_string().into_bytes(),
                     ..Default::default()
                 })),
             },
@@ -254,6 +278,11 @@ impl Processor {
         }
         let encrypted = self.read_blob(&doc.blob, doc.size).await?;
         let filed = self.read(&doc, &encrypted).await?;
+        if matches!(filed.encryption, incoming::Encryption::Failed) {
+            done.push(pb::Write {
+                op: Some(pb::write::Op::AddToCounter(pb::AddToCounterRequest { name: UNDECRYPTABLE.into(), delta: 1 })),
+            });
+        }
         let date = (doc.received_ms.div_euclid(1000), 0);
         let uid = self
             .model

@@ -18,11 +18,13 @@ const MAX_TEXT: usize = 1 << 20;
 #[derive(Debug)]
 pub struct MailApi {
     model: Arc<MailModel>,
+    /// The store, for the incoming-mail counts of `GetMailStatus`.
+    store: bitmask_runtime::client::TracedChannel,
 }
 
 impl MailApi {
-    pub fn new(model: Arc<MailModel>) -> Self {
-        Self { model }
+    pub fn new(model: Arc<MailModel>, store: bitmask_runtime::client::TracedChannel) -> Self {
+        Self { model, store }
     }
 }
 
@@ -410,7 +412,8 @@ impl Mail for MailApi {
         _request: Request<pb::GetMailStatusRequest>,
     ) -> Result<Response<pb::GetMailStatusResponse>, Status> {
         let mailboxes = self.model.mailboxes().await.map_err(status)?.into_iter().map(mailbox_to_pb).collect();
-        Ok(Response::new(pb::GetMailStatusResponse { mailboxes, incoming_pending: 0, undecryptable: 0 }))
+        let (incoming_pending, undecryptable) = crate::incoming::Processor::counts(&self.store).await?;
+        Ok(Response::new(pb::GetMailStatusResponse { mailboxes, incoming_pending, undecryptable }))
     }
 }
 

@@ -55,7 +55,9 @@ fn main() -> std::process::ExitCode {
         });
         tracing::info!(address = %listener.local_addr()?, "IMAP listening");
         tokio::spawn(gateway::serve(listener, gateway));
-        server.routes().add_service(MailServer::new(MailApi::new(model)).max_decoding_message_size(80 << 20));
+        server
+            .routes()
+            .add_service(MailServer::new(MailApi::new(model, store.clone())).max_decoding_message_size(80 << 20));
         Ok(server)
     })
 }

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bitmask_runtime::conn::Conn;
+use bitmask_runtime::smtp_server::{Decisions, serve_connection};
 use bitmask_smtp::session::{Action, Config, Reply, Session};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -238,52 +239,33 @@ async fn take_message(
     Ok(ids.join(","))
 }
 
-async fn connection(mut conn: Conn, peer: IpAddr, client: Client, context: &SmtpContext) -> std::io::Result<()> {
+async fn connection(conn: Conn, peer: IpAddr, client: Client, context: &SmtpContext) -> std::io::Result<()> {
     let mut config = Config::new(context.delivery.domain());
     config.auth_required = false;
     config.auth_offered = false;
     config.starttls_available = matches!(client, Client::Anyone);
     config.max_message_size = MAX_MESSAGE_SIZE;
-    let mut session = Session::new(config);
-    conn.write(&session.greeting()).await?;
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut pending: Vec<Action> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            let read = tokio::time::timeout(IDLE_TIMEOUT, conn.read(&mut buffer)).await;
-            let n = match read {
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => n,
-                Ok(Err(error)) => return Err(error),
-                Err(_) => {
-                    conn.write(b"421 4.4.2 idle for too long, closing\r\n").await?;
-                    return Ok(());
-                }
-            };
-            pending = session.feed(buffer.get(..n).unwrap_or_default());
-            continue;
-        }
-        let action = pending.remove(0);
-        let more = match action {
-            Action::Send(bytes) => {
-                conn.write(&bytes).await?;
-                Vec::new()
-            }
-            Action::Close => return Ok(()),
-            Action::StartTls => {
-                let Conn::Plain(stream) = conn else { return Ok(()) };
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, context.starttls.accept(stream)).await;
-                conn = Conn::Tls(Box::new(handshake.map_err(|_| std::io::ErrorKind::TimedOut)??));
-                session.tls_started();
-                // Whatever the client pipelined behind STARTTLS is dropped.
-                pending.clear();
-                Vec::new()
-            }
+    let starttls = matches!(client, Client::Anyone).then_some(&context.starttls);
+    let mut decisions = Exchange { context, peer, client };
+    serve_connection(conn, Session::new(config), starttls, IDLE_TIMEOUT, &mut decisions).await
+}
+
+/// The MX's or the relay's decisions for one connection.
+struct Exchange<'a> {
+    context: &'a SmtpContext,
+    peer: IpAddr,
+    client: Client,
+}
+
+impl Decisions for Exchange<'_> {
+    async fn decide(&mut self, session: &mut Session, action: Action, secure: bool) -> Vec<Action> {
+        let (context, peer) = (self.context, self.peer);
+        match action {
             // AUTH is not how anyone logs in here (the relay knows its
-            // clients by their certificates).
+            // clients by their certificates); the session does not offer it.
             Action::Authenticate { .. } => session.auth_result(false),
             Action::MailFrom { address, .. } => {
-                let result = match &client {
+                let result = match &self.client {
                     Client::Account(account) if !address.eq_ignore_ascii_case(account) => Err(Reply::new(
                         550,
                         [5, 7, 1],
@@ -294,11 +276,11 @@ async fn connection(mut conn: Conn, peer: IpAddr, client: Client, context: &Smtp
                 session.mail_from_result(result)
             }
             Action::Rcpt { address } => {
-                let result = check_recipient(context, &client, &address).await;
+                let result = check_recipient(context, &self.client, &address).await;
                 session.rcpt_result(result)
             }
             Action::Message { from, recipients, data, .. } => {
-                let protocol = if matches!(conn, Conn::Tls(_)) { "ESMTPS" } else { "ESMTP" };
+                let protocol = if secure { "ESMTPS" } else { "ESMTP" };
                 let trace = Trace { from, peer, protocol };
                 let result = take_message(context, trace, recipients, Arc::new(data.into())).await;
                 if let Err(reply) = &result {
@@ -306,10 +288,8 @@ async fn connection(mut conn: Conn, peer: IpAddr, client: Client, context: &Smtp
                 }
                 session.message_result(result)
             }
-        };
-        // Replies to this action come before what was already waiting.
-        for (index, action) in more.into_iter().enumerate() {
-            pending.insert(index, action);
+            // The connection's own actions never come here.
+            Action::Send(_) | Action::StartTls | Action::Close => Vec::new(),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bitmask_runtime::conn::Conn;
+use bitmask_runtime::smtp_server::{Decisions, serve_connection};
 use bitmask_smtp::session::{Action, Config, Reply, Session};
 use bitmask_supervisor::config::EncryptionPolicy;
 use tokio::io::AsyncWriteExt as _;
@@ -73,57 +74,35 @@ fn same(expected: &str, given: &str) -> bool {
     difference == 0 && !expected.is_empty()
 }
 
-async fn connection(mut conn: Conn, context: Arc<Listener>) -> std::io::Result<()> {
-    let worker = &context.worker;
+async fn connection(conn: Conn, context: Arc<Listener>) -> std::io::Result<()> {
     let mut config = Config::new("localhost");
     config.max_message_size = context.max_message_size;
     config.starttls_available = context.tls.is_some();
-    let mut session = Session::new(config);
-    conn.write(&session.greeting()).await?;
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut failed_logins = 0u32;
-    let mut pending: Vec<Action> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            let read = tokio::time::timeout(context.idle_timeout, conn.read(&mut buffer)).await;
-            let n = match read {
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => n,
-                Ok(Err(error)) => return Err(error),
-                Err(_) => {
-                    conn.write(b"421 4.4.2 idle for too long, closing\r\n").await?;
-                    return Ok(());
-                }
-            };
-            pending = session.feed(&buffer[..n]);
-            continue;
-        }
-        let action = pending.remove(0);
-        let more = match action {
-            Action::Send(bytes) => {
-                conn.write(&bytes).await?;
-                Vec::new()
-            }
-            Action::Close => return Ok(()),
-            Action::StartTls => {
-                let Some(acceptor) = context.tls.clone() else { return Ok(()) };
-                let Conn::Plain(stream) = conn else { return Ok(()) };
-                conn = Conn::Tls(Box::new(acceptor.accept(stream).await?));
-                session.tls_started();
-                // Whatever the client pipelined behind STARTTLS is dropped.
-                pending.clear();
-                Vec::new()
-            }
-            Action::Authenticate { user, password, .. } => match (context.token)().await {
+    let mut decisions = Submission { context: &context, failed_logins: 0 };
+    let (starttls, idle) = (context.tls.as_ref(), context.idle_timeout);
+    serve_connection(conn, Session::new(config), starttls, idle, &mut decisions).await
+}
+
+/// The submission gateway's decisions for one connection.
+struct Submission<'a> {
+    context: &'a Listener,
+    failed_logins: u32,
+}
+
+impl Decisions for Submission<'_> {
+    async fn decide(&mut self, session: &mut Session, action: Action, _secure: bool) -> Vec<Action> {
+        let worker = &self.context.worker;
+        match action {
+            Action::Authenticate { user, password, .. } => match (self.context.token)().await {
                 None => session.auth_unavailable(),
                 Some(token) => {
                     let ok = user.eq_ignore_ascii_case(&worker.address) && same(&token, password.expose());
                     if !ok {
-                        failed_logins += 1;
-                        tokio::time::sleep(Duration::from_secs(u64::from(failed_logins.min(5)))).await;
+                        self.failed_logins += 1;
+                        tokio::time::sleep(Duration::from_secs(u64::from(self.failed_logins.min(5)))).await;
                     }
                     let mut actions = session.auth_result(ok);
-                    if failed_logins >= 5 {
+                    if self.failed_logins >= 5 {
                         actions.push(Action::Send(b"421 4.7.0 too many failed logins, closing\r\n".to_vec()));
                         actions.push(Action::Close);
                     }
@@ -172,10 +151,8 @@ async fn connection(mut conn: Conn, context: Arc<Listener>) -> std::io::Result<(
                 };
                 session.message_result(result)
             }
-        };
-        // Replies to this action come before what was already waiting.
-        for (index, action) in more.into_iter().enumerate() {
-            pending.insert(index, action);
+            // The connection's own actions never come here.
+            Action::Send(_) | Action::StartTls | Action::Close => Vec::new(),
         }
     }
 }

@@ -142,6 +142,14 @@ impl Queue {
         subject: String,
     ) -> Result<Entry, Status> {
         self.declare().await?;
+        // A Date and a Message-ID where the client gave none (RFC 6409 8.2,
+        // 8.3): a retried relay then carries the same id, and the provider
+        // delivers it once.
+        let domain = from.rsplit_once('@').map(|(_, domain)| domain).unwrap_or("localhost");
+        let unique: [u8; 15] = rand::random();
+        let message_id = format!("<{}@{domain}>", data_encoding::BASE32_NOPAD.encode(&unique).to_lowercase());
+        let date = chrono::Utc::now().to_rfc2822();
+        let raw = bitmask_smtp::submission::complete(raw, &date, &message_id);
         let size = raw.len() as u64;
         // The first message names the blob; the data follows a chunk at a
         // time (not a second copy of the whole message).

@@ -37,9 +37,13 @@ struct IncomingDoc {
     received_ms: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct DoneDoc {
+/// What `incoming-done/<item>` holds: the item, and its local blob (gone
+/// already unless the processor stopped between filing and deleting it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Filed {
     item: String,
+    #[serde(default)]
+    blob: String,
 }
 
 /// The collections and indexes of incoming mail (the processor declares the
@@ -155,7 +159,7 @@ pub async fn fetch(
 }
 
 /// The items filed on this device so far (their markers).
-pub async fn filed(store: &Arc<Store>) -> Result<Vec<String>, Status> {
+pub async fn filed(store: &Arc<Store>) -> Result<Vec<Filed>, Status> {
     blocking(store, |store| {
         let query = Query {
             index: DONE_BY_ITEM.into(),
@@ -170,8 +174,7 @@ pub async fn filed(store: &Arc<Store>) -> Result<Vec<String>, Status> {
         Ok(page
             .documents
             .into_iter()
-            .filter_map(|document| serde_json::from_str::<DoneDoc>(&document.content).ok())
-            .map(|done| done.item)
+            .filter_map(|document| serde_json::from_str::<Filed>(&document.content).ok())
             .collect())
     })
     .await
@@ -179,16 +182,20 @@ pub async fn filed(store: &Arc<Store>) -> Result<Vec<String>, Status> {
 
 /// Deletes `items` at the provider (their messages are filed and pushed),
 /// then their markers here.
-pub async fn acknowledge(store: &Arc<Store>, client: &mut EndpointClient, items: Vec<String>) -> Result<(), Status> {
-    if items.is_empty() {
+pub async fn acknowledge(store: &Arc<Store>, client: &mut EndpointClient, filed: Vec<Filed>) -> Result<(), Status> {
+    if filed.is_empty() {
         return Ok(());
     }
-    let reply = client.delete_incoming(sync_pb::DeleteIncomingRequest { ids: items.clone() }).await?.into_inner();
-    tracing::info!(filed = items.len(), deleted = reply.deleted, "incoming mail acknowledged to the provider");
+    let ids = filed.iter().map(|done| done.item.clone()).collect();
+    let reply = client.delete_incoming(sync_pb::DeleteIncomingRequest { ids }).await?.into_inner();
+    tracing::info!(filed = filed.len(), deleted = reply.deleted, "incoming mail acknowledged to the provider");
     blocking(store, move |store| {
-        let deletes = items
+        for done in filed.iter().filter(|done| !done.blob.is_empty()) {
+            store.delete_blob(&done.blob)?;
+        }
+        let deletes = filed
             .iter()
-            .map(|item| Write::Delete { id: format!("incoming-done/{item}"), expected_rev: None })
+            .map(|done| Write::Delete { id: format!("incoming-done/{}", done.item), expected_rev: None })
             .collect();
         store.apply(deletes).map(drop)
     })
