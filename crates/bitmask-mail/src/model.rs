@@ -212,6 +212,18 @@ fn delete(id: &str) -> pb::Write {
     pb::Write { op: Some(pb::write::Op::Delete(pb::DeleteRequest { id: id.to_owned(), expected_rev: String::new() })) }
 }
 
+/// The writes of a new copy in `mailbox` (its document, its UID record, the
+/// counters), appended to `writes`; gives its UID and MODSEQ.
+fn new_copy(mailbox: &MailboxState, copy_id: &str, copy: &CopyDoc, writes: &mut Vec<pb::Write>) -> (u32, u64) {
+    let (uid, modseq) = (mailbox.uid_next, mailbox.highest_modseq + 1);
+    writes.push(put(copy_id, COPIES, json(copy)));
+    let uid_doc = UidDoc { mailbox: mailbox.id.clone(), uid, modseq, copy: copy_id.to_owned() };
+    writes.push(put(&format!("uid/{copy_id}"), UIDS, json(&uid_doc)));
+    writes.push(add_to_counter(format!("uidnext/{}", mailbox.id), 1));
+    writes.push(add_to_counter(format!("modseq/{}", mailbox.id), 1));
+    (uid, modseq)
+}
+
 fn add_to_counter(name: String, delta: i64) -> pb::Write {
     pb::Write { op: Some(pb::write::Op::AddToCounter(pb::AddToCounterRequest { name, delta })) }
 }
@@ -667,21 +679,20 @@ impl MailModel {
             flags: flags.to_list(),
         };
         let mut writes = stored.writes;
-        writes.push(put(&copy_id, COPIES, json(&copy)));
-        let uid = mailbox.uid_next;
-        let modseq = mailbox.highest_modseq + 1;
-        let uid_doc = UidDoc { mailbox: mailbox.id.clone(), uid, modseq, copy: copy_id.clone() };
-        writes.push(put(&format!("uid/{copy_id}"), UIDS, json(&uid_doc)));
-        writes.push(add_to_counter(format!("uidnext/{}", mailbox.id), 1));
-        writes.push(add_to_counter(format!("modseq/{}", mailbox.id), 1));
+        let (uid, modseq) = new_copy(mailbox, &copy_id, &copy, &mut writes);
         self.batch(writes).await?;
+        Ok(self.added(mailbox, copy_id, &copy, uid, modseq))
+    }
+
+    /// The copy's number in the mailbox after its writes are durable: the
+    /// in-memory state follows, watchers are told; gives UIDVALIDITY and UID.
+    fn added(&self, mailbox: &mut MailboxState, copy_id: String, copy: &CopyDoc, uid: u32, modseq: u64) -> (u32, u32) {
         mailbox.uid_next += 1;
         mailbox.highest_modseq = modseq;
         mailbox.by_copy.insert(copy_id.clone(), uid);
-        mailbox.entries.insert(uid, entry(uid, copy_id, &copy, modseq));
-        let validity = mailbox.local.uid_validity;
+        mailbox.entries.insert(uid, entry(uid, copy_id, copy, modseq));
         self.emit(MailEvent::Added { mailbox: mailbox.doc.name.clone(), uid });
-        Ok((validity, uid))
+        (mailbox.local.uid_validity, uid)
     }
 
     /// Files a received message exactly once, under the deterministic copy
@@ -724,13 +735,7 @@ impl MailModel {
         };
         let mut writes = stored.writes;
         writes.push(check);
-        writes.push(put(copy_id, COPIES, json(&copy)));
-        let uid = mailbox.uid_next;
-        let modseq = mailbox.highest_modseq + 1;
-        let uid_doc = UidDoc { mailbox: mailbox.id.clone(), uid, modseq, copy: copy_id.to_owned() };
-        writes.push(put(&format!("uid/{copy_id}"), UIDS, json(&uid_doc)));
-        writes.push(add_to_counter(format!("uidnext/{}", mailbox.id), 1));
-        writes.push(add_to_counter(format!("modseq/{}", mailbox.id), 1));
+        let (uid, modseq) = new_copy(mailbox, copy_id, &copy, &mut writes);
         writes.extend(extra.iter().cloned());
         match self.client().batch(pb::BatchRequest { writes }).await {
             Ok(_) => {}
@@ -753,13 +758,7 @@ impl MailModel {
                 return Err(status.into());
             }
         }
-        mailbox.uid_next += 1;
-        mailbox.highest_modseq = modseq;
-        mailbox.by_copy.insert(copy_id.to_owned(), uid);
-        mailbox.entries.insert(uid, entry(uid, copy_id.to_owned(), &copy, modseq));
-        let validity = mailbox.local.uid_validity;
-        self.emit(MailEvent::Added { mailbox: mailbox.doc.name.clone(), uid });
-        Ok(Some((validity, uid)))
+        Ok(Some(self.added(mailbox, copy_id.to_owned(), &copy, uid, modseq)))
     }
 
     /// Whether a copy document exists or existed (a tombstone).

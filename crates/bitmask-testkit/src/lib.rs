@@ -344,79 +344,91 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// A real `bitmask-provider` on loopback: initialized in its own temp dir
-/// with free ports, served until dropped (or killed and served again).
+/// (the ports chosen by `init` and read back from `provider.toml`), served
+/// until dropped, or killed and served again.
 #[derive(Debug)]
 pub struct ProviderProcess {
-    pub dir: tempfile::TempDir,
-    pub domain: String,
-    pub https_port: u16,
-    pub mx_port: u16,
-    pub relay_port: u16,
-    server: Option<KillOnDrop>,
+    _temp: tempfile::TempDir,
+    /// The provider directory.
+    pub dir: PathBuf,
+    log: PathBuf,
+    pub settings: toml::Table,
+    pub process: Option<KillOnDrop>,
 }
 
 impl ProviderProcess {
-    /// `bitmask-provider init --domain DOMAIN` with free ports and `extra`
-    /// arguments, then `serve`, once it says `ready`.
-    pub fn start(domain: &str, extra: &[&str]) -> Self {
-        let dir = tempfile::Builder::new().prefix("bmp").tempdir_in("/tmp").unwrap();
-        let (https_port, mx_port, relay_port) = (free_port(), free_port(), free_port());
+    /// `bitmask-provider init --domain DOMAIN` in a fresh directory, with
+    /// `extra` arguments; not served.
+    pub fn init(domain: &str, extra: &[&str]) -> Self {
+        let temp = tempfile::Builder::new().prefix("bmp").tempdir_in("/tmp").unwrap();
+        let dir = temp.path().join("provider");
         let init = Command::new(bin("bitmask-provider"))
             .args(["init", "--domain", domain, "--dir"])
-            .arg(dir.path().join("provider"))
-            .args(["--https-port", &https_port.to_string()])
-            .args(["--mx-port", &mx_port.to_string()])
-            .args(["--relay-port", &relay_port.to_string()])
+            .arg(&dir)
             .args(extra)
+            .stdin(Stdio::null())
             .output()
             .unwrap();
         assert!(init.status.success(), "bitmask-provider init: {}", text(&init));
-        let mut provider = Self { dir, domain: domain.to_owned(), https_port, mx_port, relay_port, server: None };
+        let settings = std::fs::read_to_string(dir.join("provider.toml")).unwrap().parse().unwrap();
+        Self { log: temp.path().join("provider.log"), _temp: temp, dir, settings, process: None }
+    }
+
+    /// [`ProviderProcess::init`], then [`ProviderProcess::serve`].
+    pub fn start(domain: &str, extra: &[&str]) -> Self {
+        let mut provider = Self::init(domain, extra);
         provider.serve();
         provider
     }
 
-    pub fn home(&self) -> PathBuf {
-        self.dir.path().join("provider")
-    }
-
-    pub fn url(&self) -> String {
-        format!("https://localhost:{}", self.https_port)
-    }
-
-    pub fn ca_file(&self) -> PathBuf {
-        self.home().join("ca.pem")
-    }
-
     /// `bitmask-provider serve`, once it printed `ready` (its log goes to
-    /// `serve.log` in its dir).
+    /// [`ProviderProcess::log`]).
     pub fn serve(&mut self) {
         use std::io::BufRead as _;
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("serve.log")).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut child = Command::new(bin("bitmask-provider"))
             .args(["serve", "--dir"])
-            .arg(self.home())
+            .arg(&self.dir)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let ready = lines.any(|line| line.is_ok_and(|line| line.trim() == "ready"));
-        assert!(ready, "bitmask-provider serve did not get ready: {}", self.log());
-        // Its later output is drained so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        self.server = Some(KillOnDrop(child));
+        let process = KillOnDrop(child);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let _ = sender.send(lines.next().and_then(Result::ok).unwrap_or_default());
+            // Later output is drained so the provider never blocks on a full pipe.
+            lines.for_each(drop);
+        });
+        let line = receiver.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        assert_eq!(line, "ready", "the provider did not get ready; its log:\n{}", self.log());
+        self.process = Some(process);
     }
 
     /// SIGKILL, no goodbye.
     pub fn kill(&mut self) {
-        self.server = None;
+        self.process = None;
     }
 
+    /// What `serve` has logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A port from `provider.toml`: `https_port`, `mx_port` or `relay_port`.
+    pub fn port(&self, name: &str) -> u16 {
+        self.settings[name].as_integer().and_then(|port| u16::try_from(port).ok()).unwrap()
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.port("https_port"))
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 }

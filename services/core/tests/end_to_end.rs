@@ -177,7 +177,7 @@ fn provider() -> ProviderProcess {
 
 /// Nothing under the provider's directory contains `needle`.
 fn assert_no_plaintext(provider: &ProviderProcess, needles: &[&str]) {
-    let bytes = all_bytes(&provider.home());
+    let bytes = all_bytes(&provider.dir);
     for needle in needles {
         assert!(!contains(&bytes, needle.as_bytes()), "the provider's files hold {needle:?}");
     }
@@ -249,7 +249,7 @@ fn alice_writes_to_bob_and_bob_reads_it_decrypted_and_verified() {
 fn a_stranger_writes_through_the_mx_and_the_provider_keeps_no_plaintext() {
     let provider = provider();
     let bob = Person::join(&provider, BOB, "bob passphrase");
-    let mx = format!("127.0.0.1:{}", provider.mx_port);
+    let mx = format!("127.0.0.1:{}", provider.port("mx_port"));
     let swaks = |to: &str, subject: &str, body: &str| {
         Command::new("swaks")
             .args(["--server", &mx, "--from", "stranger@example.net", "--to", to, "--helo", "mail.example.net"])
@@ -293,7 +293,14 @@ fn a_message_encrypted_by_gpg_to_bobs_key_is_read() {
     let file = bob.world.path().join("gpg.eml");
     std::fs::write(&file, message).unwrap();
     let sent = Command::new("swaks")
-        .args(["--server", &format!("127.0.0.1:{}", provider.mx_port), "--from", "stranger@example.net", "--to", BOB])
+        .args([
+            "--server",
+            &format!("127.0.0.1:{}", provider.port("mx_port")),
+            "--from",
+            "stranger@example.net",
+            "--to",
+            BOB,
+        ])
         .arg("--data")
         .arg(&file)
         .output()
@@ -413,7 +420,7 @@ fn bad_input_gets_clear_errors() {
 
     // Mail for an unknown user at the MX: 550.
     let refused = Command::new("swaks")
-        .args(["--server", &format!("127.0.0.1:{}", provider.mx_port), "--to", "nobody@example.org"])
+        .args(["--server", &format!("127.0.0.1:{}", provider.port("mx_port")), "--to", "nobody@example.org"])
         .output()
         .unwrap();
     assert!(text(&refused).contains("<** 550"), "{}", text(&refused));

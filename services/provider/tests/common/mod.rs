@@ -4,7 +4,6 @@
 
 #![allow(dead_code)] // each test file uses its own part of this
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -16,16 +15,25 @@ use bitmask_proto::provider::v1::key_directory_client::KeyDirectoryClient;
 use bitmask_proto::sync::v1 as sync_pb;
 use bitmask_proto::sync::v1::sync_endpoint_client::SyncEndpointClient;
 use bitmask_runtime::client::{ProviderChannel, connect_provider};
-use bitmask_testkit::{KillOnDrop, bin, text};
+use bitmask_testkit::{ProviderProcess, bin, text};
 
 pub const DOMAIN: &str = "example.org";
 
-pub struct Provider {
-    _temp: tempfile::TempDir,
-    pub dir: PathBuf,
-    pub log: PathBuf,
-    pub settings: toml::Table,
-    pub process: Option<KillOnDrop>,
+/// The provider process (`bitmask_testkit::ProviderProcess`) and the
+/// clients the tests speak to it through.
+pub struct Provider(pub ProviderProcess);
+
+impl std::ops::Deref for Provider {
+    type Target = ProviderProcess;
+    fn deref(&self) -> &ProviderProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Provider {
+    fn deref_mut(&mut self) -> &mut ProviderProcess {
+        &mut self.0
+    }
 }
 
 /// `bitmask-provider ARGS`, waited for.
@@ -36,64 +44,24 @@ pub fn provider_command(args: &[&str]) -> Output {
 impl Provider {
     /// `init` in a fresh directory with `extra` arguments; not started.
     pub fn init(extra: &[&str]) -> Self {
-        let temp = tempfile::Builder::new().prefix("bmp").tempdir_in("/tmp").unwrap();
-        let dir = temp.path().join("provider");
-        let output = provider_command(&[&["init", "--domain", DOMAIN, "--dir", dir.to_str().unwrap()], extra].concat());
-        assert!(output.status.success(), "init failed: {}", text(&output));
-        let settings = std::fs::read_to_string(dir.join("provider.toml")).unwrap().parse().unwrap();
-        Self { log: temp.path().join("provider.log"), _temp: temp, dir, settings, process: None }
+        Self(ProviderProcess::init(DOMAIN, extra))
     }
 
     /// `init` and `serve`, once it is ready.
     pub fn start(extra: &[&str]) -> Self {
-        let mut provider = Self::init(extra);
-        provider.serve();
-        provider
-    }
-
-    /// Starts `serve` and waits for its `ready` line.
-    pub fn serve(&mut self) {
-        let log = std::fs::File::create(&self.log).unwrap();
-        let mut child = Command::new(bin("bitmask-provider"))
-            .args(["serve", "--dir"])
-            .arg(&self.dir)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let process = KillOnDrop(child);
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = receiver.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        assert_eq!(line, "ready\n", "the provider did not get ready; its log:\n{}", self.log_text());
-        self.process = Some(process);
+        Self(ProviderProcess::start(DOMAIN, extra))
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn port(&self, name: &str) -> u16 {
-        self.settings[name].as_integer().unwrap() as u16
+        self.log()
     }
 
     pub fn ca_path(&self) -> PathBuf {
-        self.dir.join("ca.pem")
+        self.ca_file()
     }
 
     pub fn ca_pem(&self) -> String {
         std::fs::read_to_string(self.ca_path()).unwrap()
-    }
-
-    pub fn url(&self) -> String {
-        format!("https://localhost:{}", self.port("https_port"))
     }
 
     /// A channel to the HTTPS port (CA pinned) presenting `token`.
