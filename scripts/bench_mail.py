@@ -3,7 +3,9 @@ submitted one after another over one SMTP connection (smtplib, AUTH PLAIN)
 while the recipient idles on INBOX (imaplib, IDLE); each EXISTS the
 recipient is told about is one arrival. The k-th arrival is matched to the
 k-th submission (delivery is in order on both paths), and the latency is
-their difference. The same workload runs against our path and against the
+their difference. After them, messages are sent one at a time, each when
+the one before has arrived: the latency of a single message on an idle
+path. The same workload runs against our path and against the
 reference, in the same run; the figures and their ratio are printed.
 
 Each --side is NAME,SMTP_PORT,SENDER,SENDER_PASSWORD,IMAP_PORT,RECIPIENT,RECIPIENT_PASSWORD.
@@ -54,6 +56,8 @@ def idle(side, count, arrivals, ready, failed):
                     seen += 1
                     arrivals.append(now)
         imap.send(b"DONE\r\n")
+        while not imap.readline().startswith(b"b1 "):
+            pass
         imap.logout()
     except Exception as error:  # reported by the main thread
         failed.append(error)
@@ -68,9 +72,17 @@ def message(side, n):
     ).encode()
 
 
-def run(side, count):
+def percentile(values, fraction):
+    values = sorted(values)
+    return values[max(0, int(len(values) * fraction) - 1)]
+
+
+def run(side, count, paced):
+    """`count` messages back to back (throughput, and latency under that
+    load), then `paced` ones each sent when the one before has arrived
+    (the latency of one message on an idle path)."""
     arrivals, ready, failed = [], threading.Event(), []
-    idler = threading.Thread(target=idle, args=(side, count, arrivals, ready, failed), daemon=True)
+    idler = threading.Thread(target=idle, args=(side, count + paced, arrivals, ready, failed), daemon=True)
     idler.start()
     ready.wait(60)
     if failed:
@@ -83,19 +95,33 @@ def run(side, count):
         submitted.append(time.perf_counter())
         smtp.sendmail(side["sender"], [side["recipient"]], data)
     submit_seconds = time.perf_counter() - submitted[0]
+    deadline = time.monotonic() + 600
+    while len(arrivals) < count and not failed and time.monotonic() < deadline:
+        time.sleep(0.001)
+    loaded = sorted(arrived - sent for arrived, sent in zip(arrivals, submitted))
+    total = arrivals[count - 1] - submitted[0] if len(arrivals) >= count else float("inf")
+    single = []
+    for n in range(count, count + paced):
+        data = message(side, n)
+        sent = time.perf_counter()
+        smtp.sendmail(side["sender"], [side["recipient"]], data)
+        while len(arrivals) <= n and not failed and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        if len(arrivals) > n:
+            single.append(arrivals[n] - sent)
     smtp.quit()
-    idler.join(600)
+    idler.join(60)
     if failed:
         raise failed[0]
-    if len(arrivals) < count:
-        raise RuntimeError(f"{side['name']}: {len(arrivals)} of {count} messages arrived")
-    latencies = sorted(arrived - sent for arrived, sent in zip(arrivals, submitted))
-    total = arrivals[-1] - submitted[0]
+    if len(arrivals) < count + paced:
+        raise RuntimeError(f"{side['name']}: {len(arrivals)} of {count + paced} messages arrived")
     return {
         "submitted per s": count / submit_seconds,
         "delivered per s": count / total,
-        "latency median ms": statistics.median(latencies) * 1000,
-        "latency p99 ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "loaded median ms": statistics.median(loaded) * 1000,
+        "loaded p99 ms": percentile(loaded, 0.99) * 1000,
+        "one-by-one median ms": statistics.median(single) * 1000,
+        "one-by-one p99 ms": percentile(single, 0.99) * 1000,
     }
 
 
@@ -104,18 +130,19 @@ def main():
     parser.add_argument("--ours", required=True)
     parser.add_argument("--reference", required=True)
     parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--paced", type=int, default=100)
     args = parser.parse_args()
     ours, reference = parse_side(args.ours), parse_side(args.reference)
-    print(f"{args.count} messages of 10 KB, submitted one after another, recipient idling")
+    print(f"{args.count} messages of 10 KB submitted back to back, then {args.paced} one at a time; recipient idling")
     results = {}
     for side in (reference, ours):
         started = time.perf_counter()
-        results[side["name"]] = run(side, args.count)
+        results[side["name"]] = run(side, args.count, args.paced)
         print(f"  {side['name']}: done in {time.perf_counter() - started:.1f} s", flush=True)
-    print(f"{'':22} {ours['name']:>12} {reference['name']:>12} {'ratio':>8}")
+    print(f"{'':24} {ours['name']:>12} {reference['name']:>12} {'ratio':>8}")
     for key in results[ours["name"]]:
         a, b = results[ours["name"]][key], results[reference["name"]][key]
-        print(f"{key:22} {a:12.1f} {b:12.1f} {a / b:8.2f}")
+        print(f"{key:24} {a:12.1f} {b:12.1f} {a / b:8.2f}")
 
 
 if __name__ == "__main__":

@@ -276,7 +276,24 @@ impl Processor {
             tracing::info!(item, "incoming message was filed before");
             return Ok(());
         }
-        let encrypted = self.read_blob(&doc.blob, doc.size).await?;
+        let encrypted = match self.read_blob(&doc.blob, doc.size).await {
+            Ok(encrypted) => encrypted,
+            Err(status) if status.code() == Code::NotFound => {
+                // The local copy is gone (it should not be): the item is
+                // still at the provider, so the document goes and the
+                // store fetches the item again.
+                tracing::warn!(item, "the local copy of an incoming item is missing: fetching it again");
+                let forget = pb::Write {
+                    op: Some(pb::write::Op::Delete(pb::DeleteRequest {
+                        id: document.id.clone(),
+                        expected_rev: document.rev.clone(),
+                    })),
+                };
+                self.store.clone().batch(pb::BatchRequest { writes: vec![forget] }).await?;
+                return Ok(());
+            }
+            Err(status) => return Err(status),
+        };
         let filed = self.read(&doc, &encrypted).await?;
         if matches!(filed.encryption, incoming::Encryption::Failed) {
             done.push(pb::Write {

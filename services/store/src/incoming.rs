@@ -83,6 +83,10 @@ pub async fn fetch(
     client: &mut EndpointClient,
     publish: &(dyn Fn(Change) + Sync),
 ) -> Result<usize, Status> {
+    // One fetch at a time (the notice follower and a sync may both want
+    // to): an item is downloaded once.
+    static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _fetching = FETCHING.lock().await;
     let items = client.list_incoming(sync_pb::ListIncomingRequest { limit: 0 }).await?.into_inner().items;
     let mut taken = 0;
     for item in items {
@@ -140,11 +144,10 @@ pub async fn fetch(
             };
             match store.put(put) {
                 Ok((_, change)) => Ok(Some(change)),
-                // Taken by a concurrent fetch: its blob is the one in use.
-                Err(StoreError::AlreadyExists(_)) => {
-                    store.delete_blob(&blob.id)?;
-                    Ok(None)
-                }
+                // Taken meanwhile; blobs are named by their content, so the
+                // blob just written is the very one that document names
+                // (and must stay).
+                Err(StoreError::AlreadyExists(_)) => Ok(None),
                 Err(error) => Err(error),
             }
         })
