@@ -12,7 +12,8 @@
 //! devices woken) before the sender hears `250`.
 //!
 //! **Retries are deduplicated**: the provider keeps HMAC-SHA256, under its
-//! secret, of (recipient, Message-ID) for [`DEDUPLICATION_WINDOW`]; a copy
+//! secret, of (envelope sender, recipient, Message-ID) for
+//! [`DEDUPLICATION_WINDOW`]; a copy
 //! whose pair is known is answered as delivered and not deposited again. A
 //! message without a Message-ID cannot be recognized and is deposited each
 //! time it comes.
@@ -33,7 +34,7 @@ use zeroize::Zeroizing;
 use crate::config::ProviderSecret;
 use crate::store::ProviderStore;
 
-/// How long a delivered (recipient, Message-ID) pair is remembered.
+/// How long a delivered (sender, recipient, Message-ID) is remembered.
 pub const DEDUPLICATION_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A message as the SMTP session received it, in memory only; zeroized
@@ -160,10 +161,21 @@ impl Delivery {
     }
 
     /// HMAC-SHA256 under the provider secret of `recipient` and `message_id`.
-    fn deduplication_key(&self, recipient: &str, message_id: &str) -> Result<[u8; 32], Reply> {
+    /// The envelope sender is part of the key: someone who learns a
+    /// Message-ID before it is sent cannot have the real message dropped as
+    /// a "retry" of theirs unless they also send as its sender.
+    fn deduplication_key(&self, sender: &str, recipient: &str, message_id: &str) -> Result<[u8; 32], Reply> {
         // HMAC takes a key of any length: this does not fail.
         let mut mac = <Hmac<Sha256>>::new_from_slice(self.secret.as_bytes()).map_err(storage_failure)?;
-        for part in [b"bitmask-provider delivery\0".as_slice(), recipient.as_bytes(), b"\0", message_id.as_bytes()] {
+        let sender = sender.to_lowercase();
+        for part in [
+            b"bitmask-provider delivery\0".as_slice(),
+            sender.as_bytes(),
+            b"\0",
+            recipient.as_bytes(),
+            b"\0",
+            message_id.as_bytes(),
+        ] {
             mac.update(part);
         }
         Ok(mac.finalize().into_bytes().into())
@@ -188,7 +200,7 @@ impl Delivery {
         let mut _in_flight = None;
         let mut remember = None;
         if let Some(message_id) = message_id {
-            let key = self.deduplication_key(recipient, message_id)?;
+            let key = self.deduplication_key(&trace.from, recipient, message_id)?;
             if !self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key) {
                 return Err(Reply::new(
                     451,

@@ -6,7 +6,7 @@
 //!   salt and verifier, never a passphrase;
 //! - `provider/certificates`: SHA-256 of an issued certificate's DER →
 //!   [`IssuedCertificate`] (JSON);
-//! - `provider/delivered`: a keyed hash of (recipient, Message-ID) → when the
+//! - `provider/delivered`: a keyed hash of (sender, recipient, Message-ID) → when the
 //!   entry may be forgotten (seconds since the Unix epoch, big-endian), so
 //!   neither addresses nor message ids are kept in the clear.
 //!

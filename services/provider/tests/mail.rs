@@ -103,6 +103,16 @@ async fn the_mx_encrypts_deposits_and_deduplicates() {
     let items = provider.incoming(&token).await;
     assert_eq!(items.len(), 2);
     assert!(provider.open_incoming(&token, &items[1], &key).await.contains("with ESMTP\r\n"));
+    // The same Message-ID from another envelope sender is not a retry: a
+    // Message-ID known in advance cannot suppress the real message.
+    let port = provider.port("mx_port");
+    let file = provider.dir.parent().unwrap().join("message.eml");
+    let spoiler = swaks(
+        port,
+        &["--from", "someone-else@example.net", "--to", "bob@example.org", "--data", file.to_str().unwrap()],
+    );
+    assert!(!spoiler.contains("queued as duplicate"), "{spoiler}");
+    assert_eq!(provider.incoming(&token).await.len(), 3);
 
     // No plaintext anywhere in the provider's files.
     let bytes = all_bytes(&provider.dir);
