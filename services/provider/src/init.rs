@@ -70,7 +70,7 @@ pub fn init(options: InitOptions) -> Result<Initialized, InitError> {
         return Err(InitError::Invalid(format!("--smarthost {smarthost:?} is not HOST:PORT")));
     }
     let layout = Layout::new(&options.dir);
-    // Checked before anything is made (the ports are placeholders here).
+    // Validated before anything is made; the real ports are chosen below.
     let mut settings = Settings {
         domain,
         hostname,
