@@ -140,7 +140,17 @@ impl Processor {
                         None => return Ok(()),
                         // Our own deletions are announced too: no new work.
                         Some(change) if change.document.as_ref().is_some_and(|document| document.deleted) => continue,
-                        Some(_) => break,
+                        Some(_) => {
+                            // One pass takes every item waiting: the other
+                            // announcements already here need no pass of
+                            // their own (under a burst there is one each).
+                            while let Some(change) = futures::FutureExt::now_or_never(changes.message()) {
+                                if change?.is_none() {
+                                    return Ok(());
+                                }
+                            }
+                            break;
+                        }
                     },
                     () = tokio::time::sleep_until(deadline) => break,
                 }
