@@ -299,3 +299,57 @@ async fn a_wrong_ca_is_refused_and_sync_needs_a_configuration() {
     client.configure_sync(configure).await.unwrap();
     assert_eq!(sync(&mut client).await.unwrap_err().code(), Code::Unauthenticated);
 }
+
+/// Every `incoming/<item>` document, as (item, blob id).
+async fn incoming_documents(client: &mut StoreClient<Channel>) -> Vec<(String, String)> {
+    let request = pb::QueryRequest { index: "incoming-by-received".into(), ..Default::default() };
+    let Ok(page) = client.query(request).await else { return Vec::new() };
+    page.into_inner()
+        .documents
+        .into_iter()
+        .map(|document| {
+            let content: serde_json::Value = serde_json::from_slice(&document.content).unwrap();
+            (content["item"].as_str().unwrap().to_owned(), content["blob"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+async fn blob(client: &mut StoreClient<Channel>, id: &str) -> Result<Vec<u8>, tonic::Status> {
+    let request = pb::GetBlobRequest { id: id.into(), offset: 0, length: 0 };
+    let mut stream = client.get_blob(request).await?.into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        data.extend_from_slice(&chunk.data);
+    }
+    Ok(data)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn incoming_items_are_taken_once_each_with_their_bytes_while_fetches_race() {
+    let provider = provider().await;
+    // Waiting before the device exists: its notice follower and each of its
+    // syncs find them all at once, and race to fetch them.
+    let notifier = bitmask_sync_endpoint::IncomingNotifier::default();
+    let mut deposited = std::collections::HashMap::new();
+    for n in 0..60 {
+        let data = format!("item {n}, encrypted to the account. ").repeat(100).into_bytes();
+        let id =
+            bitmask_sync_endpoint::deposit(provider.storage.as_ref(), &notifier, TestProvider::USER, &data).unwrap();
+        deposited.insert(id, data);
+    }
+    let mut device = device(&provider).await;
+    let initialize = pb::InitializeRequest { passphrase: PASSPHRASE.into(), from_provider: false };
+    device.client.initialize(initialize).await.unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        sync(&mut device.client).await.unwrap();
+    }
+    let taken = incoming_documents(&mut device.client).await;
+    assert_eq!(taken.len(), deposited.len(), "each item once");
+    for (item, blob_id) in taken {
+        let bytes = blob(&mut device.client, &blob_id).await.unwrap_or_else(|status| panic!("{item}: {status}"));
+        assert_eq!(&bytes, &deposited[&item], "{item}");
+    }
+    // They stay at the provider until filed (nothing is filed here).
+    assert_eq!(provider.storage.list_incoming(TestProvider::USER, 0).unwrap().len(), 60);
+}
