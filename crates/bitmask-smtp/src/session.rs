@@ -889,7 +889,7 @@ impl Session {
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. } => {
-                self.reply(actions, 502, [5, 5, 1], "Command not implemented");
+                self.reply(actions, 502, [5, 5, 1], "Command not supported here");
             }
         }
     }

@@ -669,7 +669,7 @@ fn simple_commands() {
             S: 252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery
             S: 501 5.5.4 Syntax: VRFY string
             S: 214 2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT
-            S: 502 5.5.1 Command not implemented
+            S: 502 5.5.1 Command not supported here
             S: 250 2.0.0 Ok
             S: 500 5.5.1 Command unrecognized
             S: 500 5.5.1 Command unrecognized
