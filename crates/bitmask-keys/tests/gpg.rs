@@ -5,70 +5,21 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 
 use bitmask_keys::openpgp::{self, Algorithm, PgpError, SignatureStatus};
+use bitmask_testkit::gpg::Gpg;
 
-struct Gpg {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-}
-
-impl Gpg {
-    fn new() -> Self {
-        // gpg-agent's socket must fit a short path.
-        let dir = tempfile::Builder::new().prefix("g").tempdir_in("/tmp").unwrap();
-        let home = dir.path().to_owned();
-        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        Self { _dir: dir, home }
+/// Generates a key for `address` in gpg and returns its public certificate.
+fn generate(gpg: &Gpg, address: &str, algorithm: &str) -> Vec<openpgp::Certificate> {
+    gpg.ok(&["--quick-gen-key", address, algorithm, "default", "never"], b"");
+    if algorithm.starts_with("rsa") {
+        // An RSA primary key certifies and signs; encryption needs a subkey.
+        gpg.ok(&["--quick-add-key", &gpg.fingerprint(address), algorithm, "encr", "never"], b"");
     }
-
-    fn run(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = Command::new("gpg")
-            .arg("--homedir")
-            .arg(&self.home)
-            .args(["--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", "", "--trust-model", "always"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str], input: &[u8]) -> Output {
-        let output = self.run(args, input);
-        assert!(output.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        output
-    }
-
-    /// Generates a key for `address` in gpg and returns its public certificate.
-    fn generate(&self, address: &str, algorithm: &str) -> Vec<openpgp::Certificate> {
-        self.ok(&["--quick-gen-key", address, algorithm, "default", "never"], b"");
-        if algorithm.starts_with("rsa") {
-            // An RSA primary key certifies and signs; encryption needs a subkey.
-            let listing = String::from_utf8(self.ok(&["--with-colons", "--list-keys", address], b"").stdout).unwrap();
-            let fingerprint =
-                listing.lines().find(|line| line.starts_with("fpr:")).unwrap().split(':').nth(9).unwrap().to_owned();
-            self.ok(&["--quick-add-key", &fingerprint, algorithm, "encr", "never"], b"");
-        }
-        let public = self.ok(&["--export", "--armor", address], b"").stdout;
-        openpgp::parse_certs(&public).unwrap()
-    }
-
-    fn import(&self, data: &[u8]) {
-        self.ok(&["--import"], data);
-    }
-
-    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
-        let path = self.home.join(name);
-        std::fs::write(&path, data).unwrap();
-        path
-    }
+    let public = gpg.ok(&["--export", "--armor", address], b"").stdout;
+    openpgp::parse_certs(&public).unwrap()
 }
 
 fn status_lines(output: &Output) -> String {
@@ -92,8 +43,8 @@ fn round_trip(algorithm: Algorithm, gpg_algorithm: &str) {
     let gpg = Gpg::new();
     let alice = openpgp::generate("alice@example.org", algorithm).unwrap();
     let alice_fingerprint = openpgp::fingerprint(&alice);
-    gpg.import(&openpgp::export_public(&alice, true).unwrap());
-    let bob = gpg.generate("bob@example.org", gpg_algorithm);
+    gpg.ok(&["--import"], &openpgp::export_public(&alice, true).unwrap());
+    let bob = generate(&gpg, "bob@example.org", gpg_algorithm);
     let bob_fingerprint = openpgp::fingerprint(&bob[0]);
     let text = b"Subject: hello\r\n\r\nMeet me at the usual place at 5.\r\n";
 
@@ -136,7 +87,7 @@ fn round_trip(algorithm: Algorithm, gpg_algorithm: &str) {
 
     // Our key in gpg (a user taking their key along): gpg reads what an
     // OpenPGP sender like us writes to it.
-    gpg.import(&openpgp::export_secret(&alice, false).unwrap());
+    gpg.ok(&["--import"], &openpgp::export_secret(&alice, false).unwrap());
     let to_alice = openpgp::encrypt(text, std::slice::from_ref(&alice), None, false).unwrap();
     let to_alice_file = gpg.file("to-alice.pgp", &to_alice);
     let output = gpg.ok(&["--status-fd", "1", "--output", "/dev/null", "--decrypt", path(&to_alice_file)], b"");
@@ -245,7 +196,7 @@ fn an_expired_account_key_is_extended_and_gpg_encrypts_to_it_again() {
 
     // GnuPG takes the extended key and encrypts to it; we decrypt.
     let gpg = Gpg::new();
-    gpg.import(&openpgp::export_public(&extended, true).unwrap());
+    gpg.ok(&["--import"], &openpgp::export_public(&extended, true).unwrap());
     let input = gpg.file("plain.txt", b"still here\n");
     let output =
         gpg.ok(&["--armor", "--output", "-", "--recipient", "old@example.org", "--encrypt", path(&input)], b"");

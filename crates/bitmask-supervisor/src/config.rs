@@ -30,6 +30,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("{address} is not an account of {path}")]
+    NoAccount { path: PathBuf, address: String },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +151,15 @@ impl Config {
 
     pub fn account(&self, address: &str) -> Option<&AccountConfig> {
         self.accounts.iter().find(|account| account.address == address)
+    }
+
+    /// One account of the configuration file at `path`: what a service
+    /// started for that account reads.
+    pub fn load_account(path: &Path, address: &str) -> Result<AccountConfig, ConfigError> {
+        Self::load(path)?
+            .account(address)
+            .cloned()
+            .ok_or_else(|| ConfigError::NoAccount { path: path.to_owned(), address: address.to_owned() })
     }
 
     /// Every rule a loaded or changed configuration must keep.

@@ -22,11 +22,7 @@ fn main() -> std::process::ExitCode {
         let mut server = GrpcServer::new(&[MailServer::<MailApi>::NAME])?;
         let paths = args.common.paths()?;
         let account_paths = args.account_paths()?;
-        let config = bitmask_supervisor::config::Config::load(&paths.config_file())?;
-        let account = config
-            .account(&args.account)
-            .ok_or_else(|| format!("{} is not an account of {}", args.account, paths.config_file().display()))?
-            .clone();
+        let account = bitmask_supervisor::config::Config::load_account(&paths.config_file(), &args.account)?;
         let store_socket = account_paths.socket(ServiceKind::Store);
         // Lazy: the store may start or restart after us.
         let store = bitmask_runtime::client::traced(bitmask_runtime::client::connect_unix_lazy(store_socket));

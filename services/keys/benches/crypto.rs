@@ -8,8 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark program
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bitmask_keys::openpgp::{self, Algorithm, Certificate};
@@ -18,6 +16,7 @@ use bitmask_proto::keys::v1::keys_client::KeysClient;
 use bitmask_proto::store::v1 as store_pb;
 use bitmask_proto::store::v1::store_client::StoreClient;
 use bitmask_testkit::World;
+use bitmask_testkit::gpg::Gpg;
 use tonic::transport::Channel;
 
 const ACCOUNT: &str = "alice@example.org";
@@ -61,36 +60,6 @@ async fn grpc_decrypt(client: &mut KeysClient<Channel>, data: &[u8]) -> usize {
     length
 }
 
-fn gpg(home: &std::path::Path, args: &[&str], input: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("gpg")
-        .arg("--homedir")
-        .arg(home)
-        .args([
-            "--batch",
-            "--yes",
-            "--quiet",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-            "--trust-model",
-            "always",
-        ])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let output = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(output.status.success(), "gpg {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    output.stdout
-}
-
 fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let world = World::new();
@@ -128,10 +97,9 @@ fn main() {
     });
     let alice_public: Vec<Certificate> = openpgp::parse_certs(&openpgp::export_public(&alice, false).unwrap()).unwrap();
 
-    let gnupg = tempfile::Builder::new().prefix("g").tempdir_in("/tmp").unwrap();
-    std::fs::set_permissions(gnupg.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    gpg(gnupg.path(), &["--import"], &openpgp::export_secret(&alice, false).unwrap());
-    gpg(gnupg.path(), &["--import"], &openpgp::export_public(&bob, false).unwrap());
+    let gnupg = Gpg::new();
+    gnupg.ok(&["--import"], &openpgp::export_secret(&alice, false).unwrap());
+    gnupg.ok(&["--import"], &openpgp::export_public(&bob, false).unwrap());
 
     println!(
         "{:<34} {:>12} {:>12} {:>12} {:>10} {:>10}",
@@ -156,11 +124,7 @@ fn main() {
         let inproc = rate(rounds, started.elapsed());
         let started = Instant::now();
         for _ in 0..gpg_rounds {
-            gpg(
-                gnupg.path(),
-                &["--encrypt", "--sign", "--recipient", "bob@example.org", "--local-user", ACCOUNT],
-                &data,
-            );
+            gnupg.ok(&["--encrypt", "--sign", "--recipient", "bob@example.org", "--local-user", ACCOUNT], &data);
         }
         let reference = rate(gpg_rounds, started.elapsed());
         assert!(openpgp::decrypt(&ciphertext, std::slice::from_ref(&bob), &alice_public).is_ok());
@@ -187,7 +151,7 @@ fn main() {
         let inproc = rate(rounds, started.elapsed());
         let started = Instant::now();
         for _ in 0..gpg_rounds {
-            assert_eq!(gpg(gnupg.path(), &["--decrypt"], &to_alice).len(), size);
+            assert_eq!(gnupg.ok(&["--decrypt"], &to_alice).stdout.len(), size);
         }
         let reference = rate(gpg_rounds, started.elapsed());
         println!(

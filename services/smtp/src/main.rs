@@ -27,11 +27,7 @@ fn main() -> std::process::ExitCode {
         let mut server = GrpcServer::new(&[SmtpServer::<SmtpApi>::NAME])?;
         let paths = args.common.paths()?;
         let account_paths = args.account_paths()?;
-        let config = bitmask_supervisor::config::Config::load(&paths.config_file())?;
-        let account = config
-            .account(&args.account)
-            .ok_or_else(|| format!("{} is not an account of {}", args.account, paths.config_file().display()))?
-            .clone();
+        let account = bitmask_supervisor::config::Config::load_account(&paths.config_file(), &args.account)?;
         let channel = |kind: ServiceKind| {
             // Lazy: the other services may start or restart after us.
             bitmask_runtime::client::traced(bitmask_runtime::client::connect_unix_lazy(account_paths.socket(kind)))
