@@ -11,7 +11,7 @@ const ACCOUNT: &str = "alice@example.org";
 const CHEAP: KdfParams = KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 };
 
 fn open(dir: &Path) -> Store {
-    Store::open_with_kdf(dir, ACCOUNT, CHEAP).unwrap()
+    bitmask_testkit::reopen(|| Store::open_with_kdf(dir, ACCOUNT, CHEAP))
 }
 
 fn fresh(dir: &Path) -> Store {
@@ -82,7 +82,7 @@ fn the_default_kdf_is_argon2id_at_full_cost() {
     let store = Store::open(dir.path(), ACCOUNT).unwrap();
     store.initialize("correct horse").unwrap();
     drop(store);
-    let store = Store::open(dir.path(), ACCOUNT).unwrap();
+    let store = bitmask_testkit::reopen(|| Store::open(dir.path(), ACCOUNT));
     assert!(matches!(store.unlock("wrong"), Err(StoreError::WrongCredential)));
     store.unlock("correct horse").unwrap();
 }
@@ -403,7 +403,7 @@ fn a_tampered_record_is_refused_not_returned() {
     drop(store);
     {
         // Swap the two sealed records, then flip a byte in one: behind the store's back.
-        let db = sled::open(dir.path()).unwrap();
+        let db = bitmask_testkit::reopen(|| sled::open(dir.path()));
         let documents = db.open_tree("documents").unwrap();
         let entries: Vec<_> = documents.iter().map(Result::unwrap).collect();
         assert_eq!(entries.len(), 2);
@@ -477,7 +477,7 @@ fn blobs_stream_in_chunks_dedupe_and_detect_tampering() {
     assert!(!contains(&bytes, b"Attachment-Marker-XYZZY"), "blob plaintext is in the sled files");
     {
         // Swap two chunks behind the store's back.
-        let db = sled::open(dir.path()).unwrap();
+        let db = bitmask_testkit::reopen(|| sled::open(dir.path()));
         let chunks = db.open_tree("chunks").unwrap();
         let entries: Vec<_> = chunks.iter().take(2).map(Result::unwrap).collect();
         chunks.insert(&entries[0].0, entries[1].1.clone()).unwrap();

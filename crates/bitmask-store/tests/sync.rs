@@ -237,7 +237,7 @@ fn a_sync_cut_off_half_way_resumes_without_loss_or_duplicates() {
         assert!(matches!(provider.push(USER, pushed(&document)).unwrap(), PushOutcome::Accepted(_)));
     }
     drop(one);
-    let one = Store::open_with_kdf(dirs.1.path(), ACCOUNT, CHEAP).unwrap();
+    let one = bitmask_testkit::reopen(|| Store::open_with_kdf(dirs.1.path(), ACCOUNT, CHEAP));
     one.unlock("correct horse").unwrap();
     assert!(sync(&one, &provider).is_empty());
     let (stored, generation) = provider.pull(USER, 0, 0).unwrap();

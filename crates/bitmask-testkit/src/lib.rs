@@ -60,6 +60,22 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
     }
 }
 
+/// Opens a sled database this process has just closed (dropped): sled's
+/// background flusher lets go of the file lock a moment after the drop, so
+/// an "already locked" error is waited out (up to 10 s); any other fails.
+pub fn reopen<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
+    let mut opened = None;
+    wait_until(Duration::from_secs(10), "the database's file lock is released", || match open() {
+        Ok(value) => {
+            opened = Some(value);
+            true
+        }
+        Err(error) if error.to_string().contains("could not acquire lock") => false,
+        Err(error) => panic!("opening failed: {error}"),
+    });
+    opened.unwrap()
+}
+
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
