@@ -32,8 +32,11 @@ use imap_types::status::{StatusDataItem, StatusDataItemName};
 use crate::message::MessageView;
 use crate::{search, utf7};
 
-/// Messages read from the store per round trip by FETCH and SEARCH.
+/// Messages read from the store per round trip by FETCH and SEARCH, and
+/// answered per batch by a FETCH of message contents.
 const RAW_BATCH: usize = 200;
+/// Messages answered per batch by a FETCH of flags, dates and sizes.
+const FETCH_BATCH: usize = 1000;
 
 /// The account's credentials: the address and its mail token.
 pub struct Credentials {
@@ -63,6 +66,31 @@ pub enum After {
 pub struct Reply {
     pub responses: Vec<Response<'static>>,
     pub after: After,
+    /// The command is not finished: once these responses are sent, the
+    /// rest comes from [`Session::more`] (a FETCH of 100,000 messages is
+    /// answered a batch at a time, not built in memory at once).
+    pub more: bool,
+}
+
+impl Reply {
+    fn done(responses: Vec<Response<'static>>, after: After) -> Self {
+        Self { responses, after, more: false }
+    }
+}
+
+/// What is left of a FETCH being answered a batch at a time.
+#[derive(Debug)]
+struct Fetching {
+    tag: Tag<'static>,
+    /// Positions in the view, in the order asked.
+    indices: Vec<usize>,
+    /// The next of `indices` to answer.
+    next: usize,
+    names: Vec<MessageDataItemName<'static>>,
+    needs_raw: bool,
+    expunge_issued: bool,
+    /// Whether EXPUNGE responses may follow it (UID FETCH).
+    uid: bool,
 }
 
 #[derive(Debug)]
@@ -75,6 +103,9 @@ struct Selected {
     recent_from: u32,
     /// UIDs this session announced as `\Recent` since (arrived while selected).
     recent_extra: BTreeSet<u32>,
+    /// The store's `version` before the snapshot `view` is up to date with:
+    /// while it has not moved, there is nothing to tell.
+    version: u64,
 }
 
 impl Selected {
@@ -100,6 +131,8 @@ pub struct Session<M> {
     /// Whether STARTTLS is offered (not yet in TLS, and a certificate exists).
     starttls: bool,
     tls: bool,
+    /// A FETCH not answered in full yet.
+    fetching: Option<Fetching>,
 }
 
 // --- building responses -----------------------------------------------------
@@ -122,6 +155,10 @@ fn ok(tag: &Tag<'static>, message: &str) -> Response<'static> {
 
 fn ok_code(tag: &Tag<'static>, code: Code<'static>, message: &str) -> Response<'static> {
     status(tag, StatusKind::Ok, Some(code), message)
+}
+
+fn unknown_cte(tag: &Tag<'static>) -> Response<'static> {
+    status(tag, StatusKind::No, Some(Code::UnknownCte), "unknown transfer encoding")
 }
 
 fn no(tag: &Tag<'static>, message: &str) -> Response<'static> {
@@ -361,7 +398,7 @@ use imap_types::ToStatic as _;
 
 impl<M: Mailstore> Session<M> {
     pub fn new(store: Arc<M>, credentials: Credentials, starttls: bool) -> Self {
-        Self { store, credentials, state: State::NotAuthenticated, starttls, tls: false }
+        Self { store, credentials, state: State::NotAuthenticated, starttls, tls: false, fetching: None }
     }
 
     pub fn greeting(&self) -> Greeting<'static> {
@@ -405,13 +442,10 @@ impl<M: Mailstore> Session<M> {
         if accepted {
             self.state = State::Authenticated;
             let code = Code::Capability(capabilities(false, true));
-            Reply { responses: vec![ok_code(tag, code, "logged in")], after: After::Continue }
+            Reply::done(vec![ok_code(tag, code, "logged in")], After::Continue)
         } else {
             let code = code("AUTHENTICATIONFAILED");
-            Reply {
-                responses: vec![status(tag, StatusKind::No, Some(code), "wrong address or mail token")],
-                after: After::AuthFailed,
-            }
+            Reply::done(vec![status(tag, StatusKind::No, Some(code), "wrong address or mail token")], After::AuthFailed)
         }
     }
 
@@ -441,22 +475,32 @@ impl<M: Mailstore> Session<M> {
     /// commands); `expunges`: whether EXPUNGE may be sent now.
     pub async fn updates(&mut self, expunges: bool) -> Vec<Response<'static>> {
         let State::Selected(selected) = &mut self.state else { return Vec::new() };
+        let version = self.store.version();
+        if version == selected.version {
+            return Vec::new();
+        }
         let Ok((_, now)) = self.store.snapshot(&selected.name).await else {
             // The mailbox is gone (deleted elsewhere): RFC 3501 lets the server close it.
             return Vec::new();
         };
         let mut responses = Vec::new();
         let current: std::collections::HashMap<u32, &Entry> = now.iter().map(|entry| (entry.uid, entry)).collect();
+        // Up to date after this, unless expunges must wait for a later call.
+        if expunges || selected.view.iter().all(|known| current.contains_key(&known.uid)) {
+            selected.version = version;
+        }
         if expunges {
-            let mut index = 0;
-            while index < selected.view.len() {
-                if current.contains_key(&selected.view[index].uid) {
-                    index += 1;
+            // Each EXPUNGE names the sequence number as of the ones before it.
+            let mut kept = 0u32;
+            selected.view.retain(|known| {
+                let keep = current.contains_key(&known.uid);
+                if keep {
+                    kept += 1;
                 } else {
-                    selected.view.remove(index);
-                    responses.push(Response::Data(Data::Expunge(nz(index as u32 + 1))));
+                    responses.push(Response::Data(Data::Expunge(nz(kept + 1))));
                 }
-            }
+                keep
+            });
         }
         for (index, known) in selected.view.iter_mut().enumerate() {
             if let Some(entry) = current.get(&known.uid)
@@ -513,10 +557,7 @@ impl<M: Mailstore> Session<M> {
             (_, CommandBody::Noop) => (vec![ok(&tag, "NOOP completed")], true),
             (_, CommandBody::Logout) => {
                 self.state = State::Logout;
-                return Reply {
-                    responses: vec![bye("logging out"), ok(&tag, "LOGOUT completed")],
-                    after: After::Logout,
-                };
+                return Reply::done(vec![bye("logging out"), ok(&tag, "LOGOUT completed")], After::Logout);
             }
             (_, CommandBody::Id { .. }) => {
                 let parameters = vec![(
@@ -610,7 +651,30 @@ impl<M: Mailstore> Session<M> {
             }
             (State::Selected(_), _) => (vec![bad(&tag, "command not supported")], false),
         };
-        // Updates go before the tagged completion.
+        if self.fetching.is_some() {
+            return Reply { responses, after, more: true };
+        }
+        self.finish(&mut responses, after, expunges_allowed).await;
+        Reply::done(responses, after)
+    }
+
+    /// The next batch of a command's responses, when the last [`Reply`]
+    /// said there is more.
+    pub async fn more(&mut self) -> Reply {
+        let Some(expunges_allowed) = self.fetching.as_ref().map(|fetching| fetching.uid) else {
+            return Reply::done(Vec::new(), After::Continue);
+        };
+        let mut responses = self.fetch_batch().await;
+        if self.fetching.is_some() {
+            return Reply { responses, after: After::Continue, more: true };
+        }
+        self.finish(&mut responses, After::Continue, expunges_allowed).await;
+        Reply::done(responses, After::Continue)
+    }
+
+    /// Untagged updates of the selected mailbox go before the tagged
+    /// completion (the last of `responses`).
+    async fn finish(&mut self, responses: &mut Vec<Response<'static>>, after: After, expunges_allowed: bool) {
         if after == After::Continue && matches!(self.state, State::Selected(_)) {
             let updates = self.updates(expunges_allowed).await;
             if !updates.is_empty() {
@@ -619,7 +683,6 @@ impl<M: Mailstore> Session<M> {
                 responses.extend(last);
             }
         }
-        Reply { responses, after }
     }
 
     async fn select(&mut self, tag: &Tag<'static>, mailbox: &Mailbox<'_>, read_only: bool) -> Vec<Response<'static>> {
@@ -637,6 +700,7 @@ impl<M: Mailstore> Session<M> {
                 Err(error) => return vec![mail_error(tag, &error)],
             }
         };
+        let version = self.store.version();
         let (info, view) = match self.store.snapshot(&name).await {
             Ok(snapshot) => snapshot,
             Err(error) => return vec![mail_error(tag, &error)],
@@ -671,8 +735,14 @@ impl<M: Mailstore> Session<M> {
         responses.push(untagged(StatusKind::Ok, Some(Code::UidNext(nz(info.uid_next))), "predicted next UID"));
         let code = if read_only { Code::ReadOnly } else { Code::ReadWrite };
         responses.push(ok_code(tag, code, if read_only { "EXAMINE completed" } else { "SELECT completed" }));
-        self.state =
-            State::Selected(Selected { name: info.name, read_only, view, recent_from, recent_extra: BTreeSet::new() });
+        self.state = State::Selected(Selected {
+            name: info.name,
+            read_only,
+            view,
+            recent_from,
+            recent_extra: BTreeSet::new(),
+            version,
+        });
         responses
     }
 
@@ -969,7 +1039,7 @@ impl<M: Mailstore> Session<M> {
         for (index, entry) in selected.view.iter().enumerate() {
             if needs_raw && index % RAW_BATCH == 0 {
                 let end = (index + RAW_BATCH).min(selected.view.len());
-                let ids: Vec<String> = selected.view[index..end].iter().map(|entry| entry.message.clone()).collect();
+                let ids: Vec<Arc<str>> = selected.view[index..end].iter().map(|entry| entry.message.clone()).collect();
                 raws = self.store.raws(&ids).await.unwrap_or_else(|_| vec![None; ids.len()]);
                 raws.reverse();
             }
@@ -1075,19 +1145,31 @@ impl<M: Mailstore> Session<M> {
                 }
             }
         }
-        let State::Selected(selected) = &self.state else { return vec![bad(tag, "no mailbox selected")] };
-        let mut responses = Vec::with_capacity(indices.len() + 1);
+        self.fetching =
+            Some(Fetching { tag: tag.clone(), indices, next: 0, names, needs_raw, expunge_issued: false, uid });
+        self.fetch_batch().await
+    }
+
+    /// Answers the next batch of the FETCH under way; with its last batch,
+    /// the tagged completion (and the FETCH is over).
+    async fn fetch_batch(&mut self) -> Vec<Response<'static>> {
+        let Some(mut fetching) = self.fetching.take() else { return Vec::new() };
+        let State::Selected(selected) = &self.state else { return vec![bad(&fetching.tag, "no mailbox selected")] };
+        let Fetching { tag, indices, names, needs_raw, .. } = &fetching;
+        let (tag, needs_raw) = (tag.clone(), *needs_raw);
+        let start = fetching.next;
+        let mut expunge_issued = fetching.expunge_issued;
+        let end = (start + if needs_raw { RAW_BATCH } else { FETCH_BATCH }).min(indices.len());
+        let mut responses = Vec::with_capacity(end - start + 1);
         let mut raws: Vec<Option<Arc<Vec<u8>>>> = Vec::new();
-        let mut expunge_issued = false;
-        for (position, index) in indices.iter().copied().enumerate() {
+        if needs_raw {
+            let ids: Vec<Arc<str>> =
+                indices[start..end].iter().map(|index| selected.view[*index].message.clone()).collect();
+            raws = self.store.raws(&ids).await.unwrap_or_else(|_| vec![None; ids.len()]);
+            raws.reverse();
+        }
+        for index in indices[start..end].iter().copied() {
             let entry = &selected.view[index];
-            if needs_raw && position % RAW_BATCH == 0 {
-                let end = (position + RAW_BATCH).min(indices.len());
-                let ids: Vec<String> =
-                    indices[position..end].iter().map(|index| selected.view[*index].message.clone()).collect();
-                raws = self.store.raws(&ids).await.unwrap_or_else(|_| vec![None; ids.len()]);
-                raws.reverse();
-            }
             let raw = if needs_raw {
                 match raws.pop().flatten() {
                     Some(raw) => Some(raw),
@@ -1103,7 +1185,7 @@ impl<M: Mailstore> Session<M> {
             };
             let view = raw.as_deref().map(|raw| MessageView::parse(raw.as_slice()));
             let mut items = Vec::with_capacity(names.len());
-            for name in &names {
+            for name in names {
                 let item = match name {
                     MessageDataItemName::Uid => MessageDataItem::Uid(nz(entry.uid)),
                     MessageDataItemName::Flags => {
@@ -1156,12 +1238,8 @@ impl<M: Mailstore> Session<M> {
                     MessageDataItemName::Binary { section, partial, .. } => {
                         let (Some(view), Some(raw)) = (&view, &raw) else { continue };
                         let Some(bytes) = binary_section(view, raw, section) else {
-                            return vec![status(
-                                tag,
-                                StatusKind::No,
-                                Some(Code::UnknownCte),
-                                "unknown transfer encoding",
-                            )];
+                            responses.push(unknown_cte(&tag));
+                            return responses;
                         };
                         let bytes = match partial {
                             Some((origin, length)) => crate::message::partial(&bytes, *origin, length.get()).to_vec(),
@@ -1175,12 +1253,8 @@ impl<M: Mailstore> Session<M> {
                     MessageDataItemName::BinarySize { section } => {
                         let (Some(view), Some(raw)) = (&view, &raw) else { continue };
                         let Some(bytes) = binary_section(view, raw, section) else {
-                            return vec![status(
-                                tag,
-                                StatusKind::No,
-                                Some(Code::UnknownCte),
-                                "unknown transfer encoding",
-                            )];
+                            responses.push(unknown_cte(&tag));
+                            return responses;
                         };
                         MessageDataItem::BinarySize { section: section.clone(), size: bytes.len() as u32 }
                     }
@@ -1191,10 +1265,14 @@ impl<M: Mailstore> Session<M> {
                 responses.push(Response::Data(Data::Fetch { seq: nz(index as u32 + 1), items }));
             }
         }
-        if expunge_issued {
-            responses.push(status(tag, StatusKind::No, Some(code("EXPUNGEISSUED")), "some messages were expunged"));
+        if end < fetching.indices.len() {
+            fetching.next = end;
+            fetching.expunge_issued = expunge_issued;
+            self.fetching = Some(fetching);
+        } else if expunge_issued {
+            responses.push(status(&tag, StatusKind::No, Some(code("EXPUNGEISSUED")), "some messages were expunged"));
         } else {
-            responses.push(ok(tag, "FETCH completed"));
+            responses.push(ok(&tag, "FETCH completed"));
         }
         responses
     }

@@ -1604,3 +1604,31 @@ fn a_command_pipelined_after_the_fifth_failed_login_does_not_keep_the_connection
     )
     .run();
 }
+
+#[test]
+fn a_long_fetch_is_answered_in_order_and_whole_before_the_next_command() {
+    // More messages than a batch of flags (1,000) or of contents (200):
+    // the session answers a batch at a time as the client reads; every
+    // response comes in order, the completion after the last, and the
+    // commands pipelined behind it only then.
+    const COUNT: u32 = 2345;
+    let seen = |n: u32| if n.is_multiple_of(3) { "\\Seen" } else { "" };
+    let mut transcript = String::from(logged_in!());
+    transcript.push_str("C: b EXAMINE INBOX\nC: c FETCH 1:* (FLAGS)\nC: d UID FETCH 1001:1450 (BODY.PEEK[TEXT])\n");
+    transcript.push_str("C: e NOOP\n");
+    transcript.push_str("S: * FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\n");
+    transcript.push_str("S: * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] …\n");
+    transcript.push_str(&format!("S: * {COUNT} EXISTS\nS: * 0 RECENT\nS: * OK [UNSEEN 1] …\n"));
+    transcript.push_str(&format!("S: * OK [UIDVALIDITY 3857529045] …\nS: * OK [UIDNEXT {}] …\n", COUNT + 1));
+    transcript.push_str("S: b OK [READ-ONLY] …\n");
+    for n in 1..=COUNT {
+        transcript.push_str(&format!("S: * {n} FETCH (FLAGS ({}))\n", seen(n)));
+    }
+    transcript.push_str("S: c OK …\n");
+    for n in 1001..=1450 {
+        let body = format!("body {n}");
+        transcript.push_str(&format!("S: * {n} FETCH (UID {n} BODY[TEXT] {{{}}}\nS: {body}\nS: )\n", body.len() + 2));
+    }
+    transcript.push_str("S: d OK …\nS: e OK …\n");
+    Conversation::new(&transcript).store(move || mailbox_of(COUNT, seen)).run();
+}

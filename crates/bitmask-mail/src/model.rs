@@ -64,6 +64,8 @@ pub const DEFAULT_MAILBOXES: [(&str, &str, SpecialUse); 5] = [
 
 /// Documents fetched or written per store call.
 const BATCH: usize = 500;
+/// Documents per query page.
+const PAGE: u32 = 5000;
 
 impl From<Status> for MailError {
     fn from(status: Status) -> Self {
@@ -127,7 +129,7 @@ struct MailboxState {
     uid_next: u32,
     highest_modseq: u64,
     entries: BTreeMap<u32, Entry>,
-    by_copy: HashMap<String, u32>,
+    by_copy: HashMap<Arc<str>, u32>,
 }
 
 impl MailboxState {
@@ -148,7 +150,7 @@ impl MailboxState {
     fn copy_doc(&self, entry: &Entry) -> CopyDoc {
         CopyDoc {
             mailbox: self.id.clone(),
-            message: entry.message.clone(),
+            message: entry.message.to_string(),
             internal_date: entry.internal_date,
             zone: entry.zone_minutes,
             size: entry.size,
@@ -236,8 +238,8 @@ fn text(value: &str) -> pb::IndexValue {
 /// always right. Bounded by bytes; the oldest read goes first.
 #[derive(Debug, Default)]
 struct RawCache {
-    entries: HashMap<String, Arc<Vec<u8>>>,
-    order: std::collections::VecDeque<String>,
+    entries: HashMap<Arc<str>, Arc<Vec<u8>>>,
+    order: std::collections::VecDeque<Arc<str>>,
     bytes: usize,
 }
 
@@ -249,7 +251,7 @@ impl RawCache {
         self.entries.get(id).cloned()
     }
 
-    fn insert(&mut self, id: String, raw: Arc<Vec<u8>>) {
+    fn insert(&mut self, id: Arc<str>, raw: Arc<Vec<u8>>) {
         if raw.len() > RAW_CACHE_BYTES / 4 || self.entries.contains_key(&id) {
             return;
         }
@@ -275,6 +277,8 @@ pub struct MailModel {
     /// The store's change sequence this model has applied up to (for
     /// `follow_sync`: changes after it are replayed, none is missed).
     applied: std::sync::atomic::AtomicU64,
+    /// Moves after every change sessions could see (`Mailstore::version`).
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl MailModel {
@@ -286,6 +290,7 @@ impl MailModel {
             events: broadcast::channel(4096).0,
             raw_cache: std::sync::Mutex::new(RawCache::default()),
             applied: std::sync::atomic::AtomicU64::new(0),
+            version: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -294,7 +299,9 @@ impl MailModel {
         self.events.subscribe()
     }
 
+    /// Tells sessions of a change already made to the state.
     fn emit(&self, event: MailEvent) {
+        self.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _ = self.events.send(event);
     }
 
@@ -312,22 +319,34 @@ impl MailModel {
 
     async fn query_all(&self, index: &str, equal: Vec<pb::IndexValue>) -> Result<Vec<pb::Document>> {
         let mut documents = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let request = pb::QueryRequest {
-                index: index.to_owned(),
-                equal: equal.clone(),
-                limit: 5000,
-                page_token,
-                ..Default::default()
-            };
-            let page = self.client().query(request).await?.into_inner();
-            documents.extend(page.documents);
-            if page.next_page_token.is_empty() {
-                return Ok(documents);
-            }
-            page_token = page.next_page_token;
+        let mut page_token = Some(String::new());
+        while let Some(token) = page_token {
+            let page;
+            (page, page_token) = self.query_page(index, &equal, false, token).await?;
+            documents.extend(page);
         }
+        Ok(documents)
+    }
+
+    /// One page of a query, and the token of the next page if there is one.
+    async fn query_page(
+        &self,
+        index: &str,
+        equal: &[pb::IndexValue],
+        keys_only: bool,
+        page_token: String,
+    ) -> Result<(Vec<pb::Document>, Option<String>)> {
+        let request = pb::QueryRequest {
+            index: index.to_owned(),
+            equal: equal.to_vec(),
+            limit: PAGE,
+            page_token,
+            keys_only,
+            ..Default::default()
+        };
+        let page = self.client().query(request).await?.into_inner();
+        let next = (!page.next_page_token.is_empty()).then_some(page.next_page_token);
+        Ok((page.documents, next))
     }
 
     async fn get_many(&self, ids: Vec<String>) -> Result<Vec<pb::Document>> {
@@ -345,6 +364,7 @@ impl MailModel {
         let mut guard = self.state.lock().await;
         if guard.is_none() {
             *guard = Some(self.load().await?);
+            self.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(guard)
     }
@@ -427,32 +447,52 @@ impl MailModel {
             entries: BTreeMap::new(),
             by_copy: HashMap::new(),
         };
-        let uids = self.query_all(UIDS_BY_MAILBOX, vec![text(&id)]).await?;
-        let uid_docs: Vec<UidDoc> = uids.iter().map(parse).collect::<Result<_>>()?;
-        let copies = self.get_many(uid_docs.iter().map(|uid| uid.copy.clone()).collect()).await?;
+        // A page at a time: a mailbox may hold 100,000 messages, and only
+        // their entries stay in memory, not the documents they came from.
+        let by_mailbox = [text(&id)];
         let mut stale = Vec::new();
-        for (uid, copy) in uid_docs.into_iter().zip(copies) {
-            if copy.rev.is_empty() || copy.deleted {
-                // Expunged on another device while this one was off.
-                stale.push(delete(&format!("uid/{}", uid.copy)));
-                continue;
+        let mut page_token = Some(String::new());
+        while let Some(token) = page_token {
+            let uids;
+            (uids, page_token) = self.query_page(UIDS_BY_MAILBOX, &by_mailbox, false, token).await?;
+            let uid_docs: Vec<UidDoc> = uids.iter().map(parse).collect::<Result<_>>()?;
+            drop(uids);
+            let copies = self.get_many(uid_docs.iter().map(|uid| uid.copy.clone()).collect()).await?;
+            for (uid, copy) in uid_docs.into_iter().zip(copies) {
+                if copy.rev.is_empty() || copy.deleted {
+                    // Expunged on another device while this one was off.
+                    stale.push(delete(&format!("uid/{}", uid.copy)));
+                    continue;
+                }
+                let copy_doc: CopyDoc = parse(&copy)?;
+                if copy_doc.mailbox != id {
+                    stale.push(delete(&format!("uid/{}", uid.copy)));
+                    continue;
+                }
+                let copy_id: Arc<str> = Arc::from(uid.copy);
+                mailbox.by_copy.insert(copy_id.clone(), uid.uid);
+                mailbox.entries.insert(uid.uid, entry(uid.uid, copy_id, &copy_doc, uid.modseq));
             }
-            let copy_doc: CopyDoc = parse(&copy)?;
-            if copy_doc.mailbox != id {
-                stale.push(delete(&format!("uid/{}", uid.copy)));
-                continue;
-            }
-            mailbox.by_copy.insert(uid.copy.clone(), uid.uid);
-            mailbox.entries.insert(uid.uid, entry(uid.uid, uid.copy, &copy_doc, uid.modseq));
         }
-        if !stale.is_empty() {
-            self.batch(stale).await?;
+        for chunk in stale.chunks(BATCH) {
+            self.batch(chunk.to_vec()).await?;
         }
         // Copies without a UID here: filed elsewhere, synced in.
-        let copies = self.query_all(COPIES_BY_MAILBOX, vec![text(&id)]).await?;
+        let mut unnumbered = Vec::new();
+        let mut page_token = Some(String::new());
+        while let Some(token) = page_token {
+            let copies;
+            (copies, page_token) = self.query_page(COPIES_BY_MAILBOX, &by_mailbox, true, token).await?;
+            unnumbered.extend(
+                copies
+                    .into_iter()
+                    .map(|document| document.id)
+                    .filter(|copy| !mailbox.by_copy.contains_key(copy.as_str())),
+            );
+        }
         let mut fresh: Vec<(String, CopyDoc)> = Vec::new();
-        for document in copies {
-            if !mailbox.by_copy.contains_key(&document.id) {
+        for document in self.get_many(unnumbered).await? {
+            if !document.rev.is_empty() && !document.deleted {
                 fresh.push((document.id.clone(), parse(&document)?));
             }
         }
@@ -483,7 +523,7 @@ impl MailModel {
             let modseq = mailbox.highest_modseq + 1;
             let uid_doc = UidDoc { mailbox: mailbox.id.clone(), uid, modseq, copy: copy_id.clone() };
             writes.push(put(&format!("uid/{copy_id}"), UIDS, json(&uid_doc)));
-            added.push(entry(uid, copy_id, &copy, modseq));
+            added.push(entry(uid, Arc::from(copy_id), &copy, modseq));
         }
         writes.push(add_to_counter(format!("uidnext/{}", mailbox.id), count));
         writes.push(add_to_counter(format!("modseq/{}", mailbox.id), 1));
@@ -557,7 +597,7 @@ impl MailModel {
         let mailbox = state.get(&name)?;
         let id = mailbox.id.clone();
         let mut writes = vec![delete(&id), delete(&format!("{MAILBOX_STATE}/{id}"))];
-        let messages: Vec<String> = mailbox.entries.values().map(|entry| entry.message.clone()).collect();
+        let messages: Vec<String> = mailbox.entries.values().map(|entry| entry.message.to_string()).collect();
         for entry in mailbox.entries.values() {
             writes.push(delete(&entry.copy));
             writes.push(delete(&format!("uid/{}", entry.copy)));
@@ -689,6 +729,7 @@ impl MailModel {
     fn added(&self, mailbox: &mut MailboxState, copy_id: String, copy: &CopyDoc, uid: u32, modseq: u64) -> (u32, u32) {
         mailbox.uid_next += 1;
         mailbox.highest_modseq = modseq;
+        let copy_id: Arc<str> = Arc::from(copy_id);
         mailbox.by_copy.insert(copy_id.clone(), uid);
         mailbox.entries.insert(uid, entry(uid, copy_id, copy, modseq));
         self.emit(MailEvent::Added { mailbox: mailbox.doc.name.clone(), uid });
@@ -800,7 +841,7 @@ impl MailModel {
 
     /// A message's raw bytes, exactly as appended.
     pub async fn raw(&self, message_id: &str) -> Result<Vec<u8>> {
-        self.raws(&[message_id.to_owned()])
+        self.raws(&[Arc::from(message_id)])
             .await?
             .pop()
             .flatten()
@@ -810,14 +851,14 @@ impl MailModel {
 
     /// Several messages' raw bytes (None for one that is gone), read in
     /// batches and kept in the cache.
-    pub async fn raws(&self, message_ids: &[String]) -> Result<Vec<Option<Arc<Vec<u8>>>>> {
+    pub async fn raws(&self, message_ids: &[Arc<str>]) -> Result<Vec<Option<Arc<Vec<u8>>>>> {
         let mut out: Vec<Option<Arc<Vec<u8>>>> = {
             let cache = self.raw_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             message_ids.iter().map(|id| cache.get(id)).collect()
         };
         let missing: Vec<usize> = (0..message_ids.len()).filter(|index| out[*index].is_none()).collect();
         for chunk in missing.chunks(BATCH) {
-            let ids: Vec<String> = chunk.iter().map(|index| message_ids[*index].clone()).collect();
+            let ids: Vec<String> = chunk.iter().map(|index| message_ids[*index].to_string()).collect();
             let documents = self.get_many(ids).await?;
             let mut docs: Vec<Option<MessageDoc>> = Vec::with_capacity(documents.len());
             let mut parts: Vec<String> = Vec::new();
@@ -881,7 +922,7 @@ impl MailModel {
             }
             let updated = Entry { flags: new_flags, modseq, ..entry.clone() };
             writes.push(put(&updated.copy, COPIES, json(&mailbox.copy_doc(&updated))));
-            let uid_doc = UidDoc { mailbox: mailbox.id.clone(), uid: *uid, modseq, copy: updated.copy.clone() };
+            let uid_doc = UidDoc { mailbox: mailbox.id.clone(), uid: *uid, modseq, copy: updated.copy.to_string() };
             writes.push(put(&format!("uid/{}", updated.copy), UIDS, json(&uid_doc)));
             changed.push(updated);
         }
@@ -921,7 +962,7 @@ impl MailModel {
         for (offset, source) in sources.iter().enumerate() {
             let uid = target.uid_next + offset as u32;
             let copy_id = random_id("copy");
-            let entry = Entry { uid, copy: copy_id.clone(), modseq, ..source.clone() };
+            let entry = Entry { uid, copy: Arc::from(copy_id.as_str()), modseq, ..source.clone() };
             writes.push(put(&copy_id, COPIES, json(&target.copy_doc(&entry))));
             let uid_doc = UidDoc { mailbox: destination_id.clone(), uid, modseq, copy: copy_id.clone() };
             writes.push(put(&format!("uid/{copy_id}"), UIDS, json(&uid_doc)));
@@ -999,7 +1040,7 @@ impl MailModel {
             self.emit(MailEvent::Expunged { mailbox: mailbox.doc.name.clone(), uid: entry.uid });
         }
         drop(guard);
-        self.collect(doomed.iter().map(|entry| entry.message.clone()).collect()).await?;
+        self.collect(doomed.iter().map(|entry| entry.message.to_string()).collect()).await?;
         Ok(doomed.iter().map(|entry| entry.uid).collect())
     }
 
@@ -1093,14 +1134,14 @@ impl MailModel {
         let located = state
             .mailboxes
             .values()
-            .find_map(|mailbox| mailbox.by_copy.get(&document.id).map(|uid| (mailbox.id.clone(), *uid)));
+            .find_map(|mailbox| mailbox.by_copy.get(document.id.as_str()).map(|uid| (mailbox.id.clone(), *uid)));
         if document.deleted {
             if let Some((mailbox_id, uid)) = located
                 && let Some(mailbox) = state.mailboxes.get_mut(&mailbox_id)
             {
                 self.batch(vec![delete(&format!("uid/{}", document.id))]).await?;
                 mailbox.entries.remove(&uid);
-                mailbox.by_copy.remove(&document.id);
+                mailbox.by_copy.remove(document.id.as_str());
                 self.emit(MailEvent::Expunged { mailbox: mailbox.doc.name.clone(), uid });
             }
             return Ok(());
@@ -1141,11 +1182,11 @@ struct StoredMessage {
     writes: Vec<pb::Write>,
 }
 
-fn entry(uid: u32, copy: String, doc: &CopyDoc, modseq: u64) -> Entry {
+fn entry(uid: u32, copy: Arc<str>, doc: &CopyDoc, modseq: u64) -> Entry {
     Entry {
         uid,
         copy,
-        message: doc.message.clone(),
+        message: Arc::from(doc.message.as_str()),
         flags: Flags::from_list(&doc.flags),
         internal_date: doc.internal_date,
         zone_minutes: doc.zone,
@@ -1191,7 +1232,10 @@ impl Mailstore for MailModel {
     async fn raw(&self, message: &str) -> Result<Vec<u8>> {
         MailModel::raw(self, message).await
     }
-    async fn raws(&self, messages: &[String]) -> Result<Vec<Option<Arc<Vec<u8>>>>> {
+    fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    async fn raws(&self, messages: &[Arc<str>]) -> Result<Vec<Option<Arc<Vec<u8>>>>> {
         MailModel::raws(self, messages).await
     }
     async fn set_flags(&self, name: &str, uids: &[u32], operation: FlagOperation, flags: &Flags) -> Result<Vec<Entry>> {

@@ -2,6 +2,7 @@
 //! convert at their edges).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// INBOX is case-insensitive; every other name is as given.
 pub fn normalize_name(name: &str) -> String {
@@ -145,10 +146,11 @@ pub struct MailboxInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub uid: u32,
-    /// The copy document (this message in this mailbox).
-    pub copy: String,
+    /// The copy document (this message in this mailbox). Shared, not
+    /// copied, by the snapshots sessions take (a mailbox may hold 100,000).
+    pub copy: Arc<str>,
     /// The message document (shared by every copy).
-    pub message: String,
+    pub message: Arc<str>,
     pub flags: Flags,
     /// Seconds since the epoch, and the zone it was given in (minutes east).
     pub internal_date: i64,
@@ -214,6 +216,10 @@ pub trait Mailstore: Send + Sync {
     fn delete_mailbox(&self, name: &str) -> impl Future<Output = Result<(), MailError>> + Send;
     fn rename_mailbox(&self, name: &str, new_name: &str) -> impl Future<Output = Result<(), MailError>> + Send;
     fn set_subscribed(&self, name: &str, subscribed: bool) -> impl Future<Output = Result<(), MailError>> + Send;
+    /// A number that changes whenever anything a snapshot shows may have
+    /// changed (it moves after the change is visible): a session that saw
+    /// the same number before its last snapshot needs no new one.
+    fn version(&self) -> u64;
     /// The mailbox and its messages in UID order, as of now.
     fn snapshot(&self, name: &str) -> impl Future<Output = Result<(MailboxInfo, Vec<Entry>), MailError>> + Send;
     /// Claims the mailbox's `\Recent` messages for one session: the first
@@ -230,10 +236,7 @@ pub trait Mailstore: Send + Sync {
     /// A message's bytes, exactly as appended.
     fn raw(&self, message: &str) -> impl Future<Output = Result<Vec<u8>, MailError>> + Send;
     /// Several messages' bytes at once (None for one that is gone).
-    fn raws(
-        &self,
-        messages: &[String],
-    ) -> impl Future<Output = Result<Vec<Option<std::sync::Arc<Vec<u8>>>>, MailError>> + Send;
+    fn raws(&self, messages: &[Arc<str>]) -> impl Future<Output = Result<Vec<Option<Arc<Vec<u8>>>>, MailError>> + Send;
     /// Changes flags; gives the entries that changed.
     fn set_flags(
         &self,

@@ -123,7 +123,7 @@ async fn uids_flags_copies_and_expunge() {
     let deleted = Flags { deleted: true, ..Flags::default() };
     mail.set_flags("Trash", &[1, 2], FlagOperation::Add, &deleted).await.unwrap();
     let trashed: Vec<String> =
-        mail.snapshot("Trash").await.unwrap().1.iter().map(|entry| entry.message.clone()).collect();
+        mail.snapshot("Trash").await.unwrap().1.iter().map(|entry| entry.message.to_string()).collect();
     assert_eq!(mail.expunge("Trash", None).await.unwrap(), [1, 2]);
     for message in &trashed {
         assert!(!exists(&mut client, message).await, "an unreferenced message is collected");

@@ -244,7 +244,20 @@ pub fn prepare(raw: &[u8]) -> Result<Prepared, ComposeError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ComposeError::MessageEmpty);
     }
-    let message = crlf_line_endings(raw);
+    parsed(crlf_line_endings(raw))
+}
+
+/// [`prepare`], taking the message: one with CRLF line endings already (as
+/// SMTP delivers it) is kept, not copied.
+pub fn prepare_owned(raw: Vec<u8>) -> Result<Prepared, ComposeError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(ComposeError::MessageEmpty);
+    }
+    let bare_line_feed = raw.iter().enumerate().any(|(at, &byte)| byte == b'\n' && (at == 0 || raw[at - 1] != b'\r'));
+    parsed(if bare_line_feed { crlf_line_endings(&raw) } else { raw })
+}
+
+fn parsed(message: Vec<u8>) -> Result<Prepared, ComposeError> {
     let mut budget = MAX_ENTITIES;
     let root = parse_entity(&message, 0..message.len(), 0, false, &mut budget);
     let header = parse_header_values(&message, &root);
@@ -272,6 +285,11 @@ pub fn prepare(raw: &[u8]) -> Result<Prepared, ComposeError> {
 }
 
 impl Prepared {
+    /// The message as submitted, with CRLF line endings.
+    pub fn message(&self) -> &[u8] {
+        &self.message
+    }
+
     /// Whether the message is already encrypted and goes out unchanged:
     /// multipart/encrypted, S/MIME enveloped data (application/pkcs7-mime),
     /// or a single text part that is one inline PGP MESSAGE block and
@@ -324,11 +342,12 @@ impl Prepared {
         armored_ciphertext: &[u8],
         extra_headers: &[(String, String)],
     ) -> Result<Vec<u8>, ComposeError> {
-        let ciphertext = armored_block(armored_ciphertext, "MESSAGE", "ciphertext")?;
         let extra = extra_fields(extra_headers)?;
-        let boundary = choose_boundary(&[&ciphertext]);
+        // The armor's lines only lose trailing whitespace and gain CRs:
+        // a boundary not in the armor is not in what is sent either.
+        let boundary = choose_boundary(&[armored_ciphertext]);
 
-        let mut out = Vec::with_capacity(ciphertext.len() + 2048);
+        let mut out = Vec::with_capacity(armored_ciphertext.len() + armored_ciphertext.len() / 32 + 2048);
         self.write_outer_header(&mut out, Mode::Encrypt, extra_headers, &extra);
         out.extend_from_slice(b"Content-Type: multipart/encrypted;\r\n protocol=\"application/pgp-encrypted\";\r\n");
         write_boundary_parameter(&mut out, &boundary);
@@ -348,7 +367,7 @@ impl Prepared {
               Content-Disposition: inline; filename=\"encrypted.asc\"\r\n\
               \r\n",
         );
-        out.extend_from_slice(&ciphertext);
+        push_armored(&mut out, armored_ciphertext, "MESSAGE", "ciphertext")?;
         out.extend_from_slice(b"\r\n");
         write_delimiter(&mut out, &boundary, true);
         Ok(out)
@@ -979,21 +998,34 @@ fn key_attachment_part(key: &KeyAttachment) -> Vec<u8> {
 /// The key service's armored output, checked and with CRLF line endings,
 /// ending in CRLF.
 fn armored_block(bytes: &[u8], kind: &str, what: &'static str) -> Result<Vec<u8>, ComposeError> {
-    let block = crlf_line_endings(bytes.trim_ascii());
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    push_armored(&mut out, bytes, kind, what)?;
+    Ok(out)
+}
+
+/// Appends the key service's armored output to `out` in one pass (a 25 MB
+/// message's ciphertext is not copied twice more): checked, each line
+/// without trailing whitespace, CRLF line endings, ending in CRLF. On an
+/// error `out` is as it was.
+fn push_armored(out: &mut Vec<u8>, bytes: &[u8], kind: &str, what: &'static str) -> Result<(), ComposeError> {
+    let block = bytes.trim_ascii();
     let begin = format!("-----BEGIN PGP {kind}-----");
     let end = format!("-----END PGP {kind}-----");
-    // Trailing whitespace means nothing in armor (RFC 4880 section 6.2)
-    // and may not survive transport: dropped.
-    let mut trimmed = Vec::with_capacity(block.len() + 2);
-    for line in block.split(|&byte| byte == b'\n') {
-        trimmed.extend_from_slice(line.trim_ascii_end());
-        trimmed.extend_from_slice(b"\r\n");
-    }
-    let valid = block.starts_with(begin.as_bytes()) && block.ends_with(end.as_bytes()) && is_seven_bit_safe(&trimmed);
-    if !valid {
+    if !block.starts_with(begin.as_bytes()) || !block.ends_with(end.as_bytes()) {
         return Err(ComposeError::NotArmored(what));
     }
-    Ok(trimmed)
+    let start = out.len();
+    // Trailing whitespace means nothing in armor (RFC 4880 section 6.2)
+    // and may not survive transport: dropped (a CR before LF with it).
+    for line in block.split(|&byte| byte == b'\n') {
+        out.extend_from_slice(line.trim_ascii_end());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !is_seven_bit_safe(&out[start..]) {
+        out.truncate(start);
+        return Err(ComposeError::NotArmored(what));
+    }
+    Ok(())
 }
 
 fn check_signed_entity(entity: &[u8]) -> Result<(), ComposeError> {

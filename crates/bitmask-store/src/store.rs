@@ -30,7 +30,7 @@ pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 pub const MAX_ID_BYTES: usize = 1024;
 /// sled's page cache: its default (1 GiB) would let one account's store grow
 /// to a gigabyte of resident memory on a large mailbox.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 const SECRETS: &[u8] = b"secrets";
 const SEQUENCE: &[u8] = b"sequence";

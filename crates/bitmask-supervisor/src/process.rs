@@ -34,6 +34,13 @@ pub fn spawn(program: &Path, args: &[&std::ffi::OsStr], log: &Path) -> io::Resul
         .stderr(log_file)
         .process_group(0)
         .kill_on_drop(true);
+    // glibc gives each thread that allocates an arena of its own (up to
+    // 8 per core); with Tokio's worker and blocking threads that made a
+    // store with 100,000 messages a third larger (314 MiB with 2 arenas,
+    // 443 MiB without, measured). The user's own setting wins.
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        command.env("MALLOC_ARENA_MAX", "2");
+    }
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the child between fork and exec and makes
     // only async-signal-safe system calls (prctl, getppid).

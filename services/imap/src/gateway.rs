@@ -15,7 +15,7 @@ use bitmask_imap::imap_types::response::{CommandContinuationRequest, Response, S
 use bitmask_imap::session::{After, Credentials, Session};
 use bitmask_mail::{MailEvent, MailModel};
 use bitmask_runtime::conn::Conn;
-use imap_next::server::{Error as ServerError, Event, Options, Server};
+use imap_next::server::{Error as ServerError, Event, Options, ResponseHandle, Server};
 use imap_next::{Interrupt, Io, State as _};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
@@ -95,6 +95,9 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
     }
 }
 
+/// Bytes of responses gathered before they are written.
+const OUTPUT_BUFFER: usize = 64 * 1024;
+
 fn options(limits: &Limits) -> Options {
     let mut options = Options::default();
     options.crlf_relaxed = true;
@@ -103,20 +106,37 @@ fn options(limits: &Limits) -> Options {
     options
 }
 
-fn enqueue(server: &mut Server, responses: Vec<Response<'static>>) {
-    for response in responses {
-        match response {
-            Response::Data(data) => {
-                server.enqueue_data(data);
-            }
-            Response::Status(status) => {
-                server.enqueue_status(status);
-            }
-            Response::CommandContinuationRequest(request) => {
-                server.enqueue_continuation_request(request);
-            }
+/// Queues a command's responses. When there are more to come, the handle
+/// of the response after whose sending they are asked for: the rest of a
+/// long answer is made as the client reads it, and before the next command.
+async fn answer(
+    server: &mut Server,
+    session: &mut Session<MailModel>,
+    mut reply: bitmask_imap::session::Reply,
+) -> Option<ResponseHandle> {
+    loop {
+        let last = enqueue(server, reply.responses);
+        if !reply.more {
+            return None;
         }
+        if last.is_some() {
+            return last;
+        }
+        reply = session.more().await;
     }
+}
+
+/// Queues responses to be sent; the handle of the last one.
+fn enqueue(server: &mut Server, responses: Vec<Response<'static>>) -> Option<ResponseHandle> {
+    let mut last = None;
+    for response in responses {
+        last = Some(match response {
+            Response::Data(data) => server.enqueue_data(data),
+            Response::Status(status) => server.enqueue_status(status),
+            Response::CommandContinuationRequest(request) => server.enqueue_continuation_request(request),
+        });
+    }
+    last
 }
 
 fn untagged_bad(message: &'static str) -> Status<'static> {
@@ -154,16 +174,23 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
     let mut server = Server::new(options(limits), session.greeting());
     let mut events = gateway.model.subscribe();
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut output: Vec<u8> = Vec::with_capacity(OUTPUT_BUFFER);
     let mut idling: Option<bitmask_imap::imap_types::core::Tag<'static>> = None;
     let mut authenticating: Option<bitmask_imap::imap_types::core::Tag<'static>> = None;
     let (mut failed_logins, mut bad_in_a_row) = (0u32, 0u32);
     let mut pending = After::Continue;
+    let mut more_after: Option<ResponseHandle> = None;
     loop {
         match server.next() {
             // After LOGOUT, a cut-off or STARTTLS, whatever the client sent
             // behind it is not run (for STARTTLS: nothing may be injected).
             Ok(Event::CommandReceived { .. }) if pending != After::Continue => {}
             Ok(Event::CommandReceived { command }) => {
+                // What earlier commands answered goes out before this one runs.
+                if !output.is_empty() {
+                    conn.write(&output).await?;
+                    output.clear();
+                }
                 bad_in_a_row = 0;
                 let reply = session.handle(command).await;
                 if reply.after == After::AuthFailed {
@@ -175,7 +202,7 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
                 } else {
                     pending = reply.after;
                 }
-                enqueue(&mut server, reply.responses);
+                more_after = answer(&mut server, &mut session, reply).await;
             }
             Ok(Event::CommandAuthenticateReceived { command_authenticate }) => {
                 let tag = command_authenticate.tag;
@@ -228,9 +255,25 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
                     server.enqueue_status(ok_status(&tag, "IDLE terminated"));
                 }
             }
+            Ok(Event::ResponseSent { handle, .. }) if Some(handle) == more_after => {
+                let reply = session.more().await;
+                more_after = answer(&mut server, &mut session, reply).await;
+            }
             Ok(Event::GreetingSent { .. } | Event::ResponseSent { .. }) => {}
-            Err(Interrupt::Io(Io::Output(bytes))) => conn.write(&bytes).await?,
+            // imap-next hands out one response at a time: they are written
+            // together (a FETCH of 100,000 messages is not 100,000 writes).
+            Err(Interrupt::Io(Io::Output(bytes))) => {
+                output.extend_from_slice(&bytes);
+                if output.len() >= OUTPUT_BUFFER {
+                    conn.write(&output).await?;
+                    output.clear();
+                }
+            }
             Err(Interrupt::Io(Io::NeedMoreInput)) => {
+                if !output.is_empty() {
+                    conn.write(&output).await?;
+                    output.clear();
+                }
                 // Everything queued is written: act on what the last command asked.
                 match std::mem::replace(&mut pending, After::Continue) {
                     After::Logout => return Ok(()),

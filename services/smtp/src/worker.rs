@@ -127,10 +127,16 @@ impl Worker {
     }
 
     async fn deliver(&self, entry: &mut Entry) -> Result<(), Status> {
-        let raw = self.queue.message(entry).await?;
+        // Parsed once, kept (not copied) when its lines end in CRLF as SMTP
+        // gave them: the original for pass-through copies and reports too.
+        let prepared = bitmask_smtp::pgpmime::prepare_owned(self.queue.message(entry).await?)
+            .map_err(|error| Status::invalid_argument(format!("the message cannot be composed: {error}")));
         entry.attempts += 1;
         tracing::info!(id = %entry.id, attempt = entry.attempts, "delivering");
-        let outcome = self.deliver_copies(entry, &raw).await;
+        let outcome = match &prepared {
+            Ok(prepared) => self.deliver_copies(entry, prepared).await,
+            Err(status) => Err(status.clone()),
+        };
         if let Err(status) = outcome {
             tracing::warn!(id = %entry.id, error = %status.message(), "delivery attempt failed");
             // Something of ours failed (the key service, composition): try again later.
@@ -155,7 +161,8 @@ impl Worker {
             .map(|recipient| format!("{}: {}", recipient.address, recipient.last_reply))
             .collect();
         if !failed.is_empty() {
-            self.report(entry, &raw, &failed).await?;
+            let original = prepared.as_ref().map(|prepared| prepared.message()).unwrap_or_default();
+            self.report(entry, original, &failed).await?;
             for recipient in entry.recipients.iter_mut().filter(|recipient| recipient.state == State::Failed) {
                 if !recipient.last_reply.starts_with("[reported] ") {
                     recipient.last_reply = format!("[reported] {}", recipient.last_reply);
@@ -173,9 +180,12 @@ impl Worker {
     }
 
     /// Composes and relays the copies for the recipients still waiting.
-    async fn deliver_copies(&self, entry: &mut Entry, raw: &[u8]) -> Result<(), Status> {
-        let prepared = bitmask_smtp::pgpmime::prepare(raw)
-            .map_err(|error| Status::invalid_argument(format!("the message cannot be composed: {error}")))?;
+    async fn deliver_copies(
+        &self,
+        entry: &mut Entry,
+        prepared: &bitmask_smtp::pgpmime::Prepared,
+    ) -> Result<(), Status> {
+        let raw = prepared.message();
         let visible = visible_recipients(raw);
         let waiting: Vec<String> = entry
             .recipients
@@ -225,6 +235,7 @@ impl Worker {
             to.push(self.address.clone());
             let ciphertext = self.encrypt(&to, inner).await?;
             let message = prepared.encrypted(&ciphertext, &headers).map_err(compose_error)?;
+            drop(ciphertext);
             let relayed = self.relay(&entry.from, &group, &message).await;
             self.record(entry, Treatment::Encrypt, relayed);
         }

@@ -16,6 +16,8 @@ use tonic::{Request, Response, Status};
 
 /// Live changes buffered per watcher before it must catch up from the log.
 const WATCH_BUFFER: usize = 1024;
+/// Changes read from the log per step when a watcher catches up.
+const CATCH_UP_PAGE: usize = 256;
 /// The largest request (an atomic batch of documents).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -761,10 +763,13 @@ impl StoreApi for StoreService {
             // behind (lagged), catch up from the log again.
             let mut catch_up = request.since_sequence.is_some();
             loop {
-                if catch_up {
+                // A page at a time: a watcher far behind on a big store
+                // (100,000 messages) is not sent the whole log from memory.
+                while catch_up {
                     let since = last;
-                    match service.blocking(move |store| store.changes_since(since, 0)).await {
+                    match service.blocking(move |store| store.changes_since(since, CATCH_UP_PAGE)).await {
                         Ok(changes) => {
+                            catch_up = changes.len() == CATCH_UP_PAGE;
                             for change in changes {
                                 last = last.max(change.sequence);
                                 // A replay cannot tell where a change came from.
@@ -779,7 +784,6 @@ impl StoreApi for StoreService {
                             return;
                         }
                     }
-                    catch_up = false;
                 }
                 tokio::select! {
                     _ = sender.closed() => return,

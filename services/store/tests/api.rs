@@ -217,6 +217,39 @@ async fn watch_replays_from_a_sequence_then_follows_live_changes() {
 }
 
 #[tokio::test]
+async fn a_replay_longer_than_a_page_comes_whole_and_in_order() {
+    // The store replays its log a page (256 changes) at a time.
+    let world = World::new();
+    let mut running = initialized(&world).await;
+    let client = &mut running.client;
+    let before = client.get_state(pb::GetStateRequest {}).await.unwrap().into_inner().sequence;
+    for chunk in 0..7 {
+        let writes = (0..100)
+            .flat_map(|n| {
+                let n = chunk * 100 + n;
+                let flags = put(&format!("f/{n}"), "flags", serde_json::json!({ "n": n }));
+                let other = put(&format!("m/{n}"), "meta", serde_json::json!({ "n": n }));
+                [flags, other].map(|put| pb::Write { op: Some(pb::write::Op::Put(put)) })
+            })
+            .collect();
+        client.batch(pb::BatchRequest { writes }).await.unwrap();
+    }
+    let request =
+        pb::WatchRequest { collections: vec!["flags".into()], since_sequence: Some(before), include_content: true };
+    let mut stream = client.watch(request).await.unwrap().into_inner();
+    let mut sequence = before;
+    for n in 0..700 {
+        let change = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+        assert!(change.sequence > sequence, "in order");
+        sequence = change.sequence;
+        assert_eq!(change.document.unwrap().id, format!("f/{n}"));
+    }
+    client.put(put("f/live", "flags", serde_json::json!({}))).await.unwrap();
+    let live = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(live.document.unwrap().id, "f/live");
+}
+
+#[tokio::test]
 async fn every_acknowledged_write_survives_kill_9() {
     let world = World::new();
     let mut running = initialized(&world).await;

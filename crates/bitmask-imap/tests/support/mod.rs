@@ -52,7 +52,7 @@ use bitmask_imap::imap_types::response::{
 use bitmask_imap::session::{After, Credentials, Reply, Session};
 use bitmask_mail::types::normalize_name;
 use bitmask_mail::{Entry, FlagOperation, Flags, MailError, MailEvent, MailboxInfo, Mailstore, SpecialUse};
-use imap_next::server::{Error as ServerError, Event, Options, Server};
+use imap_next::server::{Error as ServerError, Event, Options, ResponseHandle, Server};
 use imap_next::{Interrupt, Io, State as _};
 
 /// The account the sessions log in to.
@@ -104,6 +104,8 @@ struct Inner {
     next_uid_validity: u32,
     next_id: u64,
     events: Vec<MailEvent>,
+    /// Events taken so far (with those not taken yet: the store's version).
+    taken: u64,
 }
 
 impl Inner {
@@ -142,7 +144,7 @@ impl Inner {
         let live: std::collections::HashSet<String> = self
             .mailboxes
             .values()
-            .flat_map(|mailbox| mailbox.entries.values().map(|entry| entry.message.clone()))
+            .flat_map(|mailbox| mailbox.entries.values().map(|entry| entry.message.to_string()))
             .collect();
         self.raws.retain(|id, _| live.contains(id));
     }
@@ -163,6 +165,7 @@ impl MemStore {
             next_uid_validity: FIRST_UID_VALIDITY,
             next_id: 0,
             events: Vec::new(),
+            taken: 0,
         };
         inner.add_mailbox("INBOX", SpecialUse::None, true);
         Arc::new(Self { inner: Mutex::new(inner) })
@@ -174,7 +177,10 @@ impl MemStore {
 
     /// The events since the last call (what the model broadcasts).
     pub fn take_events(&self) -> Vec<MailEvent> {
-        std::mem::take(&mut self.lock().events)
+        let mut inner = self.lock();
+        let events = std::mem::take(&mut inner.events);
+        inner.taken += events.len() as u64;
+        events
     }
 
     // --- for setting up tests (panic on misuse) ------------------------------
@@ -373,8 +379,8 @@ impl MemStore {
         mailbox.highest_modseq += 1;
         let entry = Entry {
             uid,
-            copy,
-            message,
+            copy: Arc::from(copy),
+            message: Arc::from(message),
             flags: flags.clone(),
             internal_date,
             zone_minutes,
@@ -387,9 +393,9 @@ impl MemStore {
         Ok((validity, uid))
     }
 
-    fn raws_now(&self, messages: &[String]) -> Vec<Option<Arc<Vec<u8>>>> {
+    fn raws_now(&self, messages: &[Arc<str>]) -> Vec<Option<Arc<Vec<u8>>>> {
         let inner = self.lock();
-        messages.iter().map(|id| inner.raws.get(id).cloned()).collect()
+        messages.iter().map(|id| inner.raws.get(id.as_ref()).cloned()).collect()
     }
 
     fn set_flags_now(
@@ -447,7 +453,7 @@ impl MemStore {
         for (source, copy) in sources.iter().zip(ids) {
             let uid = target.uid_next;
             target.uid_next += 1;
-            let entry = Entry { uid, copy, modseq: target.highest_modseq, ..source.clone() };
+            let entry = Entry { uid, copy: Arc::from(copy), modseq: target.highest_modseq, ..source.clone() };
             target.entries.insert(uid, entry);
             pairs.push((source.uid, uid));
         }
@@ -536,14 +542,19 @@ impl Mailstore for MemStore {
     }
 
     async fn raw(&self, message: &str) -> Result<Vec<u8>, MailError> {
-        self.raws_now(&[message.to_owned()])
+        self.raws_now(&[Arc::from(message)])
             .pop()
             .flatten()
             .map(|raw| raw.to_vec())
             .ok_or_else(|| MailError::Damaged(format!("{message} is gone")))
     }
 
-    async fn raws(&self, messages: &[String]) -> Result<Vec<Option<Arc<Vec<u8>>>>, MailError> {
+    fn version(&self) -> u64 {
+        let inner = self.lock();
+        inner.taken + inner.events.len() as u64
+    }
+
+    async fn raws(&self, messages: &[Arc<str>]) -> Result<Vec<Option<Arc<Vec<u8>>>>, MailError> {
         Ok(self.raws_now(messages))
     }
 
@@ -619,6 +630,8 @@ pub struct Driver {
     failed_logins: u32,
     bad_in_a_row: u32,
     pending: After,
+    /// A long answer goes on once this response is sent.
+    more_after: Option<ResponseHandle>,
     closed: bool,
 }
 
@@ -645,6 +658,7 @@ impl Driver {
             failed_logins: 0,
             bad_in_a_row: 0,
             pending: After::Continue,
+            more_after: None,
             closed: false,
         };
         driver.pump().await;
@@ -688,19 +702,30 @@ impl Driver {
         }
     }
 
-    fn enqueue(&mut self, responses: Vec<Response<'static>>) {
+    fn enqueue(&mut self, responses: Vec<Response<'static>>) -> Option<ResponseHandle> {
+        let mut last = None;
         for response in responses {
-            match response {
-                Response::Data(data) => {
-                    self.server.enqueue_data(data);
-                }
-                Response::Status(status) => {
-                    self.server.enqueue_status(status);
-                }
-                Response::CommandContinuationRequest(request) => {
-                    self.server.enqueue_continuation_request(request);
-                }
+            last = Some(match response {
+                Response::Data(data) => self.server.enqueue_data(data),
+                Response::Status(status) => self.server.enqueue_status(status),
+                Response::CommandContinuationRequest(request) => self.server.enqueue_continuation_request(request),
+            });
+        }
+        last
+    }
+
+    /// Queues a command's responses; with more to come, the handle after
+    /// whose sending they are asked for (as the gateway does).
+    async fn answer(&mut self, mut reply: Reply) -> Option<ResponseHandle> {
+        loop {
+            let last = self.enqueue(reply.responses);
+            if !reply.more {
+                return None;
             }
+            if last.is_some() {
+                return last;
+            }
+            reply = self.session.more().await;
         }
     }
 
@@ -738,7 +763,7 @@ impl Driver {
                     } else {
                         self.pending = reply.after;
                     }
-                    self.enqueue(reply.responses);
+                    self.more_after = self.answer(reply).await;
                 }
                 Ok(Event::CommandAuthenticateReceived { command_authenticate }) => {
                     let tag = command_authenticate.tag;
@@ -790,6 +815,10 @@ impl Driver {
                     if let Some(tag) = self.idling.take() {
                         self.server.enqueue_status(tagged(&tag, StatusKind::Ok, "IDLE terminated"));
                     }
+                }
+                Ok(Event::ResponseSent { handle, .. }) if Some(handle) == self.more_after => {
+                    let reply = self.session.more().await;
+                    self.more_after = self.answer(reply).await;
                 }
                 Ok(Event::GreetingSent { .. } | Event::ResponseSent { .. }) => {}
                 Err(Interrupt::Io(Io::Output(bytes))) => self.output.extend_from_slice(&bytes),
