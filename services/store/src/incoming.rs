@@ -78,18 +78,40 @@ fn valid_item(id: &str) -> bool {
 
 /// Fetches the provider's waiting items that this device has neither taken
 /// nor filed; returns how many it took.
+/// How [`fetch`] tells the items it has to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// Items this process saw taken (or taken before) are passed over
+    /// without reading the store: under a burst, the provider lists every
+    /// item until a sync acknowledges it, and each notice would otherwise
+    /// read two documents per listed item (quadratic in the backlog).
+    New,
+    /// Every listed item is looked up in the store (what a sync does: an
+    /// item whose local document was dropped is taken again).
+    All,
+}
+
 pub async fn fetch(
     store: &Arc<Store>,
     client: &mut EndpointClient,
     publish: &(dyn Fn(Change) + Sync),
+    look: Look,
 ) -> Result<usize, Status> {
     // One fetch at a time (the notice follower and a sync may both want
     // to): an item is downloaded once.
     static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    // Items known to be here (this process serves one account's store);
+    // only those the provider still lists are kept.
+    static HERE: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+    let here = || HERE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let _fetching = FETCHING.lock().await;
     let items = client.list_incoming(sync_pb::ListIncomingRequest { limit: 0 }).await?.into_inner().items;
+    here().get_or_insert_default().retain(|id| items.iter().any(|item| &item.id == id));
     let mut taken = 0;
     for item in items {
+        if look == Look::New && here().as_ref().is_some_and(|known| known.contains(&item.id)) {
+            continue;
+        }
         if !valid_item(&item.id) {
             tracing::warn!(item = %item.id, "the provider listed an incoming item with an invalid id");
             continue;
@@ -105,6 +127,7 @@ pub async fn fetch(
         })
         .await?;
         if known {
+            here().get_or_insert_default().insert(item.id.clone());
             continue;
         }
         let mut stream = match client.get_incoming(sync_pb::GetIncomingRequest { id: item.id.clone() }).await {
@@ -152,6 +175,7 @@ pub async fn fetch(
             }
         })
         .await?;
+        here().get_or_insert_default().insert(item.id.clone());
         if let Some(change) = change {
             tracing::info!(item = %item.id, size = item.size, "incoming mail fetched");
             publish(change);

@@ -77,9 +77,16 @@ impl StoreService {
         let publish = |change: Change| {
             let _ = self.changes.send((change, pb::change::Origin::Sync));
         };
-        while let Some(notice) = notices.message().await? {
+        while let Some(mut notice) = notices.message().await? {
+            // Notices that came meanwhile are answered by the same fetch.
+            while let Some(next) = futures::FutureExt::now_or_never(notices.message()) {
+                match next? {
+                    Some(next) => notice = next,
+                    None => return Ok(()),
+                }
+            }
             if notice.waiting > 0 {
-                incoming::fetch(&self.store, &mut client, &publish).await?;
+                incoming::fetch(&self.store, &mut client, &publish, incoming::Look::New).await?;
             }
         }
         Ok(())

@@ -220,7 +220,7 @@ pub async fn run(
         }
     }
     crate::incoming::acknowledge(store, &mut client, filed).await?;
-    crate::incoming::fetch(store, &mut client, publish).await?;
+    crate::incoming::fetch(store, &mut client, publish, crate::incoming::Look::All).await?;
     report(progress(
         pb::sync_progress::Phase::Done,
         sent + received,
