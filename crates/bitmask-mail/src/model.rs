@@ -426,6 +426,7 @@ impl MailModel {
     /// A mailbox's local state, entries, and UIDs for copies that have none
     /// yet (filed by another device while this one was off).
     async fn load_mailbox(&self, id: String, doc: MailboxDoc) -> Result<MailboxState> {
+        let started = std::time::Instant::now();
         let local_id = format!("{MAILBOX_STATE}/{id}");
         let local = match self.client().get(pb::GetRequest { id: local_id.clone(), include_deleted: false }).await {
             Ok(document) => parse::<MailboxLocal>(&document.into_inner())?,
@@ -450,14 +451,25 @@ impl MailModel {
         // A page at a time: a mailbox may hold 100,000 messages, and only
         // their entries stay in memory, not the documents they came from.
         let by_mailbox = [text(&id)];
+        // The next page is read while this page's copies are (the store
+        // serves both at once).
         let mut stale = Vec::new();
-        let mut page_token = Some(String::new());
-        while let Some(token) = page_token {
-            let uids;
-            (uids, page_token) = self.query_page(UIDS_BY_MAILBOX, &by_mailbox, false, token).await?;
+        let mut page = Some(self.query_page(UIDS_BY_MAILBOX, &by_mailbox, false, String::new()).await?);
+        while let Some((uids, next_token)) = page.take() {
             let uid_docs: Vec<UidDoc> = uids.iter().map(parse).collect::<Result<_>>()?;
             drop(uids);
-            let copies = self.get_many(uid_docs.iter().map(|uid| uid.copy.clone()).collect()).await?;
+            let copy_ids = uid_docs.iter().map(|uid| uid.copy.clone()).collect();
+            let copies = match next_token {
+                Some(token) => {
+                    let (copies, next) = tokio::join!(
+                        self.get_many(copy_ids),
+                        self.query_page(UIDS_BY_MAILBOX, &by_mailbox, false, token)
+                    );
+                    page = Some(next?);
+                    copies?
+                }
+                None => self.get_many(copy_ids).await?,
+            };
             for (uid, copy) in uid_docs.into_iter().zip(copies) {
                 if copy.rev.is_empty() || copy.deleted {
                     // Expunged on another device while this one was off.
@@ -500,6 +512,12 @@ impl MailModel {
         for chunk in fresh.chunks(BATCH) {
             self.assign(&mut mailbox, chunk.to_vec(), false).await?;
         }
+        tracing::info!(
+            mailbox = %mailbox.id,
+            messages = mailbox.entries.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "mailbox loaded"
+        );
         Ok(mailbox)
     }
 
