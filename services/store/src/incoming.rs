@@ -106,7 +106,8 @@ pub async fn fetch(
     let here = || HERE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let _fetching = FETCHING.lock().await;
     let items = client.list_incoming(sync_pb::ListIncomingRequest { limit: 0 }).await?.into_inner().items;
-    here().get_or_insert_default().retain(|id| items.iter().any(|item| &item.id == id));
+    let listed: std::collections::HashSet<&str> = items.iter().map(|item| item.id.as_str()).collect();
+    here().get_or_insert_default().retain(|id| listed.contains(id.as_str()));
     let mut taken = 0;
     for item in items {
         if look == Look::New && here().as_ref().is_some_and(|known| known.contains(&item.id)) {
