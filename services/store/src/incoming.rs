@@ -76,8 +76,6 @@ fn valid_item(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|byte| byte.is_ascii_alphanumeric())
 }
 
-/// Fetches the provider's waiting items that this device has neither taken
-/// nor filed; returns how many it took.
 /// How [`fetch`] tells the items it has to take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Look {
@@ -91,6 +89,8 @@ pub enum Look {
     All,
 }
 
+/// Fetches the provider's waiting items that this device has neither taken
+/// nor filed; returns how many it took.
 pub async fn fetch(
     store: &Arc<Store>,
     client: &mut EndpointClient,
