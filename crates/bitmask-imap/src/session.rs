@@ -38,16 +38,26 @@ const RAW_BATCH: usize = 200;
 /// Messages answered per batch by a FETCH of flags, dates and sizes.
 const FETCH_BATCH: usize = 1000;
 
-/// The account's credentials: the address and its mail token.
+/// The account's credentials: the address and its mail token, `None` while
+/// the store is locked (then no login succeeds, whatever the password).
 pub struct Credentials {
     pub address: String,
-    pub token: String,
+    pub token: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials").field("address", &self.address).finish_non_exhaustive()
     }
+}
+
+/// The outcome of a login attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Login {
+    Accepted,
+    Refused,
+    /// The store is locked: no token to compare with.
+    Locked,
 }
 
 /// What the connection does after the responses are sent.
@@ -195,6 +205,9 @@ fn mail_error(tag: &Tag<'static>, error: &MailError) -> Response<'static> {
         MailError::Store(_) | MailError::Damaged(_) => {
             status(tag, StatusKind::No, Some(code("SERVERBUG")), &error.to_string())
         }
+        MailError::Unavailable(_) => status(tag, StatusKind::No, Some(code("UNAVAILABLE")), &error.to_string()),
+        // RFC 5530: the disk is full (not this user's quota).
+        MailError::NoSpace(_) => status(tag, StatusKind::No, Some(code("LIMIT")), &error.to_string()),
         _ => no(tag, &error.to_string()),
     }
 }
@@ -427,25 +440,41 @@ impl<M: Mailstore> Session<M> {
         matches!(self.state, State::Authenticated | State::Selected(_))
     }
 
+    /// The mail token as the store has it now (`None`: the store is locked).
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.credentials.token = token;
+    }
+
     /// Checks a login, in constant time over the token.
-    fn check(&self, user: &[u8], password: &[u8]) -> bool {
+    fn check(&self, user: &[u8], password: &[u8]) -> Login {
+        let Some(token) = &self.credentials.token else { return Login::Locked };
         let user_ok = std::str::from_utf8(user).is_ok_and(|user| user.eq_ignore_ascii_case(&self.credentials.address));
-        let expected = self.credentials.token.as_bytes();
+        let expected = token.as_bytes();
         let mut difference = expected.len() ^ password.len();
         for (index, byte) in expected.iter().enumerate() {
             difference |= usize::from(byte ^ password.get(index).copied().unwrap_or(0));
         }
-        user_ok && difference == 0
+        // An empty token never matches (a store that has none yet).
+        if user_ok && difference == 0 && !expected.is_empty() { Login::Accepted } else { Login::Refused }
     }
 
-    fn login_done(&mut self, tag: &Tag<'static>, accepted: bool) -> Reply {
-        if accepted {
-            self.state = State::Authenticated;
-            let code = Code::Capability(capabilities(false, true));
-            Reply::done(vec![ok_code(tag, code, "logged in")], After::Continue)
-        } else {
-            let code = code("AUTHENTICATIONFAILED");
-            Reply::done(vec![status(tag, StatusKind::No, Some(code), "wrong address or mail token")], After::AuthFailed)
+    fn login_done(&mut self, tag: &Tag<'static>, login: Login) -> Reply {
+        match login {
+            Login::Accepted => {
+                self.state = State::Authenticated;
+                let code = Code::Capability(capabilities(false, true));
+                Reply::done(vec![ok_code(tag, code, "logged in")], After::Continue)
+            }
+            Login::Refused => {
+                let code = code("AUTHENTICATIONFAILED");
+                let text = "wrong address or mail token";
+                Reply::done(vec![status(tag, StatusKind::No, Some(code), text)], After::AuthFailed)
+            }
+            // Not a failed guess: nobody can log in until the account is unlocked (RFC 5530).
+            Login::Locked => {
+                let text = "the account is locked: unlock it with bitmaskctl account start";
+                Reply::done(vec![status(tag, StatusKind::No, Some(code("UNAVAILABLE")), text)], After::Continue)
+            }
         }
     }
 
@@ -454,11 +483,11 @@ impl<M: Mailstore> Session<M> {
     pub fn authenticate_plain(&mut self, tag: &Tag<'static>, response: &[u8]) -> Reply {
         let mut fields = response.split(|byte| *byte == 0);
         let (_authzid, user, password) = (fields.next(), fields.next(), fields.next());
-        let accepted = match (user, password, fields.next()) {
+        let login = match (user, password, fields.next()) {
             (Some(user), Some(password), None) => self.check(user, password),
-            _ => false,
+            _ => Login::Refused,
         };
-        self.login_done(tag, accepted)
+        self.login_done(tag, login)
     }
 
     /// Whether AUTHENTICATE may start now.
@@ -576,8 +605,8 @@ impl<M: Mailstore> Session<M> {
                 }
             }
             (State::NotAuthenticated, CommandBody::Login { username, password }) => {
-                let accepted = self.check(username.as_ref(), password.declassify().as_ref());
-                return self.login_done(&tag, accepted);
+                let login = self.check(username.as_ref(), password.declassify().as_ref());
+                return self.login_done(&tag, login);
             }
             (State::NotAuthenticated, _) => (vec![bad(&tag, "log in first")], false),
             (_, CommandBody::Login { .. } | CommandBody::StartTLS) => (vec![bad(&tag, "already logged in")], false),
@@ -957,6 +986,10 @@ impl<M: Mailstore> Session<M> {
             Ok(name) => name,
             Err(error) => return bad(tag, &error.to_string()),
         };
+        if raw.len() > bitmask_mail::MAX_MESSAGE_BYTES {
+            let text = "the message is larger than the 40 MiB limit";
+            return status(tag, StatusKind::No, Some(code("TOOBIG")), text);
+        }
         let date = date.map(|date| {
             let date = date.as_ref();
             (date.timestamp(), date.offset().local_minus_utc() / 60)

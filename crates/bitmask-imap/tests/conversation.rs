@@ -207,6 +207,49 @@ fn login_with_the_token_and_with_a_wrong_one() {
 }
 
 #[test]
+fn an_empty_password_is_refused() {
+    // LOGIN with an empty string, AUTHENTICATE PLAIN with an empty password.
+    Conversation::new(
+        r#"
+        S: * OK [CAPABILITY IMAP4REV1 AUTH=PLAIN SASL-IR IDLE UIDPLUS MOVE NAMESPACE LITERAL+ ENABLE ID UNSELECT BINARY SPECIAL-USE CHILDREN] …
+        C: a1 LOGIN alice@example.org ""
+        S: a1 NO [AUTHENTICATIONFAILED] …
+        C: a2 AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUub3JnAA==
+        S: a2 NO [AUTHENTICATIONFAILED] …
+        "#,
+    )
+    .run();
+}
+
+#[test]
+fn a_locked_account_refuses_every_login_as_unavailable() {
+    // While the store is locked there is no mail token to compare with: an
+    // empty, a wrong and the right password are all refused, with
+    // [UNAVAILABLE] (RFC 5530), and they do not count as failed guesses.
+    Conversation::new(
+        r#"
+        S: * OK [CAPABILITY IMAP4REV1 AUTH=PLAIN SASL-IR IDLE UIDPLUS MOVE NAMESPACE LITERAL+ ENABLE ID UNSELECT BINARY SPECIAL-USE CHILDREN] …
+        C: a1 LOGIN alice@example.org ""
+        S: a1 NO [UNAVAILABLE] …
+        C: a2 LOGIN alice@example.org wrong
+        S: a2 NO [UNAVAILABLE] …
+        C: a3 LOGIN alice@example.org s3cret-mail-token
+        S: a3 NO [UNAVAILABLE] …
+        C: a4 AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUub3JnAA==
+        S: a4 NO [UNAVAILABLE] …
+        C: a5 AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHMzY3JldC1tYWlsLXRva2Vu
+        S: a5 NO [UNAVAILABLE] …
+        C: a6 LOGIN alice@example.org ""
+        S: a6 NO [UNAVAILABLE] …
+        C: a7 SELECT INBOX
+        S: a7 BAD …
+        "#,
+    )
+    .locked()
+    .run();
+}
+
+#[test]
 fn five_failed_logins_close_the_connection() {
     // The gateway cuts a client off after five failed logins (it also slows them down).
     Conversation::new(

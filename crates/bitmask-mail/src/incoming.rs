@@ -41,6 +41,9 @@ pub const SIGNATURE_HEADER: &str = "X-Leap-Signature";
 /// The Subject of the message filed in place of one that could not be
 /// decrypted.
 pub const UNDECRYPTABLE_SUBJECT: &str = "Undecryptable incoming message";
+/// The subject of the message filed in place of an item that could not be
+/// filed after several attempts.
+pub const UNFILED_SUBJECT: &str = "Incoming message that could not be filed";
 /// Who writes that message.
 pub const GATEWAY_ADDRESS: &str = "MAILER-DAEMON@localhost";
 
@@ -305,7 +308,6 @@ pub fn marked(message: &[u8], encryption: Encryption, signature: &Signature) -> 
 /// and why in a text part, the item's bytes attached, marked failed. The
 /// same item gives the same bytes (two devices file the same message).
 pub fn undecryptable(account: &str, item: &str, received_ms: i64, reason: &str, encrypted: &[u8]) -> Filed {
-    let item: String = item.chars().filter(char::is_ascii_alphanumeric).take(64).collect();
     let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
     let text = format!(
         "A message for {account} arrived at your provider, but it could not be\r\n\
@@ -315,11 +317,31 @@ pub fn undecryptable(account: &str, item: &str, received_ms: i64, reason: &str, 
          is attached ({} bytes).\r\n",
         encrypted.len()
     );
+    explanation(account, item, received_ms, UNDECRYPTABLE_SUBJECT, &text, encrypted)
+}
+
+/// The message filed in place of an item that failed to be filed again and
+/// again (whatever the reason: it is never retried forever): why, and the
+/// item's bytes attached, marked failed.
+pub fn unfiled(account: &str, item: &str, received_ms: i64, attempts: u32, reason: &str, encrypted: &[u8]) -> Filed {
+    let reason: String = reason.chars().filter(|c| !c.is_control()).take(500).collect();
+    let text = format!(
+        "A message for {account} arrived at your provider, but it could not be\r\n\
+         read and filed here after {attempts} attempts:\r\n\r\n  {reason}\r\n\r\n\
+         The message, as the provider kept it (encrypted to this account's key),\r\n\
+         is attached ({} bytes).\r\n",
+        encrypted.len()
+    );
+    explanation(account, item, received_ms, UNFILED_SUBJECT, &text, encrypted)
+}
+
+fn explanation(account: &str, item: &str, received_ms: i64, subject: &str, text: &str, encrypted: &[u8]) -> Filed {
+    let item: String = item.chars().filter(char::is_ascii_alphanumeric).take(64).collect();
     let boundary = format!("undecryptable-{item}");
     let body = MimePart::new(
         ContentType::new("multipart/mixed").attribute("boundary", boundary),
         vec![
-            MimePart::new("text/plain", text),
+            MimePart::new("text/plain", text.to_owned()),
             MimePart::new("application/octet-stream", encrypted.to_vec()).attachment(format!("incoming-{item}.pgp")),
         ],
     );
@@ -328,7 +350,7 @@ pub fn undecryptable(account: &str, item: &str, received_ms: i64, reason: &str, 
         .header(SIGNATURE_HEADER, Raw::new(Signature::CouldNotVerify.header_value()))
         .from(("Bitmask Mail", GATEWAY_ADDRESS))
         .to(account)
-        .subject(UNDECRYPTABLE_SUBJECT)
+        .subject(subject.to_owned())
         .date(Date::new(received_ms.div_euclid(1000)))
         .message_id(MessageId::new(format!("incoming-{item}@localhost")))
         .header("Auto-Submitted", Raw::new("auto-generated"))

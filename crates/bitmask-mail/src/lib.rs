@@ -17,4 +17,6 @@ pub mod types;
 
 #[cfg(feature = "store")]
 pub use model::MailModel;
-pub use types::{Entry, FlagOperation, Flags, MailError, MailEvent, MailboxInfo, Mailstore, SpecialUse};
+pub use types::{
+    Entry, FlagOperation, Flags, MAX_MESSAGE_BYTES, MailError, MailEvent, MailboxInfo, Mailstore, SpecialUse,
+};

@@ -8,7 +8,13 @@
 //! - `message/<sha256>` [messages, synced, immutable]: the skeleton of one
 //!   raw message and the content documents it refers to; shared by every
 //!   copy of the message.
-//! - `content/<sha256>` [contents, synced, immutable]: a leaf body.
+//! - `content/<sha256>` [contents, synced, immutable]: a leaf body, or a
+//!   long stretch of the message, as it came (transfer encoding included):
+//!   up to [`MAX_INLINE_CONTENT`] bytes inline (base64 in JSON), a larger one
+//!   as a reference to a store blob (sealed 64 KiB chunks, named by a keyed
+//!   hash of the bytes, so the same bytes are one blob). Documents written
+//!   before blobs existed hold their bytes inline at any size; both forms
+//!   are read.
 //! - `copy/<random>` [copies, synced, set merge]: the message in one mailbox:
 //!   mailbox, message, internal date, size and flags (the only mutable part;
 //!   concurrent flag edits of two devices merge as sets).
@@ -69,7 +75,15 @@ const PAGE: u32 = 5000;
 
 impl From<Status> for MailError {
     fn from(status: Status) -> Self {
-        Self::Store(status.message().to_owned())
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::Unavailable
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+            | tonic::Code::FailedPrecondition => Self::Unavailable(message),
+            tonic::Code::ResourceExhausted => Self::NoSpace(message),
+            _ => Self::Store(message),
+        }
     }
 }
 
@@ -116,10 +130,27 @@ struct MessageDoc {
     parts: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Contents larger than this are kept as store blobs.
+pub const MAX_INLINE_CONTENT: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ContentDoc {
+    /// The bytes, base64 (an inline content).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     data: String,
+    /// The store blob that holds the bytes (a large content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blob: Option<BlobRef>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BlobRef {
+    id: String,
+    size: u64,
+}
+
+/// Bytes per message of a blob upload.
+const BLOB_UPLOAD_CHUNK: usize = 1 << 20;
 
 #[derive(Debug)]
 struct MailboxState {
@@ -279,6 +310,9 @@ pub struct MailModel {
     applied: std::sync::atomic::AtomicU64,
     /// Moves after every change sessions could see (`Mailstore::version`).
     version: std::sync::atomic::AtomicU64,
+    /// A write may have been applied without this process knowing: the
+    /// state is loaded again before its next use.
+    stale: std::sync::atomic::AtomicBool,
 }
 
 impl MailModel {
@@ -291,6 +325,7 @@ impl MailModel {
             raw_cache: std::sync::Mutex::new(RawCache::default()),
             applied: std::sync::atomic::AtomicU64::new(0),
             version: std::sync::atomic::AtomicU64::new(0),
+            stale: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -310,7 +345,32 @@ impl MailModel {
     }
 
     async fn batch(&self, writes: Vec<pb::Write>) -> Result<pb::BatchResponse> {
-        Ok(self.client().batch(pb::BatchRequest { writes }).await?.into_inner())
+        match self.client().batch(pb::BatchRequest { writes }).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => {
+                self.after_failed_batch(&status);
+                Err(status.into())
+            }
+        }
+    }
+
+    /// A batch failed in a way that does not say it was not applied (the
+    /// store went away, or applied it and could not make it durable: a full
+    /// disk): the state is read again from the store on next use, so UIDs
+    /// and counters never go by a stale copy.
+    fn after_failed_batch(&self, status: &Status) {
+        let refused_before_applying = matches!(
+            status.code(),
+            tonic::Code::InvalidArgument
+                | tonic::Code::AlreadyExists
+                | tonic::Code::Aborted
+                | tonic::Code::NotFound
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::OutOfRange
+        );
+        if !refused_before_applying {
+            self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     async fn counter(&self, name: String, delta: i64) -> Result<i64> {
@@ -362,6 +422,9 @@ impl MailModel {
     /// locked when the gateway starts).
     async fn state(&self) -> Result<MutexGuard<'_, Option<State>>> {
         let mut guard = self.state.lock().await;
+        if self.stale.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            *guard = None;
+        }
         if guard.is_none() {
             *guard = Some(self.load().await?);
             self.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -809,11 +872,9 @@ impl MailModel {
                 return Err(status.into());
             }
             Err(status) => {
-                // The batch may have been applied with the reply lost (the
-                // store went away): the state is read again on next use.
-                if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled) {
-                    *guard = None;
-                }
+                // The batch may have been applied with the reply lost.
+                self.after_failed_batch(&status);
+                drop(guard);
                 return Err(status.into());
             }
         }
@@ -845,16 +906,53 @@ impl MailModel {
         let exists = |id: &str| existing.iter().any(|document| document.id == id && !document.rev.is_empty());
         let mut writes = Vec::new();
         if !exists(&split.message_id) {
-            for (id, bytes) in &split.contents {
-                if !exists(id) {
-                    let content = ContentDoc { data: data_encoding::BASE64.encode(bytes) };
-                    writes.push(put(id, CONTENTS, json(&content)));
+            for (id, bytes) in split.contents {
+                if !exists(&id) {
+                    let content = if bytes.len() > MAX_INLINE_CONTENT {
+                        ContentDoc { blob: Some(self.put_blob(bytes).await?), ..ContentDoc::default() }
+                    } else {
+                        ContentDoc { data: data_encoding::BASE64.encode(&bytes), ..ContentDoc::default() }
+                    };
+                    writes.push(put(&id, CONTENTS, json(&content)));
                 }
             }
             let doc = MessageDoc { size: split.size, parts: split::parts(&split.skeleton), skeleton: split.skeleton };
             writes.push(put(&split.message_id, MESSAGES, json(&doc)));
         }
         Ok(StoredMessage { message_id: split.message_id, size: split.size, writes })
+    }
+
+    /// Keeps `bytes` as a store blob, sent a chunk at a time.
+    async fn put_blob(&self, bytes: Vec<u8>) -> Result<BlobRef> {
+        let bytes = Arc::new(bytes);
+        let size = bytes.len() as u64;
+        let chunks = (0..bytes.len().div_ceil(BLOB_UPLOAD_CHUNK)).map(move |index| {
+            let start = index * BLOB_UPLOAD_CHUNK;
+            let data = bytes[start..(start + BLOB_UPLOAD_CHUNK).min(bytes.len())].to_vec();
+            let first = index == 0;
+            pb::PutBlobRequest {
+                content_type: if first { "application/octet-stream".into() } else { String::new() },
+                size: if first { size } else { 0 },
+                data,
+                local_only: false,
+            }
+        });
+        let info = self.client().put_blob(futures::stream::iter(chunks)).await?.into_inner();
+        Ok(BlobRef { id: info.id, size })
+    }
+
+    /// The bytes of a content kept as a blob.
+    async fn read_blob(&self, blob: &BlobRef) -> Result<Vec<u8>> {
+        let request = pb::GetBlobRequest { id: blob.id.clone(), offset: 0, length: 0 };
+        let mut chunks = self.client().get_blob(request).await?.into_inner();
+        let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0).min(64 << 20));
+        while let Some(chunk) = chunks.message().await? {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        if bytes.len() as u64 != blob.size {
+            return Err(MailError::Damaged(format!("blob {} has {} bytes, not {}", blob.id, bytes.len(), blob.size)));
+        }
+        Ok(bytes)
     }
 
     /// A message's raw bytes, exactly as appended.
@@ -897,9 +995,12 @@ impl MailModel {
                     continue;
                 }
                 let parsed: ContentDoc = parse(&content)?;
-                let decoded = data_encoding::BASE64
-                    .decode(parsed.data.as_bytes())
-                    .map_err(|_| MailError::Damaged(content.id.clone()))?;
+                let decoded = match parsed.blob {
+                    Some(blob) => self.read_blob(&blob).await?,
+                    None => data_encoding::BASE64
+                        .decode(parsed.data.as_bytes())
+                        .map_err(|_| MailError::Damaged(content.id.clone()))?,
+                };
                 bytes.insert(content.id, decoded);
             }
             for (index, doc) in chunk.iter().zip(docs) {
@@ -1068,6 +1169,7 @@ impl MailModel {
         messages.sort();
         messages.dedup();
         let mut writes = Vec::new();
+        let mut doomed_parts = Vec::new();
         for message in messages {
             if !self.referenced(COPIES_BY_MESSAGE, &message).await? {
                 let request = pb::GetRequest { id: message.clone(), include_deleted: false };
@@ -1080,12 +1182,31 @@ impl MailModel {
                 for part in doc.parts {
                     if !self.referenced(MESSAGES_BY_PART, &part).await? {
                         writes.push(delete(&part));
+                        doomed_parts.push(part);
                     }
                 }
             }
         }
+        // The blobs of large contents go with their documents (after them: a
+        // crash in between leaves a blob behind, never a content without one).
+        let mut blobs = Vec::new();
+        for content in self.get_many(doomed_parts).await? {
+            if !content.rev.is_empty()
+                && !content.deleted
+                && let Ok(ContentDoc { blob: Some(blob), .. }) = parse::<ContentDoc>(&content)
+            {
+                blobs.push(blob.id);
+            }
+        }
         for chunk in writes.chunks(BATCH) {
             self.batch(chunk.to_vec()).await?;
+        }
+        for blob in blobs {
+            if let Err(status) = self.client().delete_blob(pb::DeleteBlobRequest { id: blob }).await
+                && status.code() != tonic::Code::NotFound
+            {
+                tracing::warn!(error = %status.message(), "deleting the blob of a content");
+            }
         }
         Ok(())
     }

@@ -94,24 +94,53 @@ fn leaf_ranges(raw: &[u8]) -> Vec<(usize, usize)> {
     kept
 }
 
+/// The most bytes one raw piece of the skeleton holds: a longer one (a huge
+/// header, or the text of a message that is not taken apart) is a content of
+/// its own.
+pub const MAX_RAW_SEGMENT: usize = 16 * 1024;
+
+/// The most raw bytes a skeleton holds in all: a message with more (e.g.
+/// thousands of small parts) is kept as one content, so the message
+/// document stays far below the store's document limit.
+pub const MAX_SKELETON_RAW: usize = 256 * 1024;
+
 pub fn split(raw: &[u8]) -> Split {
     let mut skeleton = Vec::new();
     let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut raw_bytes = 0;
+    let mut keep = |bytes: &[u8], skeleton: &mut Vec<Segment>, raw_bytes: &mut usize, inline: bool| {
+        if inline {
+            *raw_bytes += bytes.len();
+            skeleton.push(Segment::Raw(bytes.to_vec()));
+            return;
+        }
+        let id = content_id(bytes);
+        skeleton.push(Segment::Part(id.clone()));
+        if !contents.iter().any(|(known, _)| *known == id) {
+            contents.push((id, bytes.to_vec()));
+        }
+    };
     let mut position = 0;
     for (start, end) in leaf_ranges(raw) {
         if start > position {
-            skeleton.push(Segment::Raw(raw[position..start].to_vec()));
+            let between = &raw[position..start];
+            keep(between, &mut skeleton, &mut raw_bytes, between.len() <= MAX_RAW_SEGMENT);
         }
-        let body = raw[start..end].to_vec();
-        let id = content_id(&body);
-        skeleton.push(Segment::Part(id.clone()));
-        if !contents.iter().any(|(known, _)| *known == id) {
-            contents.push((id, body));
-        }
+        keep(&raw[start..end], &mut skeleton, &mut raw_bytes, false);
         position = end;
     }
     if position < raw.len() {
-        skeleton.push(Segment::Raw(raw[position..].to_vec()));
+        let rest = &raw[position..];
+        keep(rest, &mut skeleton, &mut raw_bytes, rest.len() <= MAX_RAW_SEGMENT);
+    }
+    if raw_bytes > MAX_SKELETON_RAW {
+        let id = content_id(raw);
+        return Split {
+            message_id: message_id(raw),
+            size: raw.len() as u64,
+            skeleton: vec![Segment::Part(id.clone())],
+            contents: vec![(id, raw.to_vec())],
+        };
     }
     Split { message_id: message_id(raw), size: raw.len() as u64, skeleton, contents }
 }
@@ -179,6 +208,37 @@ mod tests {
     }
 
     #[test]
+    fn no_skeleton_holds_much_raw_text() {
+        // A message that is not taken apart (no MIME structure), a huge
+        // header, and thousands of small parts: the skeleton stays small.
+        let plain = format!("Subject: long\r\n\r\n{}", "a line of text\r\n".repeat(100_000));
+        let header = format!("X-Long: {}\r\nSubject: x\r\n\r\nbody\r\n", "h".repeat(200_000));
+        let mut many = String::from("Content-Type: multipart/mixed; boundary=b\r\n\r\n");
+        for n in 0..400 {
+            many.push_str(&format!("--b\r\nContent-Type: text/plain\r\nX-N: {n}\r\n\r\n{}\r\n", "x".repeat(1000)));
+        }
+        many.push_str("--b--\r\n");
+        for raw in [plain, header, many] {
+            let split = round_trip(raw.as_bytes());
+            let raw_bytes: usize = split
+                .skeleton
+                .iter()
+                .map(|segment| match segment {
+                    Segment::Raw(bytes) => bytes.len(),
+                    Segment::Part(_) => 0,
+                })
+                .sum();
+            assert!(raw_bytes <= MAX_SKELETON_RAW, "{raw_bytes} raw bytes in the skeleton");
+            assert!(
+                split
+                    .skeleton
+                    .iter()
+                    .all(|segment| !matches!(segment, Segment::Raw(bytes) if bytes.len() > MAX_RAW_SEGMENT))
+            );
+        }
+    }
+
+    #[test]
     fn attachments_are_stored_apart_and_deduplicated() {
         let attachment = "QUJD".repeat(2000);
         let raw = format!(
@@ -227,7 +287,9 @@ mod tests {
         raw.extend_from_slice(&b"Subject: deep\r\n\r\nbody\r\n".repeat(200));
         assert!(!safe_to_parse(&raw));
         let split = round_trip(&raw);
-        assert!(split.contents.is_empty(), "kept whole");
+        // Kept whole: one content of every byte, not taken apart.
+        assert_eq!(split.contents.len(), 1);
+        assert_eq!(split.contents[0].1, raw);
         assert!(safe_to_parse(b"Content-Type: text/plain\r\n\r\nhi"));
     }
 

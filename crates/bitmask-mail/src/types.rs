@@ -5,6 +5,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// INBOX is case-insensitive; every other name is as given.
+/// The largest message the product takes on every path (IMAP APPEND, the
+/// Mail API, SMTP submission's SIZE, the provider's MX and relay): room for
+/// a 25 MB attachment in base64 (about 34.2 MiB) and its message.
+pub const MAX_MESSAGE_BYTES: usize = 40 << 20;
+
 pub fn normalize_name(name: &str) -> String {
     let trimmed = name.trim_end_matches('/');
     if trimmed.eq_ignore_ascii_case("INBOX") {
@@ -199,6 +204,12 @@ pub enum MailError {
     Refused(String),
     #[error("the store: {0}")]
     Store(String),
+    /// The store is away for now (restarting, locked): try again later.
+    #[error("the store is not available now: {0}")]
+    Unavailable(String),
+    /// The disk is full: nothing more can be written until space is freed.
+    #[error("no space left for mail: {0}")]
+    NoSpace(String),
     #[error("stored mail is damaged: {0}")]
     Damaged(String),
 }

@@ -39,6 +39,21 @@ pub async fn sign_up(url: &str, ca_pem: &str, address: &str, secret: &LoginSecre
     Ok(())
 }
 
+/// Replaces the account's SRP verifier at the provider with one of
+/// `secret` (after a passphrase change), in the session `session_token`.
+pub async fn change_login(
+    url: &str,
+    ca_pem: &str,
+    address: &str,
+    session_token: &str,
+    secret: &LoginSecret,
+) -> Result<(), Status> {
+    let (srp_salt, srp_verifier) = bitmask_auth::verifier(address, secret);
+    let request = pb::ChangeLoginRequest { srp_salt, srp_verifier };
+    accounts(url, ca_pem, session_token).await?.change_login(request).await?;
+    Ok(())
+}
+
 /// SRP-6a login; the provider must prove it knows the verifier before its
 /// token is trusted. NOT_FOUND: no such account; PERMISSION_DENIED: wrong
 /// passphrase.

@@ -180,6 +180,13 @@ pub enum StoreError {
     Storage(#[from] sled::Error),
 }
 
+impl StoreError {
+    /// The disk is full: nothing can be written until space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Storage(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull)
+    }
+}
+
 impl From<crate::secrets::SecretsError> for StoreError {
     fn from(error: crate::secrets::SecretsError) -> Self {
         use crate::secrets::SecretsError;

@@ -18,6 +18,6 @@ pub mod sessions;
 pub mod storage;
 
 pub use incoming::{IncomingNotifier, deposit};
-pub use service::{SyncService, server_tls};
+pub use service::{MAX_BLOB_BYTES, SyncService, server_tls};
 pub use sessions::Sessions;
 pub use storage::{IncomingItem, PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument, SyncStorage};

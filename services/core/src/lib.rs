@@ -530,9 +530,18 @@ impl Core for CoreService {
         };
         store.change_passphrase(request).await?;
         if self.passphrases.get(&address).is_some() {
-            self.passphrases.set(&address, Some(new_passphrase));
+            self.passphrases.set(&address, Some(new_passphrase.clone()));
         }
         tracing::info!(account = %address, "passphrase changed");
+        if let Some(provider) = self.provider_of(&address)? {
+            provider::change_passphrase(&provider, &address, &new_passphrase, &mut store).await.map_err(|status| {
+                Status::unavailable(format!(
+                    "the passphrase of {address} changed on this device, but the provider could not be told ({}): \
+                     it is told at the next `bitmaskctl account start` with the new passphrase",
+                    status.message()
+                ))
+            })?;
+        }
         Ok(Response::new(pb::ChangePassphraseResponse {}))
     }
 

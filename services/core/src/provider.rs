@@ -15,7 +15,7 @@ use bitmask_proto::provider::v1::accounts_client::AccountsClient;
 use bitmask_proto::provider::v1::key_directory_client::KeyDirectoryClient;
 use bitmask_proto::store::v1 as store_pb;
 use bitmask_runtime::client::connect_provider;
-use bitmask_runtime::provider::{Session, ca_fingerprint, login, sign_up};
+use bitmask_runtime::provider::{Session, ca_fingerprint, change_login, login, sign_up};
 use tonic::Status;
 
 /// Where an account keeps what it knows of its provider (in its data dir).
@@ -208,10 +208,61 @@ pub async fn resume(
             tracing::warn!(account = %address, error = %status.message(), "provider unreachable; working offline");
             return Ok(());
         }
+        // The passphrase changed here while the provider could not be told:
+        // the store (unlocked with this passphrase) still logs in with the
+        // old secret it keeps, so the provider is told now.
+        Err(status) if status.code() == tonic::Code::PermissionDenied => {
+            tell_provider(provider, address, &secret, store).await.map_err(|error| {
+                tracing::warn!(account = %address, error = %error.message(), "the provider was not told the new passphrase");
+                explain(status, address)
+            })?;
+            login(&provider.url, &provider.ca_pem, address, &secret).await.map_err(|status| explain(status, address))?
+        }
         Err(status) => return Err(explain(status, address)),
     };
     store.configure_sync(provider.configure(address, &session, &secret)).await?;
     ensure_client_certificate(provider, address, &session).await
+}
+
+/// After the store's passphrase changed: the provider gets a verifier of the
+/// new login secret, in the store's session (which the store renews with the
+/// old secret it keeps, if it expired), and the store keeps the new secret
+/// for its later logins. The store's re-sealed secrets reach the provider's
+/// backup with the sync that follows, so a new device restores the account
+/// with the new passphrase.
+pub async fn change_passphrase(
+    provider: &Provider,
+    address: &str,
+    new_passphrase: &str,
+    store: &mut crate::StoreClient<crate::TracedChannel>,
+) -> Result<(), Status> {
+    let secret = derive(new_passphrase, address).await?;
+    tell_provider(provider, address, &secret, store).await
+}
+
+async fn tell_provider(
+    provider: &Provider,
+    address: &str,
+    secret: &LoginSecret,
+    store: &mut crate::StoreClient<crate::TracedChannel>,
+) -> Result<(), Status> {
+    let mut token = store.get_sync_config(store_pb::GetSyncConfigRequest {}).await?.into_inner().session_token;
+    let mut told = change_login(&provider.url, &provider.ca_pem, address, &token, secret).await;
+    if told.as_ref().is_err_and(|status| status.code() == tonic::Code::Unauthenticated) {
+        // An expired session: a sync makes the store log in again.
+        let mut progress = store.sync(store_pb::SyncRequest { if_idle: false }).await?.into_inner();
+        while progress.message().await?.is_some() {}
+        token = store.get_sync_config(store_pb::GetSyncConfigRequest {}).await?.into_inner().session_token;
+        told = change_login(&provider.url, &provider.ca_pem, address, &token, secret).await;
+    }
+    told?;
+    let session = Session { token, expires_in: Duration::ZERO };
+    store.configure_sync(provider.configure(address, &session, secret)).await?;
+    tracing::info!(account = %address, "the provider has the new passphrase's verifier");
+    // The secrets sealed under the new passphrase go to the provider's backup.
+    let mut progress = store.sync(store_pb::SyncRequest { if_idle: false }).await?.into_inner();
+    while progress.message().await?.is_some() {}
+    Ok(())
 }
 
 async fn derive(passphrase: &str, address: &str) -> Result<LoginSecret, Status> {

@@ -24,6 +24,8 @@ struct Person {
     imap_port: u16,
     smtp_port: u16,
     passphrase_file: PathBuf,
+    /// Shown by the first start of a new account (empty on a second device).
+    recovery_code: String,
 }
 
 impl Person {
@@ -38,7 +40,15 @@ impl Person {
         let passphrase_file = world.path().join("passphrase");
         std::fs::write(&passphrase_file, format!("{passphrase}\n")).unwrap();
         let (imap_port, smtp_port) = (free_port(), free_port());
-        let person = Self { world, _daemon: daemon, address: address.into(), imap_port, smtp_port, passphrase_file };
+        let mut person = Self {
+            world,
+            _daemon: daemon,
+            address: address.into(),
+            imap_port,
+            smtp_port,
+            passphrase_file,
+            recovery_code: String::new(),
+        };
         let added = person.add(provider);
         assert!(
             added.status.success(),
@@ -46,8 +56,30 @@ impl Person {
             text(&added),
             person.world.log(address, "store")
         );
+        let shown = String::from_utf8_lossy(&added.stdout).into_owned();
+        let code = shown.split("shown only this once:").nth(1).and_then(|rest| rest.split_whitespace().next());
+        person.recovery_code = code.unwrap_or_default().to_owned();
         person.wait_for_gateways();
         person
+    }
+
+    /// `account add` on a new installation, whatever comes of it.
+    fn try_join(provider: &ProviderProcess, address: &str, passphrase: &str) -> Output {
+        let world = World::new();
+        let _daemon = world.bitmaskd(&[]);
+        let passphrase_file = world.path().join("passphrase");
+        std::fs::write(&passphrase_file, format!("{passphrase}\n")).unwrap();
+        let (imap_port, smtp_port) = (free_port(), free_port());
+        let person = Self {
+            world,
+            _daemon,
+            address: address.into(),
+            imap_port,
+            smtp_port,
+            passphrase_file,
+            recovery_code: String::new(),
+        };
+        person.add(provider)
     }
 
     fn add(&self, provider: &ProviderProcess) -> Output {
@@ -351,6 +383,105 @@ fn mail_waits_while_bob_is_stopped_and_his_second_device_sees_the_same_inbox() {
     laptop.start();
     let again: Vec<u32> = laptop.wait_for_inbox(3).iter().map(|(uid, _)| *uid).collect();
     assert_eq!(uids, again);
+}
+
+#[test]
+fn a_changed_passphrase_reaches_the_provider_and_new_devices() {
+    let provider = provider();
+    let alice = Person::join(&provider, ALICE, "first passphrase");
+    assert_eq!(alice.recovery_code.len(), 39, "{:?}", alice.recovery_code);
+    let start = |person: &Person, passphrase: &str| {
+        person.world.ctl_with_input(&["account", "start", &person.address], &format!("{passphrase}\n"))
+    };
+
+    // With the current passphrase.
+    let changed =
+        alice.world.ctl_with_input(&["account", "passphrase", ALICE], "first passphrase\nsecond passphrase\n");
+    assert!(changed.status.success(), "{}", text(&changed));
+    alice.stop();
+    let old = start(&alice, "first passphrase");
+    assert!(!old.status.success() && text(&old).contains("wrong passphrase"), "{}", text(&old));
+    let new = start(&alice, "second passphrase");
+    assert!(new.status.success(), "{}\n{}", text(&new), alice.world.log(ALICE, "store"));
+    // A new device restores the account with the new passphrase, not the old one.
+    let laptop = Person::join(&provider, ALICE, "second passphrase");
+    laptop.stop();
+    let refused = Person::try_join(&provider, ALICE, "first passphrase");
+    assert!(!refused.status.success() && text(&refused).contains("refused the passphrase"), "{}", text(&refused));
+
+    // With the recovery code, when the passphrase is lost.
+    let input = format!("{}\nthird passphrase\n", alice.recovery_code);
+    let recovered = alice.world.ctl_with_input(&["account", "passphrase", ALICE, "--recovery-code"], &input);
+    assert!(recovered.status.success(), "{}", text(&recovered));
+    alice.stop();
+    assert!(!start(&alice, "second passphrase").status.success());
+    let third = start(&alice, "third passphrase");
+    assert!(third.status.success(), "{}", text(&third));
+    let phone = Person::join(&provider, ALICE, "third passphrase");
+    assert!(!phone.token().is_empty());
+}
+
+/// big_mail.py (Python's smtplib and imaplib) in `mode` with `args`.
+fn big_mail(mode: &str, person: &Person, args: &[&str]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/big_mail.py");
+    let python = bitmask_testkit::workspace_root().join(".venv/bin/python");
+    let port = if mode == "send" { person.smtp_port } else { person.imap_port };
+    let output = Command::new(python)
+        .arg(script)
+        .args([mode, &port.to_string(), &person.address, &person.token()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "big_mail.py {mode}: {}", text(&output));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Waits until `person` reads the message `subject`, decrypted and
+/// verified; its attachment's SHA-256.
+fn read_big(person: &Person, subject: &str) -> String {
+    let mut read = serde_json::Value::Null;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(300) {
+        read = serde_json::from_str(&big_mail("read", person, &[subject])).unwrap();
+        if read["found"] == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(read["found"], 1, "{subject} never arrived: {read}\n{}", person.world.log(&person.address, "imap"));
+    assert_eq!(read["encryption"], "decrypted", "{read}");
+    assert!(read["signature"].as_str().unwrap().starts_with("valid"), "{read}");
+    read["sha256"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn big_attachments_reach_bob_and_his_second_device_byte_for_byte() {
+    // 1 MiB and 20 MiB of random bytes attached, alice -> bob through the
+    // provider (submission, relay, MX, bob's store, his IMAP gateway).
+    let seed: u64 = std::env::var("BIG_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(rand_seed);
+    println!("seed {seed}");
+    let provider = provider();
+    let alice = Person::join(&provider, ALICE, "alice passphrase");
+    let bob = Person::join(&provider, BOB, "bob passphrase");
+    for mib in [1u64, 20] {
+        let subject = format!("{mib} MiB attached");
+        let sent = big_mail("send", &alice, &[BOB, &subject, &mib.to_string(), &(seed + mib).to_string()]);
+        assert_eq!(read_big(&bob, &subject), sent, "the {mib} MiB attachment bob reads differs");
+    }
+    // Bob's second device restores the account and reads the 20 MiB one.
+    let laptop = Person::join(&provider, BOB, "bob passphrase");
+    let synced = laptop.world.ctl(&["sync", BOB]);
+    assert!(synced.status.success(), "{}", text(&synced));
+    let sent = big_mail("send", &alice, &[BOB, "a check", "1", &seed.to_string()]);
+    assert_eq!(read_big(&bob, "a check"), sent);
+    let on_laptop = read_big(&laptop, "20 MiB attached");
+    let on_phone = read_big(&bob, "20 MiB attached");
+    assert_eq!(on_laptop, on_phone);
+}
+
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos().into()
 }
 
 #[test]

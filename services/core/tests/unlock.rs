@@ -173,3 +173,65 @@ fn bitmaskctl_keys_lists_exports_and_refuses_bad_imports() {
     let stopped = world.ctl(&["keys", "list", "alice@example.org"]);
     assert!(text(&stopped).contains("start the account first"), "{}", text(&stopped));
 }
+
+/// One IMAP command on an open connection: the line of its tagged answer.
+fn imap_command(connection: &mut std::io::BufReader<std::net::TcpStream>, tag: &str, command: &str) -> String {
+    use std::io::{BufRead as _, Write as _};
+    connection.get_mut().write_all(format!("{tag} {command}\r\n").as_bytes()).unwrap();
+    loop {
+        let mut line = String::new();
+        assert!(connection.read_line(&mut line).unwrap() > 0, "the gateway closed the connection");
+        if line.starts_with(&format!("{tag} ")) {
+            return line.trim_end().to_owned();
+        }
+    }
+}
+
+#[test]
+fn a_locked_account_refuses_every_imap_login_and_accepts_the_token_once_unlocked() {
+    let world = World::new();
+    let _daemon = world.bitmaskd(&[]);
+    let imap = free_port();
+    let (imap_port, smtp) = (imap.to_string(), free_port().to_string());
+    world.ctl_json(&["account", "add", "alice@example.org", "--imap-port", &imap_port, "--smtp-port", &smtp]);
+    let passphrase_file = world.path().join("passphrase");
+    std::fs::write(&passphrase_file, "correct horse battery\n").unwrap();
+    let file = passphrase_file.to_str().unwrap();
+    world.ctl_json(&["account", "start", "alice@example.org", "--passphrase-file", file]);
+    let token = world.ctl_json(&["mail", "token", "alice@example.org"])["token"].as_str().unwrap().to_owned();
+    world.ctl_json(&["account", "stop", "alice@example.org"]);
+    world.ctl_json(&["account", "start", "--locked", "alice@example.org"]);
+    assert!(store_state(&world).contains("STATE_LOCKED"), "{}", store_state(&world));
+
+    // Python's imaplib: an empty password, a wrong one, the right one and an
+    // empty AUTHENTICATE PLAIN are all refused as [UNAVAILABLE].
+    let script = format!(
+        "import imaplib\n\
+         def attempt(login):\n    m = imaplib.IMAP4('127.0.0.1', {imap})\n    try:\n        login(m)\n        print('LOGGED IN')\n    except imaplib.IMAP4.error as error:\n        print(error)\n\
+         attempt(lambda m: m.login('alice@example.org', ''))\n\
+         attempt(lambda m: m.login('alice@example.org', 'wrong'))\n\
+         attempt(lambda m: m.login('alice@example.org', '{token}'))\n\
+         attempt(lambda m: m.authenticate('PLAIN', lambda _: b'\\x00alice@example.org\\x00'))\n"
+    );
+    let python = bitmask_testkit::workspace_root().join(".venv/bin/python");
+    let output = std::process::Command::new(python).args(["-c", &script]).output().unwrap();
+    let printed = text(&output);
+    assert!(output.status.success(), "{printed}");
+    assert!(!printed.contains("LOGGED IN"), "{printed}");
+    assert_eq!(printed.matches("UNAVAILABLE").count(), 4, "{printed}");
+
+    // A connection opened while locked logs in once the account is unlocked.
+    let stream = std::net::TcpStream::connect(("127.0.0.1", imap)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut connection = std::io::BufReader::new(stream);
+    let mut greeting = String::new();
+    std::io::BufRead::read_line(&mut connection, &mut greeting).unwrap();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let refused = imap_command(&mut connection, "a1", &format!("LOGIN alice@example.org {token}"));
+    assert!(refused.starts_with("a1 NO [UNAVAILABLE]"), "{refused}");
+    world.ctl_json(&["account", "start", "alice@example.org", "--passphrase-file", file]);
+    let empty = imap_command(&mut connection, "a2", "LOGIN alice@example.org \"\"");
+    assert!(empty.starts_with("a2 NO [AUTHENTICATIONFAILED]"), "{empty}");
+    let accepted = imap_command(&mut connection, "a3", &format!("LOGIN alice@example.org {token}"));
+    assert!(accepted.starts_with("a3 OK"), "{accepted}");
+}

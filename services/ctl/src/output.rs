@@ -587,7 +587,15 @@ struct MailStatusView<'a> {
     mailboxes: Vec<MailboxView<'a>>,
     incoming_pending: u32,
     undecryptable: u32,
+    incoming_problems: Vec<IncomingProblemView<'a>>,
     queue: Vec<QueueEntryView<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct IncomingProblemView<'a> {
+    item: &'a str,
+    attempts: u32,
+    last_error: &'a str,
 }
 
 pub fn mail_status(
@@ -611,6 +619,15 @@ pub fn mail_status(
             .collect(),
         incoming_pending: status.incoming_pending,
         undecryptable: status.undecryptable,
+        incoming_problems: status
+            .incoming_problems
+            .iter()
+            .map(|problem| IncomingProblemView {
+                item: &problem.item,
+                attempts: problem.attempts,
+                last_error: &problem.last_error,
+            })
+            .collect(),
         queue: queue.iter().map(QueueEntryView::from).collect(),
     };
     if json {
@@ -623,6 +640,9 @@ pub fn mail_status(
     }
     print_table(&rows, "  ");
     println!("  incoming, not yet filed: {}", view.incoming_pending);
+    for problem in &view.incoming_problems {
+        println!("    item {}: {} failed attempts, last: {}", problem.item, problem.attempts, problem.last_error);
+    }
     if view.undecryptable > 0 {
         println!("  filed undecrypted: {}", view.undecryptable);
     }

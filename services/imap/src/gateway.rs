@@ -167,8 +167,9 @@ fn server_after_tls(limits: &Limits, session: &Session<MailModel>) -> Server {
 }
 
 async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()> {
-    let token = (gateway.token)().await.unwrap_or_default();
-    let credentials = Credentials { address: gateway.address.clone(), token };
+    // The token is read again at each login: the store may be locked now and
+    // unlocked later (or the token rotated) while the connection stays open.
+    let credentials = Credentials { address: gateway.address.clone(), token: None };
     let mut session = Session::new(gateway.model.clone(), credentials, gateway.tls.is_some());
     let limits = &gateway.limits;
     let mut server = Server::new(options(limits), session.greeting());
@@ -192,6 +193,9 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
                     output.clear();
                 }
                 bad_in_a_row = 0;
+                if matches!(command.body, bitmask_imap::imap_types::command::CommandBody::Login { .. }) {
+                    session.set_token((gateway.token)().await);
+                }
                 let reply = session.handle(command).await;
                 if reply.after == After::AuthFailed {
                     failed_logins += 1;
@@ -206,6 +210,7 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
             }
             Ok(Event::CommandAuthenticateReceived { command_authenticate }) => {
                 let tag = command_authenticate.tag;
+                session.set_token((gateway.token)().await);
                 let finish = if !session.may_authenticate() {
                     Some(bad_status(&tag, "already logged in"))
                 } else if command_authenticate.mechanism != AuthMechanism::Plain {

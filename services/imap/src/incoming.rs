@@ -14,6 +14,14 @@
 //! done. A failure (the key service or the store away) is retried with
 //! back-off, one item at a time, oldest first; a message that cannot be
 //! decrypted is filed as a readable explanation with its bytes attached.
+//!
+//! Nothing is retried forever: each attempt is counted in a local document
+//! `incoming-attempts/<item>` *before* it starts (so an attempt that kills
+//! the process counts too), and given back when it failed for a reason
+//! that is not the item's (a service away or restarting, the store locked
+//! or full). After [`MAX_ATTEMPTS`] the item is filed as an explanation
+//! with its bytes attached; if even that cannot be written, it waits and is
+//! reported (`bitmaskctl mail status`) with the last error.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +45,12 @@ pub const INCOMING: &str = "incoming";
 pub const DONE: &str = "incoming-done";
 /// Every waiting item, oldest first.
 pub const BY_RECEIVED: &str = "incoming-by-received";
+/// Attempts at each waiting item, and the last error (local only).
+pub const ATTEMPTS: &str = "incoming-attempts";
+/// Every attempts document.
+const ATTEMPTS_ALL: &str = "incoming-attempts-all";
+/// Attempts counted against an item before it is filed as an explanation.
+pub const MAX_ATTEMPTS: u32 = 4;
 /// The store counter of items filed as undecryptable on this device.
 pub const UNDECRYPTABLE: &str = "incoming-undecryptable";
 /// Where incoming mail is filed.
@@ -76,6 +90,17 @@ pub struct Processor {
     model: Arc<MailModel>,
     /// The account's secret key has been seen (decryption may begin).
     key_ready: AtomicBool,
+    /// Test fault injection: filing items whose id starts with this fails
+    /// (`BITMASK_FAULT_REFUSE_FILING`; never set in use).
+    refuse_filing: Option<String>,
+}
+
+/// What is known of the attempts at one item.
+#[derive(Debug, Default, serde::Serialize, Deserialize)]
+pub struct Attempts {
+    pub attempts: u32,
+    #[serde(default)]
+    pub last_error: String,
 }
 
 /// An item that failed: when to try again.
@@ -95,6 +120,7 @@ impl Processor {
             keys: KeysClient::new(keys).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE),
             model,
             key_ready: AtomicBool::new(false),
+            refuse_filing: std::env::var("BITMASK_FAULT_REFUSE_FILING").ok().filter(|prefix| !prefix.is_empty()),
         }
     }
 
@@ -160,7 +186,7 @@ impl Processor {
 
     async fn declare(&self) -> Result<(), Status> {
         let mut store = self.store.clone();
-        for name in [INCOMING, DONE] {
+        for name in [INCOMING, DONE, ATTEMPTS] {
             let definition = pb::CollectionDefinition {
                 name: name.into(),
                 conflict_policy: pb::ConflictPolicy::LastWriterWins.into(),
@@ -175,7 +201,38 @@ impl Processor {
             unique: false,
         };
         store.declare_index(index).await?;
+        let index = pb::IndexDefinition {
+            name: ATTEMPTS_ALL.into(),
+            collection: ATTEMPTS.into(),
+            fields: vec![],
+            unique: false,
+        };
+        store.declare_index(index).await?;
         Ok(())
+    }
+
+    /// Waiting items that failed at least once: their ids and attempts.
+    pub async fn problems(store: &TracedChannel) -> Result<Vec<(String, Attempts)>, Status> {
+        let mut client = StoreClient::new(store.clone());
+        let request = pb::QueryRequest { index: ATTEMPTS_ALL.into(), limit: 100, ..Default::default() };
+        let documents = match client.query(request).await {
+            Ok(page) => page.into_inner().documents,
+            // Not declared yet: nothing ever arrived.
+            Err(status)
+                if matches!(status.code(), Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(status) => return Err(status),
+        };
+        Ok(documents
+            .into_iter()
+            .filter_map(|document| {
+                let attempts: Attempts = serde_json::from_slice(&document.content).ok()?;
+                let item = document.id.strip_prefix(&format!("{ATTEMPTS}/")).unwrap_or(&document.id).to_owned();
+                (!attempts.last_error.is_empty()).then_some((item, attempts))
+            })
+            .collect())
     }
 
     /// Every waiting item, oldest first.
@@ -238,7 +295,7 @@ impl Processor {
                     let retry =
                         retries.entry(document.id.clone()).or_insert(Retry { attempts: 0, due: Instant::now() });
                     retry.attempts += 1;
-                    let backoff = Duration::from_secs(1 << retry.attempts.min(10)).min(MAX_BACKOFF);
+                    let backoff = Duration::from_secs(1 << (retry.attempts - 1).min(10)).min(MAX_BACKOFF);
                     retry.due = Instant::now() + backoff;
                     next = Some(next.map_or(retry.due, |next| next.min(retry.due)));
                     tracing::warn!(
@@ -279,6 +336,16 @@ impl Processor {
                 })),
             },
         ];
+        let attempts_id = format!("{ATTEMPTS}/{item}");
+        let known = self.attempts(&attempts_id).await?;
+        if known.is_some() {
+            done.push(pb::Write {
+                op: Some(pb::write::Op::Delete(pb::DeleteRequest {
+                    id: attempts_id.clone(),
+                    expected_rev: String::new(),
+                })),
+            });
+        }
         if self.filed_before(&copy_id).await? {
             // A retry after a crash, or another device filed it.
             self.store.clone().batch(pb::BatchRequest { writes: done }).await?;
@@ -286,6 +353,88 @@ impl Processor {
             tracing::info!(item, "incoming message was filed before");
             return Ok(());
         }
+        let known = known.unwrap_or_default();
+        if known.attempts >= MAX_ATTEMPTS {
+            return self.file_unfiled(document, &doc, known, done, copy_id).await;
+        }
+        if known.attempts == 0 {
+            done.push(pb::Write {
+                op: Some(pb::write::Op::Delete(pb::DeleteRequest {
+                    id: attempts_id.clone(),
+                    expected_rev: String::new(),
+                })),
+            });
+        }
+        // Counted before it starts: an attempt that kills the process counts.
+        let counted = Attempts { attempts: known.attempts + 1, last_error: known.last_error.clone() };
+        self.set_attempts(&attempts_id, &counted).await?;
+        let outcome = self.attempt(document, &doc, done, &copy_id).await;
+        if let Err(status) = &outcome {
+            let attempts = if is_transient(status) { known.attempts } else { counted.attempts };
+            let record = Attempts { attempts, last_error: format!("{:?}: {}", status.code(), status.message()) };
+            if let Err(error) = self.set_attempts(&attempts_id, &record).await {
+                tracing::debug!(error = %error.message(), "recording an attempt at an incoming item");
+            }
+        }
+        outcome
+    }
+
+    /// The attempts at an item so far (None: none was recorded).
+    async fn attempts(&self, id: &str) -> Result<Option<Attempts>, Status> {
+        match self.store.clone().get(pb::GetRequest { id: id.to_owned(), include_deleted: false }).await {
+            Ok(document) => Ok(Some(serde_json::from_slice(&document.into_inner().content).unwrap_or_default())),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(status),
+        }
+    }
+
+    async fn set_attempts(&self, id: &str, attempts: &Attempts) -> Result<(), Status> {
+        let put = pb::PutRequest {
+            id: id.to_owned(),
+            collection: ATTEMPTS.into(),
+            content: serde_json::to_vec(attempts).unwrap_or_default(),
+            ..Default::default()
+        };
+        self.store.clone().put(put).await.map(drop)
+    }
+
+    /// Files the explanation of an item that failed [`MAX_ATTEMPTS`] times,
+    /// with its bytes (as the provider kept them) attached.
+    async fn file_unfiled(
+        &self,
+        document: &pb::Document,
+        doc: &IncomingDoc,
+        known: Attempts,
+        done: Vec<pb::Write>,
+        copy_id: String,
+    ) -> Result<(), Status> {
+        let item = doc.item.as_str();
+        let encrypted = self.read_blob(&doc.blob, doc.size).await?;
+        let filed =
+            incoming::unfiled(&self.address, item, doc.received_ms, known.attempts, &known.last_error, &encrypted);
+        let date = (doc.received_ms.div_euclid(1000), 0);
+        self.model
+            .file_incoming(MAILBOX, &filed.raw, date, &copy_id, done)
+            .await
+            .map_err(|error| Status::unavailable(format!("filing the explanation of {}: {error}", document.id)))?;
+        self.delete_blob(&doc.blob).await;
+        tracing::warn!(
+            item,
+            attempts = known.attempts,
+            "an incoming message that could not be filed is filed as an explanation"
+        );
+        Ok(())
+    }
+
+    /// One attempt at reading and filing an item.
+    async fn attempt(
+        &self,
+        document: &pb::Document,
+        doc: &IncomingDoc,
+        mut done: Vec<pb::Write>,
+        copy_id: &str,
+    ) -> Result<(), Status> {
+        let item = doc.item.as_str();
         let encrypted = match self.read_blob(&doc.blob, doc.size).await {
             Ok(encrypted) => encrypted,
             Err(status) if status.code() == Code::NotFound => {
@@ -310,12 +459,11 @@ impl Processor {
                 op: Some(pb::write::Op::AddToCounter(pb::AddToCounterRequest { name: UNDECRYPTABLE.into(), delta: 1 })),
             });
         }
+        if self.refuse_filing.as_deref().is_some_and(|prefix| item.starts_with(prefix)) {
+            return Err(Status::internal("filing refused (BITMASK_FAULT_REFUSE_FILING)"));
+        }
         let date = (doc.received_ms.div_euclid(1000), 0);
-        let uid = self
-            .model
-            .file_incoming(MAILBOX, &filed.raw, date, &copy_id, done)
-            .await
-            .map_err(|error| Status::unavailable(error.to_string()))?;
+        let uid = self.model.file_incoming(MAILBOX, &filed.raw, date, copy_id, done).await.map_err(status_of_mail)?;
         self.delete_blob(&doc.blob).await;
         tracing::info!(
             item,
@@ -506,6 +654,25 @@ impl Processor {
             Ok(Err(status)) => tracing::warn!(error = %status.message(), "learning keys from incoming mail"),
             Err(_) => tracing::warn!("learning keys from incoming mail took too long"),
         }
+    }
+}
+
+/// Whether a failure is the situation's rather than the item's: a service
+/// away or restarting, the store locked or full. Such an attempt is not
+/// counted against the item.
+fn is_transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::FailedPrecondition | Code::Cancelled | Code::Unknown | Code::ResourceExhausted
+    )
+}
+
+/// A mail model error as a status, keeping what kind of failure it was.
+fn status_of_mail(error: bitmask_mail::MailError) -> Status {
+    match error {
+        bitmask_mail::MailError::Unavailable(message) => Status::unavailable(message),
+        bitmask_mail::MailError::NoSpace(message) => Status::resource_exhausted(message),
+        other => Status::internal(other.to_string()),
     }
 }
 

@@ -33,7 +33,8 @@ fn status(error: MailError) -> Status {
         MailError::NoMailbox(_) => Status::not_found(error.to_string()),
         MailError::MailboxExists(_) => Status::already_exists(error.to_string()),
         MailError::Refused(_) => Status::failed_precondition(error.to_string()),
-        MailError::Store(_) => Status::unavailable(error.to_string()),
+        MailError::Store(_) | MailError::Unavailable(_) => Status::unavailable(error.to_string()),
+        MailError::NoSpace(_) => Status::resource_exhausted(error.to_string()),
         MailError::Damaged(_) => Status::data_loss(error.to_string()),
     }
 }
@@ -413,7 +414,16 @@ impl Mail for MailApi {
     ) -> Result<Response<pb::GetMailStatusResponse>, Status> {
         let mailboxes = self.model.mailboxes().await.map_err(status)?.into_iter().map(mailbox_to_pb).collect();
         let (incoming_pending, undecryptable) = crate::incoming::Processor::counts(&self.store).await?;
-        Ok(Response::new(pb::GetMailStatusResponse { mailboxes, incoming_pending, undecryptable }))
+        let incoming_problems = crate::incoming::Processor::problems(&self.store)
+            .await?
+            .into_iter()
+            .map(|(item, attempts)| pb::IncomingProblem {
+                item,
+                attempts: attempts.attempts,
+                last_error: attempts.last_error,
+            })
+            .collect();
+        Ok(Response::new(pb::GetMailStatusResponse { mailboxes, incoming_pending, undecryptable, incoming_problems }))
     }
 }
 

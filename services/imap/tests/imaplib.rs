@@ -72,3 +72,31 @@ fn every_corpus_message_comes_back_byte_identical_with_its_structure() {
         .unwrap();
     assert!(output.status.success(), "{}", text(&output));
 }
+
+#[test]
+fn big_messages_up_to_the_limit_round_trip_and_survive_a_restart() {
+    // 1, 5, 12 and 40 MiB of random attachments, 200 attachments of 100 KiB
+    // and a 30 MiB inline text: each appended and read back whole and in
+    // parts; over 40 MiB refused. Then the whole account restarts.
+    let world = World::new();
+    let _daemon = world.bitmaskd(&[]);
+    let (port, token) = start_alice(&world);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imaplib_big.py");
+    let state = world.path().join("big.json");
+    let run = |args: &[&str]| {
+        let output = Command::new("python3")
+            .arg(&script)
+            .args(["127.0.0.1", &port.to_string(), ACCOUNT, &token, state.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "imaplib_big {args:?}:\n{}\n{}", text(&output), world.log(ACCOUNT, "imap"));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let appended = run(&["append", "1", "5", "12", "40"]);
+    assert!(appended.contains("\"ok\": 6"), "{appended}");
+    world.ctl_json(&["account", "stop", ACCOUNT]);
+    start(&world, port);
+    let checked = run(&["check"]);
+    assert!(checked.contains("\"ok\": 6"), "{checked}");
+}

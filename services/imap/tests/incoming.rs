@@ -36,7 +36,15 @@ struct Stack {
 }
 
 fn stack() -> Stack {
+    stack_with(&[])
+}
+
+/// The stack with these variables in the services' environment.
+fn stack_with(env: &[(&str, &str)]) -> Stack {
     let mut world = World::new();
+    for (name, value) in env {
+        world.env.push(((*name).into(), (*value).into()));
+    }
     // Key discovery asks WKD: a closed port here, not the Internet.
     let closed = free_port();
     let resolve: Vec<String> = ["example.org", "example.net"]
@@ -527,4 +535,44 @@ async fn an_item_waits_while_the_key_service_is_down_and_is_filed_once_it_is_bac
 /// multi-threaded runtime.
 fn futures_block<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_that_cannot_be_filed_is_reported_then_filed_as_an_explanation() {
+    // Filing fails for items whose id starts with "refused-" (a fault the
+    // processor injects for tests): the item is reported with the error,
+    // never retried forever, and ends up explained in INBOX with its bytes.
+    let stack = stack_with(&[("BITMASK_FAULT_REFUSE_FILING", "refused-")]);
+    let mut store = stack.store().await;
+    let raw = b"From: dave@example.net\r\nTo: alice@example.org\r\nSubject: refused\r\n\r\nkept anyway\r\n";
+    let encrypted = stack.sealed_by_mx(raw);
+    deliver(&mut store, "refused-1", &encrypted, RECEIVED_MS).await;
+    let fine = b"From: dave@example.net\r\nTo: alice@example.org\r\nSubject: fine\r\n\r\nfiled at once\r\n";
+    deliver(&mut store, "fine-1", &stack.sealed_by_mx(fine), RECEIVED_MS + 1).await;
+
+    // Reported while it waits, with why.
+    let mut reported = serde_json::Value::Null;
+    wait_until(Duration::from_secs(20), "the refused item is reported", || {
+        reported = stack.world.ctl_json(&["mail", "status", ALICE]);
+        reported["incoming_problems"].as_array().is_some_and(|problems| !problems.is_empty())
+    });
+    let problem = &reported["incoming_problems"][0];
+    assert_eq!(problem["item"], "refused-1", "{reported:#}");
+    assert!(problem["last_error"].as_str().unwrap().contains("filing refused"), "{reported:#}");
+    let table = text(&stack.world.ctl(&["mail", "status", ALICE]));
+    assert!(table.contains("item refused-1") && table.contains("filing refused"), "{table}");
+
+    // Filed as an explanation after a few attempts, its bytes attached.
+    let inbox = stack.inbox(2).await;
+    let explained = inbox.iter().find(|raw| subject(raw) != "fine").unwrap();
+    assert_eq!(subject(explained), bitmask_mail::incoming::UNFILED_SUBJECT);
+    assert_eq!(header(explained, "X-Leap-Encryption").as_deref(), Some("failed"));
+    let message = MessageParser::default().parse(explained.as_slice()).unwrap();
+    let attached = message.attachment(0).unwrap().contents();
+    assert_eq!(attached, encrypted.as_slice(), "the item's bytes are attached as they were");
+    assert!(body_text(explained).contains("filing refused"), "{}", body_text(explained));
+    wait_until_done(&mut store).await;
+    let after = stack.world.ctl_json(&["mail", "status", ALICE]);
+    assert_eq!(after["incoming_problems"].as_array().map(Vec::len), Some(0), "{after:#}");
+    assert_eq!(after["incoming_pending"], 0, "{after:#}");
 }

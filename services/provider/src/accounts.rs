@@ -164,6 +164,16 @@ fn check_length(name: &str, value: &[u8], min: usize, max: usize) -> Result<(), 
     Ok(())
 }
 
+/// An SRP salt and verifier fit to keep.
+fn check_verifier(salt: &[u8], verifier: &[u8]) -> Result<(), Status> {
+    check_length("srp_salt", salt, MIN_SALT, MAX_SALT)?;
+    check_length("srp_verifier", verifier, 1, MAX_SRP_VALUE)?;
+    if verifier.iter().all(|byte| *byte == 0) {
+        return Err(Status::invalid_argument("srp_verifier must not be zero"));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl Accounts for AccountsService {
     async fn get_provider_info(
@@ -183,11 +193,7 @@ impl Accounts for AccountsService {
     async fn sign_up(&self, request: Request<pb::SignUpRequest>) -> Result<Response<pb::SignUpResponse>, Status> {
         let request = request.into_inner();
         let address = self.own_address(&request.address)?;
-        check_length("srp_salt", &request.srp_salt, MIN_SALT, MAX_SALT)?;
-        check_length("srp_verifier", &request.srp_verifier, 1, MAX_SRP_VALUE)?;
-        if request.srp_verifier.iter().all(|byte| *byte == 0) {
-            return Err(Status::invalid_argument("srp_verifier must not be zero"));
-        }
+        check_verifier(&request.srp_salt, &request.srp_verifier)?;
         let account = Account { salt: request.srp_salt, verifier: request.srp_verifier, created_unix: now_unix() };
         let key = address.clone();
         if !self.blocking(move |store| store.create_account(&key, &account)).await? {
@@ -268,6 +274,28 @@ impl Accounts for AccountsService {
         self.sessions.revoke(&bearer(&request));
         tracing::info!(address = %user, "logged out");
         Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn change_login(
+        &self,
+        request: Request<pb::ChangeLoginRequest>,
+    ) -> Result<Response<pb::ChangeLoginResponse>, Status> {
+        let user = self.user(&request)?;
+        let request = request.into_inner();
+        check_verifier(&request.srp_salt, &request.srp_verifier)?;
+        let key = user.clone();
+        let replaced = self
+            .blocking(move |store| {
+                let Some(account) = store.account(&key)? else { return Ok(false) };
+                let account = Account { salt: request.srp_salt, verifier: request.srp_verifier, ..account };
+                store.replace_account(&key, &account)
+            })
+            .await?;
+        if !replaced {
+            return Err(Status::aborted(format!("the account {user} changed meanwhile: try again")));
+        }
+        tracing::info!(address = %user, "login verifier changed");
+        Ok(Response::new(pb::ChangeLoginResponse {}))
     }
 
     async fn issue_client_certificate(

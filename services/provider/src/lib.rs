@@ -189,6 +189,7 @@ async fn https_routes(
     let directory = KeyDirectoryService::new(storages.keys.clone(), sessions.clone());
     let endpoint = SyncService::with_notifier(storages.sync.clone(), sessions, notifier);
 
+    const SYNC_MESSAGE_LIMIT: usize = 8 << 20;
     let mut grpc = GrpcServer::new(&[
         AccountsServer::<AccountsService>::NAME,
         KeyDirectoryServer::<KeyDirectoryService>::NAME,
@@ -198,7 +199,14 @@ async fn https_routes(
     grpc.routes()
         .add_service(AccountsServer::new(accounts))
         .add_service(KeyDirectoryServer::new(directory))
-        .add_service(SyncEndpointServer::new(endpoint));
+        // One request message is at most one sealed document (the store's
+        // 1 MiB limit, sealed) or one blob chunk (1 MiB): 8 MiB leaves room,
+        // and is set here rather than left at the library's default.
+        .add_service(
+            SyncEndpointServer::new(endpoint)
+                .max_decoding_message_size(SYNC_MESSAGE_LIMIT)
+                .max_encoding_message_size(bitmask_sync_endpoint::MAX_BLOB_BYTES + SYNC_MESSAGE_LIMIT),
+        );
     // GrpcServer serves on a Unix socket: its routes (with health and
     // reflection) are taken out to be served on the TLS listener.
     let health = grpc.health();

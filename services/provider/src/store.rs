@@ -86,6 +86,17 @@ impl ProviderStore {
         Ok(created)
     }
 
+    /// Replaces an existing account's record (a new SRP verifier); false if
+    /// there is no such account.
+    pub fn replace_account(&self, address: &str, account: &Account) -> Result<bool, StoreError> {
+        let Some(old) = self.accounts.get(address)? else { return Ok(false) };
+        let replaced = self.accounts.compare_and_swap(address, Some(old), Some(encode(account)?))?.is_ok();
+        if replaced {
+            self.db.flush()?;
+        }
+        Ok(replaced)
+    }
+
     pub fn account(&self, address: &str) -> Result<Option<Account>, StoreError> {
         self.accounts.get(address)?.map(|bytes| decode(&bytes)).transpose()
     }

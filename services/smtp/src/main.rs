@@ -18,9 +18,8 @@ use bitmask_smtp_service::queue::Queue;
 use bitmask_smtp_service::worker::Worker;
 use tonic::server::NamedService as _;
 
-/// The largest message accepted for submission: room for a 25 MB
-/// attachment in base64 (about 34.2 MiB) and its message.
-const MAX_MESSAGE_SIZE: usize = 40 << 20;
+/// The largest message accepted for submission (SIZE).
+const MAX_MESSAGE_SIZE: usize = bitmask_mail::MAX_MESSAGE_BYTES;
 
 fn main() -> std::process::ExitCode {
     bitmask_runtime::service::main(ServiceKind::Smtp, |args| async move {

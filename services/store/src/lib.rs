@@ -221,6 +221,8 @@ pub fn status_of(error: StoreError) -> Status {
         }
         StoreError::Conflict { .. } | StoreError::ImmutableConflict(_) => Status::aborted(message),
         StoreError::Corrupt(_) | StoreError::RolledBack { .. } => Status::data_loss(message),
+        // A full disk: nothing can be written until space is freed.
+        error if error.is_disk_full() => Status::resource_exhausted(format!("the disk is full: {message}")),
         StoreError::Kdf(_) | StoreError::Storage(_) => Status::internal(message),
     }
 }

@@ -644,8 +644,13 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     /// A connection whose greeting is written already.
     pub async fn connect(store: Arc<MemStore>, max_literal: u32) -> Self {
+        Self::connect_with(store, max_literal, Some(TOKEN.into())).await
+    }
+
+    /// A connection to an account whose mail token is `token` (`None`: locked).
+    pub async fn connect_with(store: Arc<MemStore>, max_literal: u32, token: Option<String>) -> Self {
         store.take_events();
-        let credentials = Credentials { address: ADDRESS.into(), token: TOKEN.into() };
+        let credentials = Credentials { address: ADDRESS.into(), token };
         let session = Session::new(store.clone(), credentials, false);
         let server = Server::new(options(max_literal), session.greeting());
         let mut driver = Self {
@@ -879,6 +884,7 @@ pub struct Conversation {
     setup: Box<dyn Fn() -> Arc<MemStore>>,
     actions: Vec<(String, Action)>,
     max_literal: u32,
+    locked: bool,
 }
 
 impl std::fmt::Debug for Conversation {
@@ -949,7 +955,14 @@ impl Conversation {
         if !sending.is_empty() {
             steps.push(Step::Send(sending));
         }
-        Self { steps, expected, setup: Box::new(MemStore::new), actions: Vec::new(), max_literal: MAX_LITERAL }
+        Self {
+            steps,
+            expected,
+            setup: Box::new(MemStore::new),
+            actions: Vec::new(),
+            max_literal: MAX_LITERAL,
+            locked: false,
+        }
     }
 
     /// The store each run starts from (built afresh for every run).
@@ -961,6 +974,12 @@ impl Conversation {
     /// What `! name` does to the store.
     pub fn on(mut self, name: &str, action: impl Fn(&MemStore) + 'static) -> Self {
         self.actions.push((name.to_owned(), Box::new(action)));
+        self
+    }
+
+    /// The account's store is locked: there is no mail token.
+    pub fn locked(mut self) -> Self {
+        self.locked = true;
         self
     }
 
@@ -976,7 +995,8 @@ impl Conversation {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(async {
             let store = (self.setup)();
-            let mut driver = Driver::connect(store.clone(), self.max_literal).await;
+            let token = (!self.locked).then(|| TOKEN.to_owned());
+            let mut driver = Driver::connect_with(store.clone(), self.max_literal, token).await;
             for step in &self.steps {
                 match step {
                     Step::Send(bytes) => {
