@@ -26,5 +26,5 @@ mod types;
 pub use blobs::{BlobInfo, BlobUpload, CHUNK_BYTES};
 pub use secrets::KdfParams;
 pub use store::{Credential, MAX_DOCUMENT_BYTES, MAX_ID_BYTES, Store};
-pub use sync::{OutgoingDocument, RemoteDocument, RemoteOutcome, SyncCursor, merge_sets};
+pub use sync::{AppliedBatch, OutgoingDocument, Quarantined, RemoteDocument, RemoteOutcome, SyncCursor, merge_sets};
 pub use types::*;

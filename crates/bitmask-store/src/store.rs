@@ -857,6 +857,17 @@ impl<'a> Pending<'a> {
         let keys = &self.unlocked.keys;
         let indexes: Vec<&IndexDef> =
             self.unlocked.schema.indexes.values().filter(|def| def.collection == record.collection).collect();
+        // Every check before any change: a refused record leaves the batch as it was
+        // (sync skips a remote document it cannot take and goes on with the batch).
+        let mut added = Vec::new();
+        for def in &indexes {
+            for key in index_keys(keys, def, &record, &storage_key) {
+                if def.unique {
+                    self.check_unique(def, &key)?;
+                }
+                added.push(key);
+            }
+        }
         if let Some(previous) = self.documents.get(&storage_key).and_then(Option::as_ref) {
             for def in &indexes {
                 for key in index_keys(keys, def, previous, &storage_key) {
@@ -864,13 +875,8 @@ impl<'a> Pending<'a> {
                 }
             }
         }
-        for def in &indexes {
-            for key in index_keys(keys, def, &record, &storage_key) {
-                if def.unique {
-                    self.check_unique(def, &key)?;
-                }
-                self.index.insert(key, true);
-            }
+        for key in added {
+            self.index.insert(key, true);
         }
         self.sequence += 1;
         record.sequence = self.sequence;

@@ -11,22 +11,54 @@
 //!   [`ConflictPolicy`]): `MergeSets` merges three ways against the last
 //!   synced version (array fields as sets; other fields: a local change wins,
 //!   and a deletion wins over an edit); `LastWriterWins` keeps the later
-//!   write; `Immutable` accepts only an identical version.
+//!   write; `Immutable`: see below.
+//! - [`Store::apply_remote_batch`] takes a batch the same way, but a document
+//!   it refuses does not stop the batch (nor the sync): it is skipped and
+//!   quarantined, listed by [`Store::quarantined`] with its keyed id and the
+//!   reason until a version of it is taken.
 //!
 //! Revisions are "N-random": N counts edits and only grows, which is what
-//! makes a rollback visible.
+//! makes a rollback visible. A merge writes a new revision numbered above
+//! both sides, whose parent is the provider's version, and pushes it.
+//!
+//! # Immutable (content-addressed) documents
+//!
+//! Their id names their content (`message/<sha256>`), so the "same" document
+//! is written again whenever the same bytes come back: after a deletion (the
+//! mail model collects unreferenced messages, then the message is appended
+//! again), on two devices, or on one device whose push the provider applied
+//! but whose answer was lost, so that it later pulls back its own earlier
+//! version. Two versions of one id resolve by a total order on what they hold
+//! (`immutable_rank`): any live version beats a deletion (a re-creation is
+//! never lost, on one device or several; a deletion may be undone, which
+//! costs space, not data), and between live versions of different content
+//! the greater content, byte by byte. If the remote version is the greater
+//! or equal one it is taken as it is; otherwise the local one is written as
+//! a merge and pushed. Every device picks the same winner from the same two
+//! versions, whoever wrote which and whichever syncs first, and a resolution
+//! only moves the provider's version up the order: devices that resolve the
+//! same conflict apart meet at the provider, where the later push conflicts
+//! with an equal or lesser version and is settled without a further write.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::Store;
-use crate::store::{DocumentRecord, Pending, Unlocked, null, numbered_rev, open_document, read, rev_number, u64_from};
+use crate::crypto::Keys;
+use crate::store::{
+    DocumentRecord, Pending, Unlocked, now_ms, null, numbered_rev, open_document, read, rev_number, u64_from,
+};
 use crate::types::{Change, ConflictPolicy, StoreError};
 
 const SYNC_CONTEXT: &[u8] = b"sync";
 const PUSHED: &[u8] = b"sync pushed sequence";
 const PULLED: &[u8] = b"sync pulled generation";
+const QUARANTINE_CONTEXT: &[u8] = b"sync quarantine";
+/// The quarantine keeps the latest this many records.
+const MAX_QUARANTINED: usize = 1000;
 
 /// A local change, sealed for the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +88,32 @@ pub enum RemoteOutcome {
     Applied(Change),
     /// Merged with a local edit: the result is a new local change to push.
     Merged(Change),
+}
+
+/// A document from the provider that this device could not take (tampered
+/// with, rolled back, or refused by a unique index): skipped so the rest of
+/// the sync goes on, and kept on record until a version of it is taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// The keyed id the provider knows the document by.
+    pub storage_key: Vec<u8>,
+    /// The keyed revision tag it was offered at.
+    pub rev: Vec<u8>,
+    /// The document's id, when this device has a version of it.
+    pub id: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
+    /// When it was refused (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+}
+
+/// What a batch from the provider did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedBatch {
+    /// The changes made here.
+    pub changes: Vec<Change>,
+    /// The documents of the batch that were refused and quarantined.
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// Where sync stands: local changes up to `pushed_sequence` are at the
@@ -171,31 +229,102 @@ impl Store {
         self.flush()
     }
 
-    /// Takes in one document from the provider.
+    /// Takes in one document from the provider; a refused one is an error
+    /// (and is not quarantined: see [`Store::apply_remote_batch`]).
     pub fn apply_remote(&self, remote: &RemoteDocument) -> Result<RemoteOutcome, StoreError> {
         let _writer = self.writer_lock();
         let unlocked = self.unlocked()?;
         let unlocked = read(&unlocked);
         let mut pending = Pending::new(self, &unlocked)?;
-        Ok(match take_remote(&mut pending, &unlocked, remote)? {
+        let outcome = match take_remote(&mut pending, &unlocked, remote)? {
             Taken::Unchanged => RemoteOutcome::Unchanged,
             Taken::Applied => RemoteOutcome::Applied(single(pending.commit()?)?),
             Taken::Merged => RemoteOutcome::Merged(single(pending.commit()?)?),
-        })
+        };
+        self.update_quarantine(&unlocked.keys, BTreeMap::from([(remote.id.clone(), None)]))?;
+        Ok(outcome)
     }
 
     /// Takes in a batch of documents from the provider in one transaction
-    /// (one flush); any refused document refuses the batch. Returns the
-    /// changes made.
-    pub fn apply_remote_batch(&self, remotes: &[RemoteDocument]) -> Result<Vec<Change>, StoreError> {
+    /// (one flush). A document that cannot be taken (tampered with, rolled
+    /// back, refused by a unique index) does not stop the batch: it is
+    /// skipped and quarantined ([`Store::quarantined`]), and taking a version
+    /// of it later clears that record. Only an error of the store as a whole
+    /// (storage, locked) fails the batch.
+    pub fn apply_remote_batch(&self, remotes: &[RemoteDocument]) -> Result<AppliedBatch, StoreError> {
         let _writer = self.writer_lock();
         let unlocked = self.unlocked()?;
         let unlocked = read(&unlocked);
         let mut pending = Pending::new(self, &unlocked)?;
+        // Per storage key, the last outcome: refused (Some) or taken (None).
+        let mut outcomes: BTreeMap<Vec<u8>, Option<Quarantined>> = BTreeMap::new();
         for remote in remotes {
-            take_remote(&mut pending, &unlocked, remote)?;
+            match take_remote(&mut pending, &unlocked, remote) {
+                Ok(_) => {
+                    outcomes.insert(remote.id.clone(), None);
+                }
+                Err(error) if error.concerns_one_document() => {
+                    let id = <[u8; 32]>::try_from(remote.id.as_slice()).ok().and_then(|storage_key| {
+                        pending.current(storage_key).ok().flatten().map(|local| local.id.clone())
+                    });
+                    let record = Quarantined {
+                        storage_key: remote.id.clone(),
+                        rev: remote.rev.clone(),
+                        id,
+                        reason: error.to_string(),
+                        at_ms: now_ms(),
+                    };
+                    outcomes.insert(remote.id.clone(), Some(record));
+                }
+                Err(error) => return Err(error),
+            }
         }
-        pending.commit()
+        let changes = pending.commit()?;
+        let quarantined: Vec<Quarantined> = outcomes.values().flatten().cloned().collect();
+        self.update_quarantine(&unlocked.keys, outcomes)?;
+        Ok(AppliedBatch { changes, quarantined })
+    }
+
+    /// The documents from the provider that were refused and not taken since,
+    /// oldest first.
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let unlocked = self.unlocked()?;
+        let unlocked = read(&unlocked);
+        self.read_quarantine(&unlocked.keys)
+    }
+
+    fn read_quarantine(&self, keys: &Keys) -> Result<Vec<Quarantined>, StoreError> {
+        let key = keys.schema_key("sync", "quarantine");
+        let Some(sealed) = self.meta_tree().get(key)? else { return Ok(Vec::new()) };
+        let plain = keys.open(&key, QUARANTINE_CONTEXT, &sealed).map_err(|_| StoreError::Corrupt("quarantine"))?;
+        serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("quarantine"))
+    }
+
+    /// Records refused documents (Some) and forgets taken ones (None).
+    fn update_quarantine(
+        &self,
+        keys: &Keys,
+        outcomes: BTreeMap<Vec<u8>, Option<Quarantined>>,
+    ) -> Result<(), StoreError> {
+        // The record is a report: one that does not open is started again
+        // rather than failing every sync.
+        let before = match self.read_quarantine(keys) {
+            Err(StoreError::Corrupt(_)) => Vec::new(),
+            other => other?,
+        };
+        let mut records: Vec<Quarantined> =
+            before.iter().filter(|record| !outcomes.contains_key(&record.storage_key)).cloned().collect();
+        records.extend(outcomes.into_values().flatten());
+        if records == before {
+            return Ok(());
+        }
+        let excess = records.len().saturating_sub(MAX_QUARANTINED);
+        records.drain(..excess);
+        let key = keys.schema_key("sync", "quarantine");
+        let plain =
+            zeroize::Zeroizing::new(serde_json::to_vec(&records).map_err(|_| StoreError::Corrupt("quarantine"))?);
+        self.meta_tree().insert(key, keys.seal(&key, QUARANTINE_CONTEXT, &plain))?;
+        self.flush()
     }
 }
 
@@ -252,12 +381,24 @@ fn take_remote(pending: &mut Pending<'_>, unlocked: &Unlocked, remote: &RemoteDo
     let number = rev_number(&local.rev).max(rev_number(&payload.rev)) + 1;
     let merged = match policy {
         ConflictPolicy::Immutable => {
-            if local.content.get() != payload.content.get() || local.deleted != payload.deleted {
-                return Err(StoreError::ImmutableConflict(payload.id));
+            let local_wins =
+                immutable_rank(local.deleted, &local.content) > immutable_rank(payload.deleted, &payload.content);
+            if !local_wins {
+                let record = remote_record(payload);
+                pending.replace(storage_key, record)?;
+                return Ok(Taken::Applied);
             }
-            let record = remote_record(payload);
-            pending.replace(storage_key, record)?;
-            return Ok(Taken::Applied);
+            DocumentRecord {
+                id: local.id.clone(),
+                collection: local.collection.clone(),
+                rev: numbered_rev(number),
+                content: local.content.clone(),
+                deleted: false,
+                updated_ms: local.updated_ms,
+                sequence: 0,
+                synced_rev: Some(payload.rev.clone()),
+                base: Some(payload.content.clone()),
+            }
         }
         ConflictPolicy::LastWriterWins => {
             let remote_wins = (payload.updated_ms, payload.rev.as_str()) > (local.updated_ms, local.rev.as_str());
@@ -303,6 +444,16 @@ fn take_remote(pending: &mut Pending<'_>, unlocked: &Unlocked, remote: &RemoteDo
     };
     pending.replace(storage_key, merged)?;
     Ok(Taken::Merged)
+}
+
+/// The order in which versions of an immutable document win: any live
+/// version beats a deletion (a re-creation is never lost to a deletion), and
+/// between live versions the greater content, byte by byte. A total order on
+/// what the versions hold, not on who wrote them when: every device picks the
+/// same winner from the same versions, and a resolution only ever moves the
+/// document up this order, so resolutions on several devices settle.
+fn immutable_rank(deleted: bool, content: &RawValue) -> (bool, &[u8]) {
+    if deleted { (false, &[]) } else { (true, content.get().as_bytes()) }
 }
 
 fn single(mut changes: Vec<Change>) -> Result<Change, StoreError> {
@@ -405,6 +556,26 @@ mod tests {
         // \\Seen removed remotely, \\Flagged added locally, \\Answered added remotely;
         // "work" removed locally, "urgent" added remotely.
         assert_eq!(merged, json!({"flags": ["\\\\Answered", "\\\\Flagged"], "tags": ["urgent"]}));
+    }
+
+    #[test]
+    fn immutable_versions_win_in_one_order() {
+        let raw = |text: &str| RawValue::from_string(text.to_owned()).unwrap();
+        let (a, b, tombstone) = (raw(r#"{"data":"a"}"#), raw(r#"{"data":"b"}"#), null());
+        // (first deleted, first content, second deleted, second content, does the first win?)
+        let table = [
+            (false, &a, true, &tombstone, true),  // a live version beats a deletion
+            (true, &tombstone, false, &a, false), // whichever side it is on
+            (false, &b, false, &a, true),         // between live ones, the greater content
+            (false, &a, false, &b, false),
+            (false, &a, false, &a, false), // identical: neither is greater
+            (true, &tombstone, true, &tombstone, false),
+            (true, &b, false, &a, false), // a deleted version's content does not count
+        ];
+        for (first_deleted, first, second_deleted, second, first_wins) in table {
+            let wins = immutable_rank(first_deleted, first) > immutable_rank(second_deleted, second);
+            assert_eq!(wins, first_wins, "{first_deleted} {first} against {second_deleted} {second}");
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConflictPolicy {
-    /// Never changed after creation; a differing second version is an error.
+    /// Never changed after creation (content-addressed documents): versions
+    /// that differ resolve to the greater of (live, content bytes), so a live
+    /// version beats a deletion and devices agree on one content.
     Immutable,
     LastWriterWins,
     /// Three-way merge: array fields are sets, other fields last writer wins.
@@ -170,8 +172,6 @@ pub enum StoreError {
         "the provider offered revision {offered:?} of {id:?}, older than the {known:?} it had: refused as a rollback"
     )]
     RolledBack { id: String, known: String, offered: String },
-    #[error("document {0:?} is immutable and another device wrote a different version")]
-    ImmutableConflict(String),
     #[error("stored data failed its integrity check ({0}): it was changed or damaged")]
     Corrupt(&'static str),
     #[error("invalid key derivation parameters: {0}")]
@@ -184,6 +184,32 @@ impl StoreError {
     /// The disk is full: nothing can be written until space is freed.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, Self::Storage(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull)
+    }
+
+    /// Whether the error concerns one document only (sync quarantines such a
+    /// document and goes on), rather than the store as a whole.
+    pub fn concerns_one_document(&self) -> bool {
+        match self {
+            Self::NotFound(_)
+            | Self::Conflict { .. }
+            | Self::AlreadyExists(_)
+            | Self::UnknownCollection(_)
+            | Self::InvalidDocument { .. }
+            | Self::TooLarge { .. }
+            | Self::UniqueViolation { .. }
+            | Self::RolledBack { .. }
+            | Self::Corrupt(_) => true,
+            Self::Locked
+            | Self::Uninitialized
+            | Self::AlreadyInitialized
+            | Self::WrongCredential
+            | Self::EmptyPassphrase
+            | Self::UnknownIndex(_)
+            | Self::SchemaChanged(_)
+            | Self::InvalidQuery(_)
+            | Self::Kdf(_)
+            | Self::Storage(_) => false,
+        }
     }
 }
 

@@ -283,3 +283,248 @@ fn the_provider_holds_no_plaintext() {
         assert!(!contains(&bytes, marker.as_bytes()), "{marker:?} reached the provider");
     }
 }
+
+// --- Content-addressed (immutable) documents deleted and written again ---------------------------------------------
+
+/// Both devices hold `id` at the same revision, with the same content, and
+/// nothing is left to push.
+fn assert_converged(one: &Store, two: &Store, id: &str) {
+    let (a, b) = (one.get(id, true).unwrap().unwrap(), two.get(id, true).unwrap().unwrap());
+    assert_eq!((a.rev.as_str(), a.deleted, a.content.as_str()), (b.rev.as_str(), b.deleted, b.content.as_str()));
+    assert!(one.outgoing(0).unwrap().is_empty() && two.outgoing(0).unwrap().is_empty(), "nothing left to push");
+}
+
+/// A device pushes; the provider applies the push, but its answer is lost
+/// (the process stops before `mark_pushed`), and the store is opened again.
+fn push_and_lose_the_answer(store: Store, dir: &Path, provider: &SledStorage) -> Store {
+    for document in store.outgoing(0).unwrap() {
+        assert!(matches!(provider.push(USER, pushed(&document)).unwrap(), PushOutcome::Accepted(_)));
+    }
+    drop(store);
+    let store = bitmask_testkit::reopen(|| Store::open_with_kdf(dir, ACCOUNT, CHEAP));
+    store.unlock("correct horse").unwrap();
+    store
+}
+
+#[test]
+fn a_lost_push_answer_then_a_re_creation_does_not_wedge_sync() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let provider = SledStorage::open(dirs.0.path()).unwrap();
+    let one = first_device(dirs.1.path(), &provider);
+    put(&one, "content/e762", "content", json!({"data": "aGVsbG8="}));
+    assert!(sync(&one, &provider).is_empty());
+    // The deletion reaches the provider but the device never hears so, then
+    // the same bytes are appended again.
+    one.delete("content/e762", None).unwrap();
+    let one = push_and_lose_the_answer(one, dirs.1.path(), &provider);
+    put(&one, "content/e762", "content", json!({"data": "aGVsbG8="}));
+
+    let refused = sync(&one, &provider);
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(content(&one, "content/e762"), Some(json!({"data": "aGVsbG8="})), "the re-created version is kept");
+    let two = second_device(dirs.2.path(), &provider);
+    assert!(sync(&two, &provider).is_empty());
+    assert_converged(&one, &two, "content/e762");
+    // Stable: more syncs change nothing.
+    let sequence = (one.sequence().unwrap(), two.sequence().unwrap());
+    assert!(sync(&one, &provider).is_empty() && sync(&two, &provider).is_empty());
+    assert_eq!((one.sequence().unwrap(), two.sequence().unwrap()), sequence);
+}
+
+#[test]
+fn a_lost_push_answer_then_a_deletion_does_not_wedge_sync() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let provider = SledStorage::open(dirs.0.path()).unwrap();
+    let one = first_device(dirs.1.path(), &provider);
+    put(&one, "content/e762", "content", json!({"data": "aGVsbG8="}));
+    put(&one, "mbox/INBOX", "mailbox", json!({"name": "INBOX"}));
+    let one = push_and_lose_the_answer(one, dirs.1.path(), &provider);
+    // Collected as garbage before the next sync: the device pulls back its own
+    // earlier, live version.
+    one.delete("content/e762", None).unwrap();
+    put(&one, "mbox/Lists", "mailbox", json!({"name": "Lists"}));
+
+    let refused = sync(&one, &provider);
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(content(&one, "content/e762"), Some(json!({"data": "aGVsbG8="})), "the live version wins");
+    let two = second_device(dirs.2.path(), &provider);
+    assert!(sync(&two, &provider).is_empty());
+    assert_converged(&one, &two, "content/e762");
+    assert_eq!(content(&two, "mbox/Lists"), Some(json!({"name": "Lists"})), "the rest synced too");
+}
+
+/// Runs a scenario twice, once with device one syncing first and once with
+/// device two first: `shared` (if any) is written as `content/m` and synced
+/// to both devices, then `apart` writes on both without syncing. Returns
+/// what both devices hold in the end, in each run.
+fn both_orders(shared: Option<serde_json::Value>, apart: impl Fn(&Store, &Store)) -> Vec<Option<serde_json::Value>> {
+    let mut results = Vec::new();
+    for one_first in [true, false] {
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let provider = SledStorage::open(dirs.0.path()).unwrap();
+        let one = first_device(dirs.1.path(), &provider);
+        put(&one, "mbox/INBOX", "mailbox", json!({"name": "INBOX"}));
+        if let Some(shared) = &shared {
+            put(&one, "content/m", "content", shared.clone());
+        }
+        assert!(sync(&one, &provider).is_empty());
+        let two = second_device(dirs.2.path(), &provider);
+        assert!(sync(&two, &provider).is_empty());
+        apart(&one, &two);
+        let order = if one_first { [&one, &two, &one, &two] } else { [&two, &one, &two, &one] };
+        for device in order {
+            let refused = sync(device, &provider);
+            assert!(refused.is_empty(), "one first: {one_first}: {refused:?}");
+        }
+        assert_converged(&one, &two, "content/m");
+        // No ping-pong: further syncs change nothing.
+        let sequence = (one.sequence().unwrap(), two.sequence().unwrap());
+        assert!(sync(&one, &provider).is_empty() && sync(&two, &provider).is_empty());
+        assert_eq!((one.sequence().unwrap(), two.sequence().unwrap()), sequence, "one first: {one_first}");
+        results.push(content(&one, "content/m"));
+    }
+    results
+}
+
+#[test]
+fn one_device_deletes_while_another_re_creates_and_the_document_stays() {
+    let results = both_orders(Some(json!({"data": "bQ=="})), |one, two| {
+        one.delete("content/m", None).unwrap();
+        two.delete("content/m", None).unwrap();
+        put(two, "content/m", "content", json!({"data": "bQ=="}));
+    });
+    assert_eq!(results, vec![Some(json!({"data": "bQ=="})); 2], "the re-created version wins in either order");
+}
+
+#[test]
+fn identical_content_with_different_deleted_flags_keeps_the_live_version() {
+    let results = both_orders(None, |one, two| {
+        // Never synced: both write the same content-addressed id, and two deletes it again.
+        put(one, "content/m", "content", json!({"data": "bQ=="}));
+        put(two, "content/m", "content", json!({"data": "bQ=="}));
+        two.delete("content/m", None).unwrap();
+    });
+    assert_eq!(results, vec![Some(json!({"data": "bQ=="})); 2]);
+}
+
+#[test]
+fn different_content_under_one_immutable_id_converges_on_one_winner() {
+    let results = both_orders(None, |one, two| {
+        put(one, "content/m", "content", json!({"data": "b25l"}));
+        put(two, "content/m", "content", json!({"data": "dHdv"}));
+    });
+    assert!(results[0].is_some());
+    assert_eq!(results[0], results[1], "the same winner whichever device syncs first");
+    // And the same whichever device wrote which.
+    let swapped = both_orders(None, |one, two| {
+        put(one, "content/m", "content", json!({"data": "dHdv"}));
+        put(two, "content/m", "content", json!({"data": "b25l"}));
+    });
+    assert_eq!(swapped, results);
+}
+
+#[test]
+fn two_devices_that_resolve_the_same_conflict_apart_settle_without_ping_pong() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let provider = SledStorage::open(dirs[0].path()).unwrap();
+    let one = first_device(dirs[1].path(), &provider);
+    put(&one, "content/m", "content", json!({"data": "bQ=="}));
+    assert!(sync(&one, &provider).is_empty());
+    let two = second_device(dirs[2].path(), &provider);
+    let three = second_device(dirs[3].path(), &provider);
+    assert!(sync(&two, &provider).is_empty() && sync(&three, &provider).is_empty());
+
+    // Three deletes it; one and two delete and re-create it, and both take
+    // in three's deletion before either pushes: each resolves on its own.
+    three.delete("content/m", None).unwrap();
+    assert!(sync(&three, &provider).is_empty());
+    let (deletion, _) = provider.pull(USER, 0, 0).unwrap();
+    for device in [&one, &two] {
+        device.delete("content/m", None).unwrap();
+        put(device, "content/m", "content", json!({"data": "bQ=="}));
+        let outcome = device.apply_remote(&remote(&deletion[0])).unwrap();
+        assert!(matches!(outcome, RemoteOutcome::Merged(_)), "{outcome:?}");
+    }
+    // Both push their own resolution; the second meets the first.
+    for device in [&one, &two, &three, &one, &two, &three] {
+        let refused = sync(device, &provider);
+        assert!(refused.is_empty(), "{refused:?}");
+    }
+    assert_converged(&one, &two, "content/m");
+    assert_converged(&one, &three, "content/m");
+    assert_eq!(content(&three, "content/m"), Some(json!({"data": "bQ=="})));
+    let sequences = [one.sequence().unwrap(), two.sequence().unwrap(), three.sequence().unwrap()];
+    for device in [&one, &two, &three] {
+        assert!(sync(device, &provider).is_empty());
+    }
+    assert_eq!([one.sequence().unwrap(), two.sequence().unwrap(), three.sequence().unwrap()], sequences);
+}
+
+// --- One document never stops a sync --------------------------------------------------------------------------------
+
+/// Device two, synced with device one's `a`, `b` and `c`; then `a` changed
+/// on device one. Returns the provider's documents before and after the change.
+fn three_documents(
+    dirs: &(tempfile::TempDir, tempfile::TempDir, tempfile::TempDir),
+    provider: &SledStorage,
+) -> (Store, Vec<StoredDocument>, Vec<StoredDocument>) {
+    let one = first_device(dirs.1.path(), provider);
+    for id in ["a", "b", "c"] {
+        put(&one, id, "mailbox", json!({"name": id, "v": 1}));
+    }
+    assert!(sync(&one, provider).is_empty());
+    let (before, _) = provider.pull(USER, 0, 0).unwrap();
+    put(&one, "a", "mailbox", json!({"name": "a", "v": 2}));
+    assert!(sync(&one, provider).is_empty());
+    let (after, _) = provider.pull(USER, 0, 0).unwrap();
+    (second_device(dirs.2.path(), provider), before, after)
+}
+
+#[test]
+fn a_document_that_cannot_be_applied_does_not_stop_the_batch() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let provider = SledStorage::open(dirs.0.path()).unwrap();
+    let (two, _, after) = three_documents(&dirs, &provider);
+    let mut batch: Vec<RemoteDocument> = after.iter().map(remote).collect();
+    let last = batch[1].sealed.len() - 1;
+    batch[1].sealed[last] ^= 1;
+    two.apply_remote_batch(&batch).unwrap();
+    let names: Vec<_> =
+        ["a", "b", "c"].iter().map(|id| content(&two, id).map(|content| content["name"].clone())).collect();
+    assert_eq!(names.iter().filter(|name| name.is_some()).count(), 2, "the two good documents are here: {names:?}");
+}
+
+#[test]
+fn refused_documents_are_quarantined_until_a_good_version_comes() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let provider = SledStorage::open(dirs.0.path()).unwrap();
+    let (two, before, after) = three_documents(&dirs, &provider);
+    assert!(two.quarantined().unwrap().is_empty());
+    assert!(sync(&two, &provider).is_empty());
+    assert_eq!(content(&two, "a"), Some(json!({"name": "a", "v": 2})));
+
+    // A flipped byte in one document, and an older revision of `a` replayed.
+    let mut flipped = remote(&after[0]);
+    let last = flipped.sealed.len() - 1;
+    flipped.sealed[last] ^= 1;
+    let old_a = before.iter().find(|document| !after.iter().any(|now| now.rev == document.rev)).unwrap();
+    two.apply_remote_batch(&[flipped.clone(), remote(old_a)]).unwrap();
+    let quarantined = two.quarantined().unwrap();
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    let tampered = quarantined.iter().find(|entry| entry.storage_key == flipped.id).unwrap();
+    assert!(tampered.reason.contains("integrity"), "{tampered:?}");
+    let rolled_back = quarantined.iter().find(|entry| entry.storage_key == old_a.id).unwrap();
+    assert_eq!(rolled_back.id.as_deref(), Some("a"));
+    assert!(rolled_back.reason.contains("rollback"), "{rolled_back:?}");
+    assert_eq!(content(&two, "a"), Some(json!({"name": "a", "v": 2})), "good local data is untouched");
+
+    // Quarantined records survive a restart, and a good version clears them.
+    drop(two);
+    let two = bitmask_testkit::reopen(|| Store::open_with_kdf(dirs.2.path(), ACCOUNT, CHEAP));
+    two.unlock("correct horse").unwrap();
+    assert_eq!(two.quarantined().unwrap().len(), 2);
+    let good: Vec<RemoteDocument> = after.iter().map(remote).collect();
+    two.apply_remote_batch(&good).unwrap();
+    let left = two.quarantined().unwrap();
+    assert_eq!(left.len(), 0, "{left:?}");
+}

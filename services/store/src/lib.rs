@@ -150,10 +150,15 @@ impl StoreService {
                 Err(status) => Err(status),
             };
         }
+        // Documents refused and skipped are reported without failing the sync.
+        let quarantined = self.blocking(|store| store.quarantined()).await.map(|records| records.len()).unwrap_or(0);
         let mut state = self.sync.state();
         state.running = false;
         state.last_time = Some(std::time::SystemTime::now());
         state.last_result = match &result {
+            Ok((sent, received)) if quarantined > 0 => {
+                format!("ok: sent {sent}, received {received}; {quarantined} documents quarantined (refused)")
+            }
             Ok((sent, received)) => format!("ok: sent {sent}, received {received}"),
             Err(status) => status.message().to_owned(),
         };
@@ -219,7 +224,7 @@ pub fn status_of(error: StoreError) -> Status {
         StoreError::NotFound(_) | StoreError::UnknownCollection(_) | StoreError::UnknownIndex(_) => {
             Status::not_found(message)
         }
-        StoreError::Conflict { .. } | StoreError::ImmutableConflict(_) => Status::aborted(message),
+        StoreError::Conflict { .. } => Status::aborted(message),
         StoreError::Corrupt(_) | StoreError::RolledBack { .. } => Status::data_loss(message),
         // A full disk: nothing can be written until space is freed.
         error if error.is_disk_full() => Status::resource_exhausted(format!("the disk is full: {message}")),

@@ -289,9 +289,9 @@ pub async fn fetch_blob(store: &Arc<Store>, config: &SyncConfig, id: &str) -> Re
     Ok(())
 }
 
-/// Applies a batch of documents from the provider in one transaction; a
-/// refused one (tampered, rolled back) fails the sync, and the batch is taken
-/// again by the next one.
+/// Applies a batch of documents from the provider in one transaction. A
+/// document the store refuses (tampered with, rolled back) does not fail the
+/// sync: the store skips and quarantines it, and it is logged here.
 async fn apply_batch(
     store: &Arc<Store>,
     documents: Vec<sync_pb::SyncedDocument>,
@@ -301,7 +301,16 @@ async fn apply_batch(
         .into_iter()
         .map(|document| RemoteDocument { id: document.id, rev: document.rev, sealed: document.sealed })
         .collect();
-    for change in blocking(store, move |store| store.apply_remote_batch(&remotes)).await? {
+    let applied = blocking(store, move |store| store.apply_remote_batch(&remotes)).await?;
+    for refused in &applied.quarantined {
+        // The keyed id and the reason (which names no content, key or secret).
+        tracing::warn!(
+            document = %data_encoding::HEXLOWER.encode(&refused.storage_key),
+            reason = %refused.reason,
+            "quarantined a document from the provider; the rest of the sync goes on"
+        );
+    }
+    for change in applied.changes {
         publish(change);
     }
     Ok(())
