@@ -30,7 +30,7 @@ use std::fmt;
 
 use chrono::{DateTime, FixedOffset, NaiveDate};
 use mail_parser::parsers::MessageStream;
-use mail_parser::{Addr, Address, Header, HeaderValue, Message, MessageParser, PartType};
+use mail_parser::{Addr, Address, Header, HeaderValue, Message, PartType};
 
 use crate::imap_types::core::{AString, Charset};
 use crate::imap_types::search::SearchKey;
@@ -323,7 +323,7 @@ impl<'m> Loaded<'m> {
         Loaded {
             raw,
             // A message too deeply nested for mail-parser matches on nothing it holds.
-            message: if bitmask_mail::split::safe_to_parse(raw) { MessageParser::new().parse(raw) } else { None },
+            message: bitmask_mime::parse(raw),
             header_lines: OnceCell::new(),
             body_texts: OnceCell::new(),
         }

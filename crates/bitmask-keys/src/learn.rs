@@ -47,11 +47,8 @@ pub struct OpenPgpHeader {
 
 /// What `message` offers as keys of its sender.
 pub fn offered(message: &[u8]) -> Offered {
-    if !bitmask_mail::split::safe_to_parse(message) {
-        return Offered::default();
-    }
     let parser = MessageParser::new().with_mime_headers().header_address(HeaderName::From);
-    let Some(message) = parser.parse(message) else {
+    let Some(message) = bitmask_mime::parse_with(&parser, message) else {
         return Offered::default();
     };
     let sender = sender(&message);

@@ -32,6 +32,11 @@ pub enum PgpError {
     NotForUs,
     #[error("the message is not valid OpenPGP: {0}")]
     Malformed(String),
+    /// Decryption would give more than [`MAX_PLAINTEXT`] bytes (a
+    /// compression bomb, or a message no mail system would carry): the
+    /// message is refused for good, whatever came out before.
+    #[error("the decrypted message is larger than {MAX_PLAINTEXT} bytes")]
+    TooLarge,
     #[error("OpenPGP: {0}")]
     Other(String),
 }
@@ -364,6 +369,13 @@ pub struct DecryptOutcome {
     pub decrypted_with: String,
 }
 
+/// The most plaintext decryption gives: 64 MiB, above the product's 40 MiB
+/// message limit (SMTP SIZE) with its transfer encoding's overhead. An
+/// OpenPGP message may be compressed, so 1.5 MB of ciphertext can hold
+/// 1.5 GB of zeros: decryption stops at this many bytes with
+/// [`PgpError::TooLarge`] instead of decompressing the rest.
+pub const MAX_PLAINTEXT: usize = 64 * 1024 * 1024;
+
 /// How much plaintext decryption holds back before it releases any: a
 /// message this small reaches the sink only once its integrity and
 /// signatures are checked. (Sequoia's default is 25 MiB, which costs several
@@ -373,7 +385,8 @@ const HOLD_BACK: usize = 1 << 20;
 /// Decrypts what `ciphertext` yields into `sink`: the streaming form of
 /// [`decrypt`]. A message larger than [`HOLD_BACK`] streams out before its
 /// end is checked: a failure there (an error here) means the caller must
-/// discard what it got.
+/// discard what it got. At most [`MAX_PLAINTEXT`] bytes reach `sink`;
+/// beyond that decryption stops with [`PgpError::TooLarge`].
 pub fn decrypt_stream<'a, R: std::io::Read + Send + Sync + 'a>(
     ciphertext: R,
     sink: &mut dyn std::io::Write,
@@ -387,9 +400,35 @@ pub fn decrypt_stream<'a, R: std::io::Read + Send + Sync + 'a>(
         .buffer_size(HOLD_BACK)
         .with_policy(&policy, None, helper)
         .map_err(classify)?;
-    std::io::copy(&mut decryptor, sink).map_err(|error| PgpError::Malformed(error.to_string()))?;
+    let mut capped = Capped { sink, left: MAX_PLAINTEXT, exceeded: false };
+    if let Err(error) = std::io::copy(&mut decryptor, &mut capped) {
+        return Err(if capped.exceeded { PgpError::TooLarge } else { PgpError::Malformed(error.to_string()) });
+    }
     let helper = decryptor.into_helper();
     Ok(DecryptOutcome { signature: helper.status, decrypted_with: helper.decrypted_with.unwrap_or_default() })
+}
+
+/// A sink that takes at most `left` more bytes.
+struct Capped<'a> {
+    sink: &'a mut dyn std::io::Write,
+    left: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for Capped<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if data.len() > self.left {
+            self.exceeded = true;
+            return Err(std::io::Error::other(PgpError::TooLarge));
+        }
+        let written = self.sink.write(data)?;
+        self.left -= written;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.sink.flush()
+    }
 }
 
 fn classify(error: openpgp::anyhow::Error) -> PgpError {

@@ -29,9 +29,7 @@ use mail_builder::headers::date::Date;
 use mail_builder::headers::message_id::MessageId;
 use mail_builder::headers::raw::Raw;
 use mail_builder::mime::MimePart;
-use mail_parser::{Message, MessageParser, MimeHeaders as _, PartType};
-
-use crate::split::safe_to_parse;
+use mail_parser::{Message, MimeHeaders as _, PartType};
 
 /// How the message travelled: `decrypted`, `provider` or `failed`.
 pub const ENCRYPTION_HEADER: &str = "X-Leap-Encryption";
@@ -374,11 +372,10 @@ enum Protection {
     Plain,
 }
 
+/// mail-parser behind the gate of `bitmask_mime`: a message beyond its
+/// limits is read as unprotected and filed as it came.
 fn parse(raw: &[u8]) -> Option<Message<'_>> {
-    if !safe_to_parse(raw) {
-        return None;
-    }
-    MessageParser::default().parse(raw)
+    bitmask_mime::parse(raw)
 }
 
 fn protection(raw: &[u8]) -> Protection {
@@ -449,7 +446,7 @@ fn line_starts(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
 pub fn from_address(raw: &[u8]) -> Option<String> {
     let (_, body_start) = header_fields(raw);
     let header = raw.get(..body_start).unwrap_or_default();
-    let message = MessageParser::default().parse_headers(header)?;
+    let message = bitmask_mime::parse_headers(header)?;
     message.from()?.first()?.address().map(str::to_lowercase)
 }
 
@@ -668,6 +665,9 @@ fn base64_lines(data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+    #![allow(clippy::disallowed_methods)] // tests read what the code wrote with mail-parser itself
+
+    use mail_parser::MessageParser;
 
     use super::*;
 

@@ -44,7 +44,7 @@ use mail_builder::headers::{
     Header as _, address::Address as BuilderAddress, content_type::ContentType as BuilderContentType,
     text::Text as BuilderText,
 };
-use mail_parser::{Address as ParsedAddress, HeaderValue, MessageParser};
+use mail_parser::{Address as ParsedAddress, HeaderValue};
 
 /// Headers copied into the signed entity's header as protected headers, in
 /// the order they appear in the submitted message. The entity to encrypt
@@ -799,7 +799,7 @@ fn split_multipart(buffer: &[u8], body: &Range<usize>, boundary: &[u8]) -> Optio
 
 /// Parses header fields with mail-parser (one field, or a whole header).
 fn parse_header_block(bytes: &[u8]) -> Option<mail_parser::Message<'_>> {
-    MessageParser::new().parse_headers(bytes)
+    bitmask_mime::parse_headers(bytes)
 }
 
 fn parse_header_values<'a>(buffer: &'a [u8], root: &Entity) -> Option<mail_parser::Message<'a>> {

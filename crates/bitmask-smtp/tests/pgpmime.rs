@@ -4,7 +4,7 @@
 //! signed part's exact bytes between its delimiter lines), and Bob's gpg
 //! verifies and decrypts it, judged by its status lines. Plus recipients,
 //! already-encrypted mail and malformed input.
-
+#![allow(clippy::disallowed_methods)] // tests read what the code under test wrote with mail-parser itself
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
 use std::path::Path;

@@ -59,6 +59,9 @@ const MAILBOX: &str = "INBOX";
 const CHUNK: usize = 256 << 10;
 /// Messages up to this size travel through the key service.
 const MAX_MESSAGE: usize = 80 << 20;
+/// The most plaintext one decryption may give: the key service's own cap
+/// (`bitmask_keys::openpgp::MAX_PLAINTEXT`, 64 MiB), checked here again.
+const MAX_PLAINTEXT: usize = 64 << 20;
 /// One item's processing is given up (and retried) after this long.
 const ITEM_TIMEOUT: Duration = Duration::from_secs(300);
 /// Learning keys from a filed message is given up after this long.
@@ -613,6 +616,13 @@ impl Processor {
         let mut plaintext = Vec::with_capacity(ciphertext.len());
         let mut checked = Checked::None;
         while let Some(message) = stream.message().await? {
+            // The key service stops there itself (a compression bomb); a
+            // reply that does not is refused the same way, for good.
+            if plaintext.len() + message.data.len() > MAX_PLAINTEXT {
+                return Err(Status::invalid_argument(format!(
+                    "the decrypted message is larger than {MAX_PLAINTEXT} bytes"
+                )));
+            }
             plaintext.extend_from_slice(&message.data);
             if let Some(signature) = message.signature {
                 checked = checked_from(signature);
@@ -690,5 +700,17 @@ fn checked_from(outcome: keys_pb::SignatureOutcome) -> Checked {
         keys_pb::SignatureStatus::Invalid => Checked::Invalid,
         keys_pb::SignatureStatus::UnknownSigner => Checked::UnknownSigner,
         keys_pb::SignatureStatus::None | keys_pb::SignatureStatus::Unspecified => Checked::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_large_plaintext_is_permanent_and_the_caps_agree() {
+        assert!(is_permanent(&Status::invalid_argument("the decrypted message is larger than 67108864 bytes")));
+        assert!(!is_permanent(&Status::unavailable("the key service is restarting")));
+        assert_eq!(MAX_PLAINTEXT, bitmask_keys::openpgp::MAX_PLAINTEXT);
     }
 }

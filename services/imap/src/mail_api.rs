@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use bitmask_mail::split::safe_to_parse;
 use bitmask_mail::{Entry, FlagOperation, Flags, MailError, MailEvent, MailModel, MailboxInfo, SpecialUse};
 use bitmask_proto::mail::v1 as pb;
 use bitmask_proto::mail::v1::mail_server::Mail;
-use mail_parser::{MessageParser, MimeHeaders as _};
+use mail_parser::MimeHeaders as _;
 use tonic::{Request, Response, Status};
 
 /// Messages per ListMessages page when the caller does not say.
@@ -127,14 +126,14 @@ fn summary(mailbox: &str, entry: &Entry, raw: Option<&[u8]>) -> pb::MessageSumma
         modseq: entry.modseq,
         ..Default::default()
     };
-    if let Some(message) = raw.and_then(|raw| MessageParser::default().parse_headers(raw)) {
+    if let Some(message) = raw.and_then(bitmask_mime::parse_headers) {
         summary.subject = message.subject().unwrap_or_default().to_owned();
         summary.from = addresses(message.from());
         summary.to = addresses(message.to());
         summary.date = message.date().and_then(|date| timestamp(date.to_timestamp()));
         summary.message_id = message.message_id().unwrap_or_default().to_owned();
     }
-    if let Some(message) = raw.filter(|raw| safe_to_parse(raw)).and_then(|raw| MessageParser::default().parse(raw)) {
+    if let Some(message) = raw.and_then(bitmask_mime::parse) {
         summary.has_attachments = message.attachment_count() > 0;
     }
     summary
@@ -253,9 +252,7 @@ impl Mail for MailApi {
         let mailbox = self.model.mailbox(&reference.mailbox).await.map_err(status)?.name;
         let mut response =
             pb::GetMessageResponse { summary: Some(summary(&mailbox, &entry, Some(&raw))), ..Default::default() };
-        if let Some(message) =
-            Some(&raw).filter(|raw| safe_to_parse(raw)).and_then(|raw| MessageParser::default().parse(raw))
-        {
+        if let Some(message) = bitmask_mime::parse(&raw) {
             response.headers = message
                 .headers_raw()
                 .map(|(name, value)| pb::Header { name: name.to_owned(), value: value.trim().to_owned() })
@@ -481,11 +478,10 @@ fn walk(message: &mail_parser::Message<'_>, id: usize, section: String, out: &mu
 
 /// One part's bytes by its IMAP section number, raw or decoded.
 fn section_bytes(raw: &[u8], section: &str, decode: bool) -> Result<Vec<u8>, Status> {
-    if !safe_to_parse(raw) {
-        return Err(Status::failed_precondition("the message has too many MIME parts to take apart"));
+    if let Err(refusal) = bitmask_mime::check(raw) {
+        return Err(Status::failed_precondition(format!("{refusal}: it is served whole, not taken apart")));
     }
-    let message =
-        MessageParser::default().parse(raw).ok_or_else(|| Status::data_loss("the message cannot be parsed"))?;
+    let message = bitmask_mime::parse(raw).ok_or_else(|| Status::data_loss("the message cannot be parsed"))?;
     let mut id = 0usize;
     for number in section.split('.') {
         let index: usize =

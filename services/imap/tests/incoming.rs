@@ -4,7 +4,7 @@
 //! document), then decrypted, verified, marked and filed in INBOX by the IMAP
 //! gateway's processor. Senders are GnuPG (which this project did not write)
 //! and our own SMTP gateway's PGP/MIME; an IDLE client is Python's imaplib.
-
+#![allow(clippy::disallowed_methods)] // tests read what the code under test wrote with mail-parser itself
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
 use std::io::{BufRead as _, BufReader, Write as _};

@@ -101,7 +101,9 @@ fn pgp_status(error: openpgp::PgpError) -> Status {
     use openpgp::PgpError;
     let message = error.to_string();
     match error {
-        PgpError::NotAKey(_) | PgpError::Malformed(_) => Status::invalid_argument(message),
+        // The data itself is refused: the incoming processor files the
+        // message as an explanation instead of retrying it.
+        PgpError::NotAKey(_) | PgpError::Malformed(_) | PgpError::TooLarge => Status::invalid_argument(message),
         PgpError::Unusable(..) => Status::failed_precondition(message),
         PgpError::NotForUs => Status::permission_denied(message),
         PgpError::Other(_) => Status::internal(message),
@@ -1028,5 +1030,19 @@ impl Keys for KeysService {
         let addresses =
             keys.values().map(|entry| (entry.stored.fingerprint.clone(), entry.stored.addresses.clone())).collect();
         Ok(Response::new(pb::VerifyResponse { signature: Some(signature_to_pb(&status, &addresses)), content }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_decrypting_to_too_much_is_refused_as_data() {
+        // INVALID_ARGUMENT: the incoming processor files an explanation
+        // instead of retrying the item forever.
+        let status = pgp_status(openpgp::PgpError::TooLarge);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("larger than"), "{}", status.message());
     }
 }

@@ -92,7 +92,7 @@ fn no_key(address: &str) -> Reply {
 
 /// The Message-ID of `message`, if it has one.
 pub fn message_id(message: &[u8]) -> Option<String> {
-    let headers = mail_parser::MessageParser::default().parse_headers(message)?;
+    let headers = bitmask_mime::parse_headers(message)?;
     headers.message_id().filter(|id| !id.is_empty()).map(str::to_owned)
 }
 

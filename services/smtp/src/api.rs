@@ -38,10 +38,7 @@ fn timestamp(seconds: u64) -> Option<prost_types::Timestamp> {
 
 /// The subject of a raw message, for the queue listing.
 pub fn subject_of(raw: &[u8]) -> String {
-    mail_parser::MessageParser::default()
-        .parse_headers(raw)
-        .and_then(|message| message.subject().map(str::to_owned))
-        .unwrap_or_default()
+    bitmask_mime::parse_headers(raw).and_then(|message| message.subject().map(str::to_owned)).unwrap_or_default()
 }
 
 #[tonic::async_trait]

@@ -506,7 +506,7 @@ fn compose_error(error: bitmask_smtp::pgpmime::ComposeError) -> Status {
 /// The addresses the message's To and Cc name, lowercased: the recipients
 /// every other recipient may know of.
 fn visible_recipients(raw: &[u8]) -> Vec<String> {
-    let Some(message) = mail_parser::MessageParser::default().parse_headers(raw) else { return Vec::new() };
+    let Some(message) = bitmask_mime::parse_headers(raw) else { return Vec::new() };
     [message.to(), message.cc()]
         .into_iter()
         .flatten()

@@ -1,7 +1,7 @@
 //! The SMTP gateway through the whole stack, with peers this project did not
 //! write: Python's smtplib and swaks submit, aiosmtpd is the relay, GnuPG
 //! decrypts and verifies what arrives.
-
+#![allow(clippy::disallowed_methods)] // tests read what the code under test wrote with mail-parser itself
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
 use std::io::BufRead as _;
