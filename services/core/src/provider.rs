@@ -178,6 +178,11 @@ pub async fn first_start(
         let request = store_pb::InitializeRequest { passphrase: passphrase.to_owned(), from_provider: true };
         store.initialize(request).await?;
         tracing::info!(account = %address, "store restored from the provider (another device)");
+        // The account key comes with the documents: until they are here, the
+        // key service would take the account for keyless and make a second
+        // key (published, it would take the other devices' mail from them).
+        let mut progress = store.sync(store_pb::SyncRequest { if_idle: false }).await?.into_inner();
+        while progress.message().await?.is_some() {}
         FirstStart::Restored
     } else {
         let request = store_pb::InitializeRequest { passphrase: passphrase.to_owned(), from_provider: false };

@@ -45,12 +45,13 @@ else:
         typ, data = imap.uid("FETCH", uids[-1], "(BODY.PEEK[])")
         raw = next(piece[1] for piece in data if isinstance(piece, tuple))
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
-        attachments = [part for part in parsed.iter_attachments() if part.get_filename() == "file.bin"]
+        attachments = [part for part in parsed.walk() if part.get_filename() == "file.bin"]
         payload = attachments[0].get_payload(decode=True) if attachments else b""
         result.update(
             {
                 "sha256": hashlib.sha256(payload).hexdigest(),
                 "size": len(payload),
+                "structure": [part.get_content_type() for part in parsed.walk()],
                 "encryption": str(parsed.get("X-Leap-Encryption", "")),
                 "signature": str(parsed.get("X-Leap-Signature", "")),
             }

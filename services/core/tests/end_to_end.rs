@@ -449,7 +449,11 @@ fn read_big(person: &Person, subject: &str) -> String {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(read["found"], 1, "{subject} never arrived: {read}\n{}", person.world.log(&person.address, "imap"));
+    let tail = |service: &str| {
+        let log = person.world.log(&person.address, service);
+        log[log.len().saturating_sub(4000)..].to_owned()
+    };
+    assert_eq!(read["found"], 1, "{subject} never arrived: {read}\nimap:\n{}\nstore:\n{}", tail("imap"), tail("store"));
     assert_eq!(read["encryption"], "decrypted", "{read}");
     assert!(read["signature"].as_str().unwrap().starts_with("valid"), "{read}");
     read["sha256"].as_str().unwrap().to_owned()

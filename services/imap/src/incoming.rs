@@ -456,7 +456,7 @@ impl Processor {
             }
             Err(status) => return Err(status),
         };
-        let filed = self.read(&doc, &encrypted).await?;
+        let filed = self.read(doc, &encrypted).await?;
         if matches!(filed.encryption, incoming::Encryption::Failed) {
             done.push(pb::Write {
                 op: Some(pb::write::Op::AddToCounter(pb::AddToCounterRequest { name: UNDECRYPTABLE.into(), delta: 1 })),

@@ -94,6 +94,7 @@ fn big_messages_up_to_the_limit_round_trip_and_survive_a_restart() {
         String::from_utf8(output.stdout).unwrap()
     };
     let appended = run(&["append", "1", "5", "12", "40"]);
+    println!("{appended}");
     assert!(appended.contains("\"ok\": 6"), "{appended}");
     world.ctl_json(&["account", "stop", ACCOUNT]);
     start(&world, port);

@@ -19,6 +19,7 @@ import os
 import random
 import re
 import sys
+import time
 
 LIMIT = 40 * 1024 * 1024
 host, port, user, token, state_file, mode = sys.argv[1:7]
@@ -121,13 +122,15 @@ if mode == "append":
     text = b"".join(b"line %08d of a long inline text, to be read whole\r\n" % n for n in range(30 * 1024 * 1024 // 52))
     messages.append(("30 MiB text", with_attachments("30 MiB text", [], text=text), None))
     for index, (name, raw, attachment) in enumerate(messages):
+        started = time.monotonic()
         answer = append(imap, raw, literal_plus=index % 2 == 1)
+        appended = time.monotonic() - started
         match = re.search(rb"APPENDUID \d+ (\d+)", answer)
         assert answer.split()[1] == b"OK" and match, f"APPEND of {name} ({len(raw)} bytes): {answer!r}"
         uid = int(match.group(1))
         state[str(uid)] = {"name": name, "sha": sha(raw), "size": len(raw), "attachment": attachment}
         check(imap, uid, state[str(uid)])
-        print(f"{name}: {len(raw)} bytes appended and read back", flush=True)
+        print(f"{name}: {len(raw)} bytes appended in {appended:.1f} s, read back in {time.monotonic() - started - appended:.1f} s", flush=True)
     # Over the limit: refused, and nothing is left behind.
     typ, before = imap.uid("SEARCH", "ALL")
     over = with_attachments("too big", [attachment_for(LIMIT + 1024 * 1024)])

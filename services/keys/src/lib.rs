@@ -708,9 +708,20 @@ impl Keys for KeysService {
             _ => Algorithm::Cv25519,
         };
         let mut guard = self.loaded().await?;
-        let keys = guard.get_or_insert_with(HashMap::new);
         // Publishing (once the provider is known) happens in the background.
         self.wake.notify_one();
+        let has_account_key = |keys: &HashMap<String, Entry>| {
+            Inner::active(keys, &self.account).is_some_and(|entry| openpgp::has_secret(&entry.cert))
+        };
+        if !guard.as_ref().is_some_and(has_account_key) {
+            // Read again before making one: sync may have brought the key
+            // another device made since the keys were loaded (a second key
+            // would take that device's mail from it).
+            drop(guard);
+            *self.keys.lock().await = None;
+            guard = self.loaded().await?;
+        }
+        let keys = guard.get_or_insert_with(HashMap::new);
         if let Some(entry) = Inner::active(keys, &self.account).filter(|entry| openpgp::has_secret(&entry.cert)) {
             return Ok(Response::new(entry.to_pb()));
         }

@@ -24,9 +24,9 @@ pub const INCOMING_DONE: &str = "incoming-done";
 /// Waiting items, oldest first (the processor's order).
 pub const BY_RECEIVED: &str = "incoming-by-received";
 const DONE_BY_ITEM: &str = "incoming-done-by-item";
-/// The largest item taken (the provider's MX takes 40 MiB messages; their
+/// The largest item taken (the provider's MX takes 60 MiB messages; its
 /// encryption adds a little).
-const MAX_ITEM: u64 = 48 << 20;
+const MAX_ITEM: u64 = 72 << 20;
 
 /// What `incoming/<item>` holds.
 #[derive(Debug, Serialize, Deserialize)]
