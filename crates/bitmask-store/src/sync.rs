@@ -55,6 +55,7 @@ use crate::types::{Change, ConflictPolicy, StoreError};
 
 const SYNC_CONTEXT: &[u8] = b"sync";
 const PUSHED: &[u8] = b"sync pushed sequence";
+const SECRETS_AGREED: &[u8] = b"sync secrets agreed";
 const PULLED: &[u8] = b"sync pulled generation";
 const QUARANTINE_CONTEXT: &[u8] = b"sync quarantine";
 /// The quarantine keeps the latest this many records.
@@ -142,6 +143,20 @@ fn meta_u64(store: &Store, key: &[u8]) -> Result<u64, StoreError> {
 impl Store {
     pub fn sync_cursor(&self) -> Result<SyncCursor, StoreError> {
         Ok(SyncCursor { pushed_sequence: meta_u64(self, PUSHED)?, pulled_generation: meta_u64(self, PULLED)? })
+    }
+
+    /// The SHA-256 of the sealed secrets this device and the provider's
+    /// backup last agreed on (None: never recorded).
+    pub fn secrets_agreed(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta_tree().get(SECRETS_AGREED)?.map(|bytes| bytes.to_vec()))
+    }
+
+    /// Records that the provider's backup holds `secrets` (sealed) as they
+    /// are here.
+    pub fn set_secrets_agreed(&self, secrets: &[u8]) -> Result<(), StoreError> {
+        use sha2::Digest as _;
+        self.meta_tree().insert(SECRETS_AGREED, sha2::Sha256::digest(secrets).as_slice())?;
+        self.flush()
     }
 
     /// Records that the provider's changes up to `generation` are applied.

@@ -199,6 +199,8 @@ impl CoreService {
         if let Ok(Some(sync)) = tokio::time::timeout(std::time::Duration::from_secs(1), query).await {
             status.last_sync_time = sync.last_sync_time;
             status.last_sync_result = sync.last_result;
+            status.quarantined =
+                sync.quarantined.into_iter().map(|refused| format!("{}: {}", refused.id, refused.reason)).collect();
         }
         status
     }
@@ -351,6 +353,7 @@ fn account_status_to_pb(status: AccountStatus) -> pb::AccountStatus {
         last_sync_result: String::new(),
         // Set by the caller, which knows which accounts it unlocked.
         locked: true,
+        quarantined: Vec::new(),
     }
 }
 

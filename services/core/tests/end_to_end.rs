@@ -394,10 +394,16 @@ fn a_changed_passphrase_reaches_the_provider_and_new_devices() {
         person.world.ctl_with_input(&["account", "start", &person.address], &format!("{passphrase}\n"))
     };
 
+    // A second device, set up before the change, that knows nothing of it.
+    let tablet = Person::join(&provider, ALICE, "first passphrase");
+
     // With the current passphrase.
     let changed =
         alice.world.ctl_with_input(&["account", "passphrase", ALICE], "first passphrase\nsecond passphrase\n");
     assert!(changed.status.success(), "{}", text(&changed));
+    // The old device syncs and does not put the old passphrase's seal back.
+    let synced = tablet.world.ctl(&["sync", ALICE]);
+    assert!(synced.status.success(), "{}", text(&synced));
     alice.stop();
     let old = start(&alice, "first passphrase");
     assert!(!old.status.success() && text(&old).contains("wrong passphrase"), "{}", text(&old));

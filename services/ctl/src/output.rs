@@ -73,6 +73,8 @@ struct AccountStatusView<'a> {
     last_sync: Option<String>,
     #[serde(skip_serializing_if = "str::is_empty")]
     last_sync_result: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    quarantined: &'a [String],
     imap_port: u32,
     smtp_port: u32,
     services: Vec<ServiceView<'a>>,
@@ -127,6 +129,7 @@ impl<'a> From<&'a pb::AccountStatus> for AccountStatusView<'a> {
                 format!("{seconds}s ago")
             }),
             last_sync_result: &status.last_sync_result,
+            quarantined: &status.quarantined,
             imap_port: status.imap_port,
             smtp_port: status.smtp_port,
             services: status
@@ -270,6 +273,9 @@ pub fn status(accounts: &[pb::AccountStatus], json: bool) {
         );
         if let Some(when) = &view.last_sync {
             println!("  last sync {when}: {}", view.last_sync_result);
+        }
+        for refused in view.quarantined {
+            println!("  refused from the provider, skipped: {refused}");
         }
         let mut rows =
             vec![["SERVICE", "STATE", "PID", "RESTARTS", "PORT", "SOCKET", "LAST EXIT"].map(String::from).to_vec()];

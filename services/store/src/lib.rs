@@ -648,14 +648,29 @@ impl StoreApi for StoreService {
         &self,
         _request: Request<pb::GetSyncStatusRequest>,
     ) -> Result<Response<pb::SyncStatus>, Status> {
-        let (configured, cursor, pending) = self
+        let (configured, cursor, pending, quarantined) = self
             .blocking(|store| {
                 if store.state()? != StoreState::Unlocked {
-                    return Ok((false, Default::default(), 0));
+                    return Ok((false, Default::default(), 0, Vec::new()));
                 }
-                Ok((sync::load_config(store)?.is_some(), store.sync_cursor()?, store.outgoing(0)?.len()))
+                Ok((
+                    sync::load_config(store)?.is_some(),
+                    store.sync_cursor()?,
+                    store.outgoing(0)?.len(),
+                    store.quarantined()?,
+                ))
             })
             .await?;
+        let quarantined = quarantined
+            .into_iter()
+            .map(|refused| pb::QuarantinedDocument {
+                id: refused.id.unwrap_or_else(|| data_encoding::HEXLOWER.encode(&refused.storage_key)),
+                reason: refused.reason,
+                at: Some(prost_types::Timestamp::from(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(refused.at_ms),
+                )),
+            })
+            .collect();
         let state = self.sync.state().clone();
         Ok(Response::new(pb::SyncStatus {
             configured: configured || state.pending_config.is_some(),
@@ -665,6 +680,7 @@ impl StoreApi for StoreService {
             local_generation: cursor.pushed_sequence,
             remote_generation: cursor.pulled_generation,
             pending_local_changes: pending as u64,
+            quarantined,
         }))
     }
 

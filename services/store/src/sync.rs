@@ -14,6 +14,7 @@ use bitmask_proto::sync::v1 as sync_pb;
 use bitmask_proto::sync::v1::sync_endpoint_client::SyncEndpointClient;
 use bitmask_store::{Change, RemoteDocument, Store, StoreError};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
@@ -154,9 +155,29 @@ pub async fn run(
         Err(status) if status.code() == tonic::Code::NotFound => (None, 0),
         Err(status) => return Err(status),
     };
-    if remote_secrets.as_deref() != Some(local_secrets.as_slice()) {
-        let secrets = sync_pb::SealedSecrets { blob: local_secrets, version: 0 };
-        client.put_secrets(sync_pb::PutSecretsRequest { secrets: Some(secrets), expected_version: version }).await?;
+    // The backup is replaced only by a device whose secrets changed since it
+    // last agreed with it (a passphrase change here): a device that did not
+    // change them must not put back the old passphrase's seal over a change
+    // made on another device.
+    let agreed = blocking(store, |store| store.secrets_agreed()).await?;
+    let changed_here = agreed.is_none_or(|agreed| agreed != Sha256::digest(&local_secrets).as_slice());
+    match remote_secrets {
+        Some(remote) if remote == local_secrets => {
+            if changed_here {
+                blocking(store, move |store| store.set_secrets_agreed(&remote)).await?;
+            }
+        }
+        Some(_) if !changed_here => {
+            tracing::warn!(
+                "the passphrase was changed on another device: this device keeps the one it has until it is changed here too"
+            );
+        }
+        _ => {
+            let secrets = sync_pb::SealedSecrets { blob: local_secrets.clone(), version: 0 };
+            let request = sync_pb::PutSecretsRequest { secrets: Some(secrets), expected_version: version };
+            client.put_secrets(request).await?;
+            blocking(store, move |store| store.set_secrets_agreed(&local_secrets)).await?;
+        }
     }
     // Incoming items filed before this push are acknowledged after it.
     let filed = crate::incoming::filed(store).await?;
