@@ -395,29 +395,16 @@ fn take_remote(pending: &mut Pending<'_>, unlocked: &Unlocked, remote: &RemoteDo
         .unwrap_or(ConflictPolicy::LastWriterWins);
     let number = rev_number(&local.rev).max(rev_number(&payload.rev)) + 1;
     let merged = match policy {
-        ConflictPolicy::Immutable => {
-            let local_wins =
-                immutable_rank(local.deleted, &local.content) > immutable_rank(payload.deleted, &payload.content);
+        ConflictPolicy::Immutable | ConflictPolicy::LastWriterWins => {
+            // Immutable: by what the versions hold (see `immutable_rank`);
+            // last writer wins: by time, then revision.
+            let local_wins = match policy {
+                ConflictPolicy::Immutable => {
+                    immutable_rank(local.deleted, &local.content) > immutable_rank(payload.deleted, &payload.content)
+                }
+                _ => (payload.updated_ms, payload.rev.as_str()) <= (local.updated_ms, local.rev.as_str()),
+            };
             if !local_wins {
-                let record = remote_record(payload);
-                pending.replace(storage_key, record)?;
-                return Ok(Taken::Applied);
-            }
-            DocumentRecord {
-                id: local.id.clone(),
-                collection: local.collection.clone(),
-                rev: numbered_rev(number),
-                content: local.content.clone(),
-                deleted: false,
-                updated_ms: local.updated_ms,
-                sequence: 0,
-                synced_rev: Some(payload.rev.clone()),
-                base: Some(payload.content.clone()),
-            }
-        }
-        ConflictPolicy::LastWriterWins => {
-            let remote_wins = (payload.updated_ms, payload.rev.as_str()) > (local.updated_ms, local.rev.as_str());
-            if remote_wins {
                 let record = remote_record(payload);
                 pending.replace(storage_key, record)?;
                 return Ok(Taken::Applied);
