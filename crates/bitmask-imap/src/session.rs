@@ -196,6 +196,15 @@ fn code(name: &'static str) -> Code<'static> {
     Code::Other(imap_types::response::CodeOther::unvalidated(Cow::Borrowed(name.as_bytes())))
 }
 
+fn name_too_long(tag: &Tag<'static>) -> Response<'static> {
+    let text = format!(
+        "a mailbox name has at most {} levels and {} bytes",
+        bitmask_mail::types::MAX_MAILBOX_LEVELS,
+        bitmask_mail::types::MAX_MAILBOX_NAME_BYTES
+    );
+    status(tag, StatusKind::No, Some(code("LIMIT")), &text)
+}
+
 fn already_exists() -> Code<'static> {
     code("ALREADYEXISTS")
 }
@@ -368,15 +377,43 @@ fn uid_set(uids: &[u32]) -> Option<imap_types::extensions::uidplus::UidSet> {
 }
 
 /// LIST's pattern matching: `*` matches anything, `%` anything but `/`.
+/// The pattern is walked as an automaton over the name, every pattern
+/// position that can be reached at once: time is pattern length times name
+/// length whatever the wildcards (trying each way in turn is exponential
+/// in the number of `*`).
 fn pattern_matches(pattern: &[char], name: &[char]) -> bool {
-    match pattern.first() {
-        None => name.is_empty(),
-        Some('*') => (0..=name.len()).any(|skip| pattern_matches(&pattern[1..], &name[skip..])),
-        Some('%') => (0..=name.len())
-            .take_while(|skip| *skip == 0 || name[skip - 1] != '/')
-            .any(|skip| pattern_matches(&pattern[1..], &name[skip..])),
-        Some(c) => name.first() == Some(c) && pattern_matches(&pattern[1..], &name[1..]),
+    // Wildcards match the empty string: a reached wildcard reaches what follows.
+    let close = |reached: &mut Vec<bool>| {
+        for index in 0..pattern.len() {
+            if reached[index] && matches!(pattern[index], '*' | '%') {
+                reached[index + 1] = true;
+            }
+        }
+    };
+    let mut reached = vec![false; pattern.len() + 1];
+    reached[0] = true;
+    close(&mut reached);
+    for &c in name {
+        let mut next = vec![false; pattern.len() + 1];
+        for (index, wanted) in pattern.iter().enumerate() {
+            if !reached[index] {
+                continue;
+            }
+            match *wanted {
+                '*' => next[index] = true,
+                '%' if c != '/' => next[index] = true,
+                '%' => {}
+                literal if literal == c => next[index + 1] = true,
+                _ => {}
+            }
+        }
+        close(&mut next);
+        if !next.contains(&true) {
+            return false;
+        }
+        reached = next;
     }
+    reached[pattern.len()]
 }
 
 pub fn capabilities(starttls: bool, authenticated: bool) -> Vec1<Capability<'static>> {
@@ -793,6 +830,9 @@ impl<M: Mailstore> Session<M> {
         if name == "INBOX" {
             return no(tag, "INBOX exists already");
         }
+        if !bitmask_mail::types::name_within_limits(&name) {
+            return name_too_long(tag);
+        }
         match self.store.create_mailbox(&name, SpecialUse::None).await {
             Ok(_) => ok(tag, "CREATE completed"),
             Err(MailError::MailboxExists(_)) => {
@@ -823,6 +863,9 @@ impl<M: Mailstore> Session<M> {
             (Ok(from), Ok(to)) => (from, to),
             (Err(error), _) | (_, Err(error)) => return bad(tag, &error.to_string()),
         };
+        if !bitmask_mail::types::name_within_limits(&to) {
+            return name_too_long(tag);
+        }
         match self.store.rename_mailbox(&from, &to).await {
             Ok(()) => {
                 // The selected mailbox (or one under it) goes by its new name.

@@ -617,6 +617,57 @@ fn list_patterns() {
     .run();
 }
 
+#[test]
+fn a_list_pattern_full_of_wildcards_is_answered_at_once() {
+    // Trying every way a "*" can match is exponential in their number: 24
+    // of them against a 200-character name would not end. They are matched
+    // together, in time pattern times name.
+    let stars = "*a".repeat(24);
+    let name = "a".repeat(200);
+    let transcript = format!(
+        r#"{}
+        C: A1 LIST "" "{stars}b"
+        S: A1 OK …
+        C: A2 LIST "" "{stars}"
+        S: * LIST (\HasNoChildren) "/" {name}
+        S: A2 OK …
+        "#,
+        logged_in!()
+    );
+    Conversation::new(&transcript)
+        .store(move || {
+            let store = MemStore::new();
+            store.create(&"a".repeat(200));
+            store
+        })
+        .run();
+}
+
+#[test]
+fn mailbox_names_have_a_depth_and_a_length_limit() {
+    // 32 levels and 512 bytes at most (RFC 5530 [LIMIT] beyond), by CREATE
+    // and by RENAME.
+    let deep = vec!["d"; 33].join("/");
+    let deepest = vec!["d"; 32].join("/");
+    let long = "l".repeat(513);
+    let transcript = format!(
+        r#"{}
+        C: A1 CREATE "{deep}"
+        S: A1 NO [LIMIT] …
+        C: A2 CREATE "{long}"
+        S: A2 NO [LIMIT] …
+        C: A3 CREATE "{deepest}"
+        S: A3 OK …
+        C: A4 CREATE short
+        S: A4 OK …
+        C: A5 RENAME short "{deep}"
+        S: A5 NO [LIMIT] …
+        "#,
+        logged_in!()
+    );
+    Conversation::new(&transcript).run();
+}
+
 /// RFC 3501 6.3.10's blurdybloop: 231 messages, UIDNEXT 44292.
 fn status_store() -> Arc<MemStore> {
     let store = MemStore::new();

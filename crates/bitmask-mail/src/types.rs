@@ -10,6 +10,17 @@ use std::sync::Arc;
 /// a 25 MB attachment in base64 (about 34.2 MiB) and its message.
 pub const MAX_MESSAGE_BYTES: usize = 40 << 20;
 
+/// The most levels (`/`-separated) a mailbox name has.
+pub const MAX_MAILBOX_LEVELS: usize = 32;
+/// The most bytes a mailbox name has.
+pub const MAX_MAILBOX_NAME_BYTES: usize = 512;
+
+/// Whether a new mailbox name is within the limits (a client may not make
+/// the gateway keep and list thousands of nested levels).
+pub fn name_within_limits(name: &str) -> bool {
+    name.len() <= MAX_MAILBOX_NAME_BYTES && name.split('/').count() <= MAX_MAILBOX_LEVELS
+}
+
 pub fn normalize_name(name: &str) -> String {
     let trimmed = name.trim_end_matches('/');
     if trimmed.eq_ignore_ascii_case("INBOX") {

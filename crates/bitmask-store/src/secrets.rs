@@ -47,7 +47,28 @@ pub enum SecretsError {
     Kdf(String),
 }
 
+/// The most Argon2 cost a device takes from a secrets record: the record
+/// comes from the provider on a new device, and its parameters are not
+/// authenticated (changing them only makes the key wrong), so a hostile
+/// provider could otherwise make the device allocate gigabytes or run for
+/// hours. Sixteen times the defaults.
+pub const MAX_KDF: KdfParams = KdfParams { memory_kib: 1024 * 1024, iterations: 48, parallelism: 16 };
+
 fn passphrase_key(passphrase: &str, salt: &[u8], kdf: KdfParams) -> Result<Zeroizing<[u8; 32]>, SecretsError> {
+    if kdf.memory_kib > MAX_KDF.memory_kib
+        || kdf.iterations > MAX_KDF.iterations
+        || kdf.parallelism > MAX_KDF.parallelism
+    {
+        return Err(SecretsError::Kdf(format!(
+            "{} KiB, {} passes, {} lanes: more than this device takes ({} KiB, {} passes, {} lanes)",
+            kdf.memory_kib,
+            kdf.iterations,
+            kdf.parallelism,
+            MAX_KDF.memory_kib,
+            MAX_KDF.iterations,
+            MAX_KDF.parallelism
+        )));
+    }
     let params = Params::new(kdf.memory_kib, kdf.iterations, kdf.parallelism, Some(32))
         .map_err(|error| SecretsError::Kdf(error.to_string()))?;
     let mut key = Zeroizing::new([0u8; 32]);
@@ -169,5 +190,23 @@ mod tests {
         assert_eq!(changed.open_with_passphrase("battery staple").unwrap().as_bytes(), master.as_bytes());
         assert_eq!(changed.open_with_recovery_code(&code).unwrap().as_bytes(), master.as_bytes());
         assert!(matches!(SecretsRecord::create(&master, "", CHEAP), Err(SecretsError::EmptyPassphrase)));
+    }
+
+    #[test]
+    fn a_record_asking_for_a_huge_kdf_is_refused_at_once() {
+        // As a hostile provider would hand it to a new device: 4 GiB and a
+        // thousand passes would hang the device (and the parameters are not
+        // authenticated: only the key would come out wrong).
+        let master = MasterKey::generate();
+        let (record, _) = SecretsRecord::create(&master, "correct horse", CHEAP).unwrap();
+        for kdf in [
+            KdfParams { memory_kib: 4 * 1024 * 1024, ..CHEAP },
+            KdfParams { iterations: 1000, ..CHEAP },
+            KdfParams { parallelism: 255, ..CHEAP },
+        ] {
+            let hostile = SecretsRecord { kdf, ..record.clone() };
+            assert!(matches!(hostile.open_with_passphrase("correct horse"), Err(SecretsError::Kdf(_))), "{kdf:?}");
+        }
+        assert!(KdfParams::default().memory_kib <= MAX_KDF.memory_kib);
     }
 }

@@ -27,6 +27,18 @@ impl MailApi {
     }
 }
 
+/// A new mailbox name within the limits, or why not.
+fn within_limits(name: &str) -> Result<(), Status> {
+    if bitmask_mail::types::name_within_limits(name) {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "a mailbox name has at most {} levels and {} bytes",
+        bitmask_mail::types::MAX_MAILBOX_LEVELS,
+        bitmask_mail::types::MAX_MAILBOX_NAME_BYTES
+    )))
+}
+
 fn status(error: MailError) -> Status {
     match error {
         MailError::NoMailbox(_) => Status::not_found(error.to_string()),
@@ -178,6 +190,7 @@ impl Mail for MailApi {
         request: Request<pb::CreateMailboxRequest>,
     ) -> Result<Response<pb::Mailbox>, Status> {
         let request = request.into_inner();
+        within_limits(&request.name)?;
         let info = self.model.create_mailbox(&request.name, special_use_from_pb(request.special_use)).await;
         Ok(Response::new(mailbox_to_pb(info.map_err(status)?)))
     }
@@ -187,6 +200,7 @@ impl Mail for MailApi {
         request: Request<pb::RenameMailboxRequest>,
     ) -> Result<Response<pb::Mailbox>, Status> {
         let request = request.into_inner();
+        within_limits(&request.new_name)?;
         self.model.rename_mailbox(&request.name, &request.new_name).await.map_err(status)?;
         Ok(Response::new(mailbox_to_pb(self.model.mailbox(&request.new_name).await.map_err(status)?)))
     }

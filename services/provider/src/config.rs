@@ -37,6 +37,9 @@ use zeroize::Zeroizing;
 
 pub const CONFIG_FILE: &str = "provider.toml";
 
+/// The longest a login session may last.
+pub const MAX_SESSION_LIFETIME_SECONDS: u64 = 30 * 24 * 3600;
+
 /// The settings in `provider.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,8 +121,11 @@ impl Settings {
         {
             return invalid(format!("smarthost {smarthost:?} is not HOST:PORT"));
         }
-        if self.session_lifetime_seconds == 0 {
-            return invalid("session_lifetime_seconds must be more than 0".into());
+        if self.session_lifetime_seconds == 0 || self.session_lifetime_seconds > MAX_SESSION_LIFETIME_SECONDS {
+            return invalid(format!(
+                "session_lifetime_seconds must be from 1 to {MAX_SESSION_LIFETIME_SECONDS} (30 days), not {}",
+                self.session_lifetime_seconds
+            ));
         }
         Ok(())
     }
@@ -287,6 +293,8 @@ mod tests {
         assert!(check(Settings { relay_port: 1, ..settings() }).unwrap_err().contains("differ"));
         assert!(check(Settings { smarthost: Some("nowhere".into()), ..settings() }).unwrap_err().contains("smarthost"));
         assert!(check(Settings { session_lifetime_seconds: 0, ..settings() }).is_err());
+        // A huge lifetime would overflow the clock at the first login.
+        assert!(check(Settings { session_lifetime_seconds: u64::MAX, ..settings() }).unwrap_err().contains("30 days"));
         assert!(toml::from_str::<Settings>("domain = \"x\"\nunknown = 1\n").is_err());
     }
 
