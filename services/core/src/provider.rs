@@ -181,16 +181,14 @@ pub async fn first_start(
         // The account key comes with the documents: until they are here, the
         // key service would take the account for keyless and make a second
         // key (published, it would take the other devices' mail from them).
-        let mut progress = store.sync(store_pb::SyncRequest { if_idle: false }).await?.into_inner();
-        while progress.message().await?.is_some() {}
+        sync_now(store).await?;
         FirstStart::Restored
     } else {
         let request = store_pb::InitializeRequest { passphrase: passphrase.to_owned(), from_provider: false };
         let recovery_code = store.initialize(request).await?.into_inner().recovery_code;
         // At once, so the secrets' backup is at the provider before another
         // device asks for it.
-        let mut progress = store.sync(store_pb::SyncRequest { if_idle: false }).await?.into_inner();
-        while progress.message().await?.is_some() {}
+        sync_now(store).await?;
         FirstStart::SignedUp { recovery_code }
     };
     ensure_client_certificate(provider, address, &session).await?;
@@ -255,8 +253,7 @@ async fn tell_provider(
     let mut told = change_login(&provider.url, &provider.ca_pem, address, &token, secret).await;
     if told.as_ref().is_err_and(|status| status.code() == tonic::Code::Unauthenticated) {
         // An expired session: a sync makes the store log in again.
-        let mut progress = store.sync(store_pb::SyncRequest { if_idle: false }).await?.into_inner();
-        while progress.message().await?.is_some() {}
+        sync_now(store).await?;
         token = store.get_sync_config(store_pb::GetSyncConfigRequest {}).await?.into_inner().session_token;
         told = change_login(&provider.url, &provider.ca_pem, address, &token, secret).await;
     }
@@ -265,6 +262,12 @@ async fn tell_provider(
     store.configure_sync(provider.configure(address, &session, secret)).await?;
     tracing::info!(account = %address, "the provider has the new passphrase's verifier");
     // The secrets sealed under the new passphrase go to the provider's backup.
+    sync_now(store).await?;
+    Ok(())
+}
+
+/// Runs a sync of the store and waits until it is done.
+async fn sync_now(store: &mut crate::StoreClient<crate::TracedChannel>) -> Result<(), Status> {
     let mut progress = store.sync(store_pb::SyncRequest { if_idle: false }).await?.into_inner();
     while progress.message().await?.is_some() {}
     Ok(())
