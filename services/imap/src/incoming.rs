@@ -356,11 +356,13 @@ impl Processor {
             tracing::info!(item, "incoming message was filed before");
             return Ok(());
         }
+        let recorded = known.is_some();
         let known = known.unwrap_or_default();
         if known.attempts >= MAX_ATTEMPTS {
             return self.file_unfiled(document, &doc, known, done, copy_id).await;
         }
-        if known.attempts == 0 {
+        // Written below, before the attempt: it goes with the item.
+        if !recorded {
             done.push(pb::Write {
                 op: Some(pb::write::Op::Delete(pb::DeleteRequest {
                     id: attempts_id.clone(),

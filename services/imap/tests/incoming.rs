@@ -529,6 +529,12 @@ async fn an_item_waits_while_the_key_service_is_down_and_is_filed_once_it_is_bac
     assert!(stack.world.log(ALICE, "imap").contains("incoming message not filed yet"), "no retry was logged");
     wait_until_done(&mut store).await;
     assert_eq!(markers(&mut store, &["0dd".into()]).await, 1);
+    // The service being away was not counted against the item, and its
+    // record went with it.
+    let status = stack.world.ctl_json(&["mail", "status", ALICE]);
+    assert_eq!(status["incoming_problems"].as_array().map(Vec::len), Some(0), "{status:#}");
+    let attempts = pb::GetRequest { id: "incoming-attempts/0dd".into(), include_deleted: false };
+    assert_eq!(store.get(attempts).await.unwrap_err().code(), tonic::Code::NotFound);
 }
 
 /// Runs a future to completion from inside a synchronous closure of a
