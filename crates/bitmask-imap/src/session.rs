@@ -322,7 +322,7 @@ fn binary_section(view: &MessageView<'_>, raw: &[u8], section: &[NonZeroU32]) ->
         .map(|value| value.trim().to_owned())
         .unwrap_or_default();
     match encoding.as_str() {
-        "" | "7bit" | "8bit" | "binary" => Some(body),
+        "" | "7bit" | "8bit" | "binary" => Some(body.into_owned()),
         "base64" => mail_parser::decoders::base64::base64_decode(&body),
         "quoted-printable" => mail_parser::decoders::quoted_printable::quoted_printable_decode(&body),
         _ => None,
@@ -1237,6 +1237,17 @@ impl<M: Mailstore> Session<M> {
         let mut expunge_issued = fetching.expunge_issued;
         let end = (start + if needs_raw { RAW_BATCH } else { FETCH_BATCH }).min(indices.len());
         let mut responses = Vec::with_capacity(end - start + 1);
+        let needs_view = names.iter().any(|name| {
+            !matches!(
+                name,
+                MessageDataItemName::Uid
+                    | MessageDataItemName::Flags
+                    | MessageDataItemName::InternalDate
+                    | MessageDataItemName::Rfc822Size
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::BodyExt { section: None, .. }
+            )
+        });
         let mut raws: Vec<Option<Arc<Vec<u8>>>> = Vec::new();
         if needs_raw {
             let ids: Vec<Arc<str>> =
@@ -1259,7 +1270,8 @@ impl<M: Mailstore> Session<M> {
             } else {
                 None
             };
-            let view = raw.as_deref().map(|raw| MessageView::parse(raw.as_slice()));
+            // The MIME structure only when an item needs it (not for BODY[]).
+            let view = raw.as_deref().filter(|_| needs_view).map(|raw| MessageView::parse(raw.as_slice()));
             let mut items = Vec::with_capacity(names.len());
             for name in names {
                 let item = match name {
@@ -1285,8 +1297,11 @@ impl<M: Mailstore> Session<M> {
                         None => continue,
                     },
                     MessageDataItemName::BodyExt { section, partial, .. } => {
-                        let Some(view) = &view else { continue };
-                        let bytes: Vec<u8> = view.section(section.as_ref()).unwrap_or_default();
+                        let bytes = match (section, &view, &raw) {
+                            (None, _, Some(raw)) => Cow::Borrowed(raw.as_slice()),
+                            (Some(section), Some(view), _) => view.section(Some(section)).unwrap_or_default(),
+                            _ => continue,
+                        };
                         let data = match partial {
                             Some((origin, length)) => {
                                 crate::message::section_data(crate::message::partial(&bytes, *origin, length.get()))

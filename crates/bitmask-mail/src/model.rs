@@ -1005,7 +1005,7 @@ impl MailModel {
             }
             for (index, doc) in chunk.iter().zip(docs) {
                 let Some(doc) = doc else { continue };
-                let raw = split::assemble(&doc.skeleton, doc.size, |id| bytes.get(id).cloned())
+                let raw = split::assemble(&doc.skeleton, doc.size, |id| bytes.get(id).map(Vec::as_slice))
                     .map_err(|missing| MailError::Damaged(missing.to_string()))?;
                 let raw = Arc::new(raw);
                 self.raw_cache

@@ -134,16 +134,16 @@ pub fn parts(skeleton: &[Segment]) -> Vec<String> {
 pub struct MissingContent(pub String);
 
 /// Puts a message back together from its skeleton and its contents.
-pub fn assemble(
+pub fn assemble<'c>(
     skeleton: &[Segment],
     size: u64,
-    content: impl Fn(&str) -> Option<Vec<u8>>,
+    content: impl Fn(&str) -> Option<&'c [u8]>,
 ) -> Result<Vec<u8>, MissingContent> {
     let mut raw = Vec::with_capacity(size as usize);
     for segment in skeleton {
         match segment {
             Segment::Raw(bytes) => raw.extend_from_slice(bytes),
-            Segment::Part(id) => raw.extend_from_slice(&content(id).ok_or_else(|| MissingContent(id.clone()))?),
+            Segment::Part(id) => raw.extend_from_slice(content(id).ok_or_else(|| MissingContent(id.clone()))?),
         }
     }
     Ok(raw)
@@ -171,7 +171,7 @@ mod tests {
         let split = split(raw);
         let contents = split.contents.clone();
         let back = assemble(&split.skeleton, split.size, |id| {
-            contents.iter().find(|(known, _)| known == id).map(|(_, bytes)| bytes.clone())
+            contents.iter().find(|(known, _)| known == id).map(|(_, bytes)| bytes.as_slice())
         })
         .unwrap();
         assert!(back == raw, "not byte-identical");
@@ -269,7 +269,7 @@ mod tests {
             let work = move || {
                 let split = round_trip(&raw);
                 assert_eq!(split.contents.len(), 1, "{field:?}: kept whole");
-                assert!(matches!(crate::incoming::process(&raw), crate::incoming::Step::File(_)));
+                assert!(matches!(crate::incoming::process(raw.clone()), crate::incoming::Step::File(_)));
             };
             std::thread::Builder::new().stack_size(2 << 20).spawn(work).unwrap().join().unwrap();
         }

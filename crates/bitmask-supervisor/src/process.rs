@@ -41,6 +41,14 @@ pub fn spawn(program: &Path, args: &[&std::ffi::OsStr], log: &Path) -> io::Resul
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         command.env("MALLOC_ARENA_MAX", "2");
     }
+    // A buffer of a big message (over 256 KiB) is mapped on its own and
+    // given back when freed. glibc would otherwise raise this threshold
+    // after the first big free (up to 32 MiB), and every later message
+    // buffer would stay in the heap: a service that once carried a 25 MiB
+    // attachment kept ~50 MiB more at rest (scripts/bench-big).
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        command.env("MALLOC_MMAP_THRESHOLD_", "262144");
+    }
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the child between fork and exec and makes
     // only async-signal-safe system calls (prctl, getppid).

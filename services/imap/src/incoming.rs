@@ -458,7 +458,7 @@ impl Processor {
             }
             Err(status) => return Err(status),
         };
-        let filed = self.read(doc, &encrypted).await?;
+        let filed = self.read(doc, encrypted).await?;
         if matches!(filed.encryption, incoming::Encryption::Failed) {
             done.push(pb::Write {
                 op: Some(pb::write::Op::AddToCounter(pb::AddToCounterRequest { name: UNDECRYPTABLE.into(), delta: 1 })),
@@ -478,7 +478,7 @@ impl Processor {
             "incoming message filed"
         );
         // After filing, so a slow key fetch never delays the mail.
-        self.learn(&filed).await;
+        self.learn(filed).await;
         Ok(())
     }
 
@@ -512,7 +512,11 @@ impl Processor {
     /// Reads an item; a signature by a key not known here is read again
     /// after looking the sender's key up (the provider's directory, WKD),
     /// so mail from a correspondent of the same provider verifies at once.
-    async fn read(&self, doc: &IncomingDoc, encrypted: &[u8]) -> Result<Filed, Status> {
+    ///
+    /// The item's bytes go as soon as the provider's layer is off (a big
+    /// message is held in about two copies at most): a second reading
+    /// reads them from the store again.
+    async fn read(&self, doc: &IncomingDoc, encrypted: Vec<u8>) -> Result<Filed, Status> {
         let filed = self.read_once(doc, encrypted).await?;
         if !matches!(filed.signature, incoming::Signature::CouldNotVerify)
             || matches!(filed.encryption, incoming::Encryption::Failed)
@@ -521,6 +525,8 @@ impl Processor {
         }
         let Some(sender) = incoming::from_address(&filed.raw) else { return Ok(filed) };
         if self.discover(&sender).await {
+            drop(filed);
+            let encrypted = self.read_blob(&doc.blob, doc.size).await?;
             return self.read_once(doc, encrypted).await;
         }
         Ok(filed)
@@ -550,9 +556,9 @@ impl Processor {
     }
 
     /// The provider's layer off, then the sender's protection read.
-    async fn read_once(&self, doc: &IncomingDoc, encrypted: &[u8]) -> Result<Filed, Status> {
+    async fn read_once(&self, doc: &IncomingDoc, encrypted: Vec<u8>) -> Result<Filed, Status> {
         self.wait_for_key().await?;
-        let sent = match self.decrypt(encrypted).await {
+        let sent = match self.decrypt(&encrypted).await {
             Ok((plaintext, _)) => plaintext,
             Err(status) if is_permanent(&status) => {
                 tracing::warn!(item = %doc.item, error = %status.message(), "an incoming message cannot be decrypted");
@@ -561,17 +567,18 @@ impl Processor {
                     &doc.item,
                     doc.received_ms,
                     status.message(),
-                    encrypted,
+                    &encrypted,
                 ));
             }
             Err(status) => return Err(status),
         };
-        let mut step = incoming::process(&sent);
+        drop(encrypted);
+        let mut step = incoming::process(sent);
         loop {
             step = match step {
                 Step::File(filed) => return Ok(filed),
-                Step::Decrypt { ciphertext, then } => match self.decrypt(&ciphertext).await {
-                    Ok((plaintext, checked)) => then.decrypted(&plaintext, checked),
+                Step::Decrypt(then) => match self.decrypt(then.ciphertext()).await {
+                    Ok((plaintext, checked)) => then.decrypted(plaintext, checked),
                     Err(status) if is_permanent(&status) => {
                         tracing::info!(item = %doc.item, error = %status.message(), "the sender's encryption cannot be read");
                         then.failed()
@@ -608,49 +615,48 @@ impl Processor {
         let options = keys_pb::DecryptRequest {
             item: Some(keys_pb::decrypt_request::Item::Options(keys_pb::DecryptOptions { verify: true })),
         };
-        let mut messages = vec![options];
-        messages.extend(
-            ciphertext.chunks(CHUNK).map(|chunk| keys_pb::DecryptRequest {
-                item: Some(keys_pb::decrypt_request::Item::Data(chunk.to_vec())),
-            }),
-        );
-        let mut stream = self.keys.clone().decrypt(tokio_stream::iter(messages)).await?.into_inner();
-        let mut plaintext = Vec::with_capacity(ciphertext.len());
-        let mut checked = Checked::None;
-        while let Some(message) = stream.message().await? {
-            // The key service stops there itself (a compression bomb); a
-            // reply that does not is refused the same way, for good.
-            if plaintext.len() + message.data.len() > MAX_PLAINTEXT {
-                return Err(Status::invalid_argument(format!(
-                    "the decrypted message is larger than {MAX_PLAINTEXT} bytes"
-                )));
+        let data = |chunk: Vec<u8>| keys_pb::DecryptRequest { item: Some(keys_pb::decrypt_request::Item::Data(chunk)) };
+        let mut keys = self.keys.clone();
+        chunked(options, ciphertext, data, move |requests| async move {
+            let mut stream = keys.decrypt(requests).await?.into_inner();
+            let mut plaintext = Vec::with_capacity(ciphertext.len());
+            let mut checked = Checked::None;
+            while let Some(message) = stream.message().await? {
+                // The key service stops there itself (a compression bomb); a
+                // reply that does not is refused the same way, for good.
+                if plaintext.len() + message.data.len() > MAX_PLAINTEXT {
+                    return Err(Status::invalid_argument(format!(
+                        "the decrypted message is larger than {MAX_PLAINTEXT} bytes"
+                    )));
+                }
+                plaintext.extend_from_slice(&message.data);
+                if let Some(signature) = message.signature {
+                    checked = checked_from(signature);
+                }
             }
-            plaintext.extend_from_slice(&message.data);
-            if let Some(signature) = message.signature {
-                checked = checked_from(signature);
-            }
-        }
-        Ok((plaintext, checked))
+            Ok::<_, Status>((plaintext, checked))
+        })
+        .await
     }
 
     async fn verify(&self, data: Vec<u8>, detached: Option<Vec<u8>>) -> Result<Checked, Status> {
         let options = keys_pb::VerifyOptions { detached_signature: detached.unwrap_or_default() };
-        let mut messages = vec![keys_pb::VerifyRequest { item: Some(keys_pb::verify_request::Item::Options(options)) }];
-        messages.extend(
-            data.chunks(CHUNK).map(|chunk| keys_pb::VerifyRequest {
-                item: Some(keys_pb::verify_request::Item::Data(chunk.to_vec())),
-            }),
-        );
-        let reply = self.keys.clone().verify(tokio_stream::iter(messages)).await?.into_inner();
-        Ok(reply.signature.map(checked_from).unwrap_or_default())
+        let options = keys_pb::VerifyRequest { item: Some(keys_pb::verify_request::Item::Options(options)) };
+        let piece = |chunk: Vec<u8>| keys_pb::VerifyRequest { item: Some(keys_pb::verify_request::Item::Data(chunk)) };
+        let mut keys = self.keys.clone();
+        chunked(options, &data, piece, move |requests| async move {
+            let reply = keys.verify(requests).await?.into_inner();
+            Ok::<_, Status>(reply.signature.map(checked_from).unwrap_or_default())
+        })
+        .await
     }
 
     /// Imports what the message offers as its sender's key; a failure is
-    /// only logged.
-    async fn learn(&self, filed: &Filed) {
+    /// only logged. (Given the filed message, which is not needed after.)
+    async fn learn(&self, filed: Filed) {
         let request = keys_pb::LearnFromMessageRequest {
-            message: filed.raw.clone(),
-            verified_sender: filed.verified_sender.clone().unwrap_or_default(),
+            message: filed.raw,
+            verified_sender: filed.verified_sender.unwrap_or_default(),
         };
         match tokio::time::timeout(LEARN_TIMEOUT, self.keys.clone().learn_from_message(request)).await {
             Ok(Ok(reply)) => {
@@ -667,6 +673,36 @@ impl Processor {
             Err(_) => tracing::warn!("learning keys from incoming mail took too long"),
         }
     }
+}
+
+/// A client-streaming call with `data` sent in chunks of [`CHUNK`] bytes
+/// after `first`: a chunk is copied only when the call is ready for it (a
+/// few wait at most), never the whole of `data` at once.
+async fn chunked<Request, Call, T>(
+    first: Request,
+    data: &[u8],
+    piece: impl Fn(Vec<u8>) -> Request,
+    call: impl FnOnce(tokio_stream::wrappers::ReceiverStream<Request>) -> Call,
+) -> Result<T, Status>
+where
+    Call: std::future::Future<Output = Result<T, Status>>,
+    Request: Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let feed = async move {
+        // A send fails when the call is over (refused): nothing more to send.
+        if sender.send(first).await.is_err() {
+            return;
+        }
+        for chunk in data.chunks(CHUNK) {
+            if sender.send(piece(chunk.to_vec())).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Both at once: the call reads its reply while the rest is fed.
+    let (reply, ()) = tokio::join!(call(tokio_stream::wrappers::ReceiverStream::new(receiver)), feed);
+    reply
 }
 
 /// Whether a failure is the situation's rather than the item's: a service

@@ -18,6 +18,8 @@ use tonic::{Request, Response, Status};
 const WATCH_BUFFER: usize = 1024;
 /// Changes read from the log per step when a watcher catches up.
 const CATCH_UP_PAGE: usize = 256;
+/// The most blob bytes in one `GetBlob` reply message.
+const BLOB_REPLY_BYTES: usize = 1 << 20;
 /// The largest request (an atomic batch of documents).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -730,12 +732,23 @@ impl StoreApi for StoreService {
         let (sender, receiver) = mpsc::channel::<Result<pb::BlobChunk, Status>>(4);
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
+            // Sealed chunks are 64 KiB; a reply message carries up to
+            // BLOB_REPLY_BYTES of them (fewer messages, fewer wake-ups).
+            let mut data = Vec::new();
             let result = store.read_blob(&request.id, request.offset, request.length, |chunk| {
-                sender.blocking_send(Ok(pb::BlobChunk { data: chunk.to_vec() })).is_ok()
+                if data.is_empty() {
+                    data.reserve_exact(BLOB_REPLY_BYTES.max(chunk.len()));
+                }
+                data.extend_from_slice(chunk);
+                data.len() < BLOB_REPLY_BYTES
+                    || sender.blocking_send(Ok(pb::BlobChunk { data: std::mem::take(&mut data) })).is_ok()
             });
-            if let Err(error) = result {
-                let _ = sender.blocking_send(Err(status_of(error)));
-            }
+            let last = match result {
+                Ok(()) if !data.is_empty() => Ok(pb::BlobChunk { data }),
+                Ok(()) => return,
+                Err(error) => Err(status_of(error)),
+            };
+            let _ = sender.blocking_send(last);
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }

@@ -252,6 +252,8 @@ pub async fn run(
     Ok((sent, received))
 }
 
+/// Bytes per message of a blob upload to the provider.
+const BLOB_UPLOAD_CHUNK: usize = 1 << 20;
 /// The largest sealed blob the provider takes.
 const MAX_SYNCED_BLOB: usize = 64 * 1024 * 1024;
 
@@ -274,16 +276,20 @@ async fn push_blobs(store: &Arc<Store>, client: &mut EndpointClient) -> Result<u
                 tracing::warn!(blob = %id, size = exported.len(), "blob too large to sync");
                 continue;
             }
+            // A chunk is copied when the upload is ready for it, never the
+            // whole blob at once (it is held once, in `exported`).
             let size = exported.len() as u64;
-            let mut parts: Vec<sync_pb::PutBlobRequest> = exported
-                .chunks(1 << 20)
-                .map(|chunk| sync_pb::PutBlobRequest { data: chunk.to_vec(), ..Default::default() })
-                .collect();
-            if parts.is_empty() {
-                parts.push(sync_pb::PutBlobRequest::default());
-            }
-            parts[0].id = key;
-            parts[0].size = size;
+            let exported = Arc::new(exported);
+            let parts = (0..exported.len().div_ceil(BLOB_UPLOAD_CHUNK).max(1)).map(move |index| {
+                let start = index * BLOB_UPLOAD_CHUNK;
+                let data = exported.get(start..(start + BLOB_UPLOAD_CHUNK).min(exported.len())).unwrap_or_default();
+                let first = index == 0;
+                sync_pb::PutBlobRequest {
+                    id: if first { key.clone() } else { Vec::new() },
+                    size: if first { size } else { 0 },
+                    data: data.to_vec(),
+                }
+            });
             client.put_blob(tokio_stream::iter(parts)).await?;
             uploaded += 1;
         }
