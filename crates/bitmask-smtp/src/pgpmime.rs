@@ -34,6 +34,7 @@
 //! lines are CRLF terminated and at most 998 bytes long.
 
 use std::{
+    borrow::Cow,
     fmt,
     hash::{DefaultHasher, Hash, Hasher},
     ops::Range,
@@ -342,12 +343,25 @@ impl Prepared {
         armored_ciphertext: &[u8],
         extra_headers: &[(String, String)],
     ) -> Result<Vec<u8>, ComposeError> {
-        let extra = extra_fields(extra_headers)?;
-        // The armor's lines only lose trailing whitespace and gain CRs:
-        // a boundary not in the armor is not in what is sent either.
-        let boundary = choose_boundary(&[armored_ciphertext]);
+        let mut message = self.encrypted_message(extra_headers, armored_ciphertext.len())?;
+        message.push(armored_ciphertext);
+        message.finish()
+    }
 
-        let mut out = Vec::with_capacity(armored_ciphertext.len() + armored_ciphertext.len() / 32 + 2048);
+    /// [`Prepared::encrypted`] written as the armored ciphertext arrives
+    /// ([`EncryptedMessage::push`]), so a big one is never held twice;
+    /// `size` is what it is expected to be (the buffer is reserved for it).
+    pub fn encrypted_message(
+        &self,
+        extra_headers: &[(String, String)],
+        size: usize,
+    ) -> Result<EncryptedMessage, ComposeError> {
+        let extra = extra_fields(extra_headers)?;
+        // Checked against the armor when it is whole (EncryptedMessage::finish).
+        let header = self.message.get(..self.root.body.start).unwrap_or_default();
+        let boundary = choose_boundary(&[header, &self.message.len().to_be_bytes()]);
+
+        let mut out = Vec::with_capacity(size + size / 32 + 2048);
         self.write_outer_header(&mut out, Mode::Encrypt, extra_headers, &extra);
         out.extend_from_slice(b"Content-Type: multipart/encrypted;\r\n protocol=\"application/pgp-encrypted\";\r\n");
         write_boundary_parameter(&mut out, &boundary);
@@ -367,10 +381,8 @@ impl Prepared {
               Content-Disposition: inline; filename=\"encrypted.asc\"\r\n\
               \r\n",
         );
-        push_armored(&mut out, armored_ciphertext, "MESSAGE", "ciphertext")?;
-        out.extend_from_slice(b"\r\n");
-        write_delimiter(&mut out, &boundary, true);
-        Ok(out)
+        let armor_start = out.len();
+        Ok(EncryptedMessage { out, boundary, armor_start, line: Vec::new(), started: false })
     }
 
     /// The message to send, signed: multipart/signed with `micalg` (e.g.
@@ -444,21 +456,23 @@ impl Prepared {
             return out;
         };
 
-        let mut original = Vec::with_capacity(body.len() + 1024);
-        write_fields(&mut original, fields.iter().map(|(_, bytes)| bytes.as_slice()));
-        original.extend_from_slice(b"\r\n");
-        original.extend_from_slice(&body);
+        // The original's header and body are written straight into the
+        // entity (a big body is copied once, here).
+        let mut original_header = Vec::with_capacity(1024);
+        write_fields(&mut original_header, fields.iter().map(|(_, bytes)| bytes.as_slice()));
+        original_header.extend_from_slice(b"\r\n");
         let key_part = key_attachment_part(key);
-        let boundary = choose_boundary(&[&original, &key_part]);
+        let boundary = choose_boundary(&[&original_header, &body, &key_part]);
 
-        let mut out = Vec::with_capacity(original.len() + key_part.len() + 1024);
+        let mut out = Vec::with_capacity(original_header.len() + body.len() + key_part.len() + 1024);
         out.extend_from_slice(b"Content-Type: multipart/mixed;\r\n");
         write_boundary_parameter_open(&mut out, &boundary);
         out.extend_from_slice(b";\r\n protected-headers=\"v1\"\r\n");
         write_fields(&mut out, protected.iter().map(Vec::as_slice));
         out.extend_from_slice(b"\r\n");
         write_delimiter(&mut out, &boundary, false);
-        out.extend_from_slice(&original);
+        out.extend_from_slice(&original_header);
+        out.extend_from_slice(&body);
         out.extend_from_slice(b"\r\n");
         write_delimiter(&mut out, &boundary, false);
         out.extend_from_slice(&key_part);
@@ -469,7 +483,7 @@ impl Prepared {
 
     /// The root entity's Content-* fields (name, bytes) and body, in the
     /// form `mode` needs. A Content-Type field is always among the fields.
-    fn render_root(&self, mode: Mode) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+    fn render_root(&self, mode: Mode) -> (Vec<NamedField>, Cow<'_, [u8]>) {
         let root = &self.root;
         // The first field of each Content-* name (the one readers use);
         // an unreadable Content-Type is replaced by the default below.
@@ -493,9 +507,12 @@ impl Prepared {
                     // Say what it is: inside the OpenPGP message 8-bit is fine.
                     fields.push(("content-transfer-encoding".into(), b"Content-Transfer-Encoding: 8bit\r\n".to_vec()));
                 }
-                (fields, body.to_vec())
+                (fields, Cow::Borrowed(body))
             }
-            Mode::Sign => self.render_for_signing(root, &content_fields, 0),
+            Mode::Sign => {
+                let (fields, body) = self.render_for_signing(root, &content_fields, 0);
+                (fields, Cow::Owned(body))
+            }
         };
         if !fields.iter().any(|(name, _)| name == "content-type") {
             let charset = if self.raw(&root.body).is_ascii() { "us-ascii" } else { "utf-8" };
@@ -1007,6 +1024,97 @@ fn armored_block(bytes: &[u8], kind: &str, what: &'static str) -> Result<Vec<u8>
 /// message's ciphertext is not copied twice more): checked, each line
 /// without trailing whitespace, CRLF line endings, ending in CRLF. On an
 /// error `out` is as it was.
+/// A header field: its lower-case name and its bytes.
+type NamedField = (String, Vec<u8>);
+
+/// An encrypted message being written ([`Prepared::encrypted_message`]):
+/// the armor goes in as it comes, a line at a time, as [`push_armored`]
+/// has it (surrounding blank lines dropped, trailing whitespace dropped,
+/// CRLF line ends).
+pub struct EncryptedMessage {
+    out: Vec<u8>,
+    boundary: String,
+    /// Where the armor starts in `out`.
+    armor_start: usize,
+    /// The line not ended yet.
+    line: Vec<u8>,
+    /// A line that is not blank has been written.
+    started: bool,
+}
+
+impl fmt::Debug for EncryptedMessage {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.debug_struct("EncryptedMessage").field("size", &self.out.len()).finish_non_exhaustive()
+    }
+}
+
+impl EncryptedMessage {
+    /// More of the armored ciphertext.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        while let Some(at) = memchr::memchr(b'\n', bytes) {
+            let (line, rest) = bytes.split_at(at);
+            self.line.extend_from_slice(line);
+            self.end_line();
+            bytes = rest.get(1..).unwrap_or_default();
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    fn end_line(&mut self) {
+        let line = self.line.trim_ascii_end();
+        if !self.started {
+            if line.is_empty() {
+                self.line.clear();
+                return;
+            }
+            self.started = true;
+            self.out.extend_from_slice(line.trim_ascii_start());
+        } else {
+            self.out.extend_from_slice(line);
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.line.clear();
+    }
+
+    /// The whole message: the armor is checked (one PGP MESSAGE block,
+    /// 7-bit) and the closing delimiter written.
+    pub fn finish(mut self) -> Result<Vec<u8>, ComposeError> {
+        if !self.line.is_empty() {
+            self.end_line();
+        }
+        while self.out.len() > self.armor_start + 2 && self.out.ends_with(b"\r\n\r\n") {
+            self.out.truncate(self.out.len() - 2);
+        }
+        let armor = self.out.get(self.armor_start..).unwrap_or_default();
+        let block = armor.strip_suffix(b"\r\n").unwrap_or(armor);
+        if !block.starts_with(b"-----BEGIN PGP MESSAGE-----")
+            || !block.ends_with(b"-----END PGP MESSAGE-----")
+            || !is_seven_bit_safe(armor)
+        {
+            return Err(ComposeError::NotArmored("ciphertext"));
+        }
+        if memchr::memmem::find(armor, self.boundary.as_bytes()).is_some() {
+            // Never seen (the boundary is random-looking and the armor is
+            // base64): another boundary of the same length, written over
+            // the old one where the header and delimiters name it.
+            let boundary = choose_boundary(&[armor]);
+            let (head, _) = self.out.split_at_mut(self.armor_start);
+            let mut at = 0;
+            while let Some(found) = memchr::memmem::find(head.get(at..).unwrap_or_default(), self.boundary.as_bytes()) {
+                let start = at + found;
+                if let Some(place) = head.get_mut(start..start + boundary.len()) {
+                    place.copy_from_slice(boundary.as_bytes());
+                }
+                at = start + boundary.len();
+            }
+            self.boundary = boundary;
+        }
+        self.out.extend_from_slice(b"\r\n");
+        write_delimiter(&mut self.out, &self.boundary, true);
+        Ok(self.out)
+    }
+}
+
 fn push_armored(out: &mut Vec<u8>, bytes: &[u8], kind: &str, what: &'static str) -> Result<(), ComposeError> {
     let block = bytes.trim_ascii();
     let begin = format!("-----BEGIN PGP {kind}-----");
@@ -1318,6 +1426,55 @@ fn write_delimiter(out: &mut Vec<u8>, boundary: &str, close: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encrypted_message_written_in_pieces_is_the_one_written_whole() {
+        let prepared = prepare(b"From: a@example.org\r\nTo: b@example.org\r\nSubject: s\r\n\r\nbody\r\n").unwrap();
+        let armor = b"\n  -----BEGIN PGP MESSAGE-----  \n\nhQEMA1b2 \r\nc3Rk\t\n=AbCd\n-----END PGP MESSAGE-----\n\n";
+        let whole = prepared.encrypted(armor, &[]).unwrap();
+        let text = String::from_utf8(whole.clone()).unwrap();
+        assert!(
+            text.contains("\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA1b2\r\nc3Rk\r\n=AbCd\r\n-----END PGP MESSAGE-----\r\n\r\n--"),
+            "{text}"
+        );
+        // Every cut in two and in three (as gRPC messages may cut it).
+        for first in 0..=armor.len() {
+            for second in first..=armor.len() {
+                let mut message = prepared.encrypted_message(&[], 0).unwrap();
+                message.push(&armor[..first]);
+                message.push(&armor[first..second]);
+                message.push(&armor[second..]);
+                assert_eq!(message.finish().unwrap(), whole, "cut at {first} and {second}");
+            }
+        }
+        for bad in [
+            &b""[..],
+            b"\n\n",
+            b"-----BEGIN PGP MESSAGE-----\nx\n",
+            b"-----BEGIN PGP MESSAGE-----\n\xe9\n-----END PGP MESSAGE-----",
+        ] {
+            let mut message = prepared.encrypted_message(&[], 0).unwrap();
+            message.push(bad);
+            assert_eq!(message.finish(), Err(ComposeError::NotArmored("ciphertext")));
+        }
+    }
+
+    #[test]
+    fn an_armor_holding_the_boundary_gets_another() {
+        let prepared = prepare(b"From: a@example.org\r\nTo: b@example.org\r\n\r\nbody\r\n").unwrap();
+        let chosen = prepared.encrypted_message(&[], 0).unwrap().boundary;
+        let armor = format!("-----BEGIN PGP MESSAGE-----\n\n--{chosen}--\n-----END PGP MESSAGE-----\n");
+        let message = prepared.encrypted(armor.as_bytes(), &[]).unwrap();
+        let text = String::from_utf8(message).unwrap();
+        // Named once in the header, delimiting twice and closing once: all
+        // the new one; the old one only inside the armor.
+        assert_eq!(text.matches(&chosen).count(), 1, "{text}");
+        let boundary = text.split("boundary=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert_ne!(boundary, chosen);
+        assert_eq!(boundary.len(), chosen.len());
+        assert_eq!(text.matches(boundary).count(), 4, "{text}");
+        assert!(text.ends_with(&format!("\r\n--{chosen}--\r\n-----END PGP MESSAGE-----\r\n\r\n--{boundary}--\r\n")));
+    }
 
     #[test]
     fn quoted_printable_known_answers() {

@@ -233,9 +233,11 @@ impl Worker {
             let inner = prepared.inner_for_encryption(Some(&attachment));
             let mut to = group.clone();
             to.push(self.address.clone());
-            let ciphertext = self.encrypt(&to, inner).await?;
-            let message = prepared.encrypted(&ciphertext, &headers).map_err(compose_error)?;
-            drop(ciphertext);
+            // Armored ciphertext: about 4/3 of the plaintext (compressed, often less).
+            let mut message =
+                prepared.encrypted_message(&headers, inner.len() / 3 * 4 + 4096).map_err(compose_error)?;
+            self.encrypt(&to, inner, &mut message).await?;
+            let message = message.finish().map_err(compose_error)?;
             let relayed = self.relay(&entry.from, &group, &message).await;
             self.record(entry, Treatment::Encrypt, relayed);
         }
@@ -309,20 +311,25 @@ impl Worker {
         })
     }
 
-    async fn encrypt(&self, recipients: &[String], data: Vec<u8>) -> Result<Vec<u8>, Status> {
+    /// Encrypts `data` (and signs it) to `recipients`, the armored
+    /// ciphertext written into `out` as it comes.
+    async fn encrypt(
+        &self,
+        recipients: &[String],
+        data: Vec<u8>,
+        out: &mut bitmask_smtp::pgpmime::EncryptedMessage,
+    ) -> Result<(), Status> {
         let options =
             keys_pb::EncryptOptions { recipients: recipients.to_vec(), sign: true, armor: true, fetch_missing: false };
-        // Armored ciphertext: about 4/3 of the plaintext (compressed, often less).
-        let mut out = Vec::with_capacity(data.len() / 3 * 4 + 4096);
         let first = keys_pb::EncryptRequest { item: Some(keys_pb::encrypt_request::Item::Options(options)) };
         let messages = std::iter::once(first).chain(crate::queue::chunks_of(data, |chunk| keys_pb::EncryptRequest {
             item: Some(keys_pb::encrypt_request::Item::Data(chunk)),
         }));
         let mut stream = self.keys().encrypt(tokio_stream::iter(messages)).await?.into_inner();
         while let Some(message) = stream.message().await? {
-            out.extend_from_slice(&message.data);
+            out.push(&message.data);
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn sign(&self, data: &[u8]) -> Result<(Vec<u8>, String), Status> {
