@@ -1,5 +1,6 @@
 //! The `bitmask.sync.v1.SyncEndpoint` gRPC edge over a [`SyncStorage`].
 
+use std::io::Read as _;
 use std::sync::Arc;
 
 use bitmask_proto::sync::v1 as pb;
@@ -10,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::incoming::IncomingNotifier;
 use crate::sessions::{SessionError, Sessions};
-use crate::storage::{PushOutcome, PushedDocument, StorageError, StoredDocument, SyncStorage};
+use crate::storage::{IncomingReader, PushOutcome, PushedDocument, StorageError, StoredDocument, SyncStorage};
 
 /// Documents per pull message unless the client asks for another size.
 const DEFAULT_BATCH: usize = 500;
@@ -40,8 +41,8 @@ impl std::fmt::Debug for SyncService {
 fn status_of(error: StorageError) -> Status {
     match error {
         StorageError::SecretsVersion { .. } => Status::aborted(error.to_string()),
-        StorageError::BlobSize => Status::invalid_argument(error.to_string()),
-        StorageError::Damaged | StorageError::Sled(_) => Status::internal(error.to_string()),
+        StorageError::BlobSize | StorageError::IncomingId(_) => Status::invalid_argument(error.to_string()),
+        StorageError::Damaged | StorageError::Sled(_) | StorageError::Io(_) => Status::internal(error.to_string()),
     }
 }
 
@@ -122,6 +123,41 @@ impl SyncService {
             .map_err(|error| Status::internal(format!("storage task failed: {error}")))?
             .map_err(status_of)
     }
+}
+
+/// The bytes of `reader` as a stream of chunks, read on the blocking pool a
+/// chunk at a time as the client takes them: a large message is never read
+/// whole into memory.
+fn send_chunks(mut reader: IncomingReader) -> mpsc::Receiver<Result<pb::BlobChunk, Status>> {
+    let (sender, receiver) = mpsc::channel(2);
+    tokio::spawn(async move {
+        loop {
+            let read = tokio::task::spawn_blocking(move || {
+                let mut chunk = Vec::with_capacity(BLOB_CHUNK);
+                let read = (&mut reader).take(BLOB_CHUNK as u64).read_to_end(&mut chunk);
+                (reader, read.map(|_| chunk))
+            })
+            .await;
+            let chunk = match read {
+                Ok((back, Ok(chunk))) => {
+                    reader = back;
+                    chunk
+                }
+                Ok((_, Err(error))) => {
+                    let _ = sender.send(Err(status_of(error.into()))).await;
+                    return;
+                }
+                Err(error) => {
+                    let _ = sender.send(Err(Status::internal(format!("storage task failed: {error}")))).await;
+                    return;
+                }
+            };
+            if chunk.is_empty() || sender.send(Ok(pb::BlobChunk { data: chunk })).await.is_err() {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 /// Incoming items listed at once unless the client asks for fewer.
@@ -312,11 +348,10 @@ impl SyncEndpoint for SyncService {
     async fn get_incoming(&self, request: Request<pb::GetIncomingRequest>) -> Result<Response<BlobStream>, Status> {
         let user = self.user(&request)?;
         let id = request.into_inner().id;
-        let data = self.blocking(move |storage| storage.get_incoming(&user, &id)).await?;
-        let data = data.ok_or_else(|| Status::not_found("no such incoming message (deleted by another device?)"))?;
-        let chunks: Vec<Result<pb::BlobChunk, Status>> =
-            data.chunks(BLOB_CHUNK).map(|chunk| Ok(pb::BlobChunk { data: chunk.to_vec() })).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let reader = self.blocking(move |storage| storage.read_incoming(&user, &id)).await?;
+        let reader =
+            reader.ok_or_else(|| Status::not_found("no such incoming message (deleted by another device?)"))?;
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(send_chunks(reader)))))
     }
 
     async fn delete_incoming(
