@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::RngCore as _;
 use tokio::sync::watch;
 
-use crate::storage::{IncomingSink, StorageError, SyncStorage};
+use crate::storage::{ByteSink, StorageError, SyncStorage};
 
 /// Wakes the watchers of a user when something arrives for them.
 #[derive(Debug, Default)]
@@ -57,7 +57,7 @@ pub fn deposit_from(
     storage: &dyn SyncStorage,
     notifier: &IncomingNotifier,
     user: &str,
-    write: &mut dyn FnMut(&mut IncomingSink) -> std::io::Result<()>,
+    write: &mut dyn FnMut(&mut ByteSink) -> std::io::Result<()>,
 ) -> Result<String, StorageError> {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);

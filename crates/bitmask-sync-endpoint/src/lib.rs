@@ -21,6 +21,6 @@ pub use incoming::{IncomingNotifier, deposit, deposit_from};
 pub use service::{MAX_BLOB_BYTES, SyncService, server_tls};
 pub use sessions::Sessions;
 pub use storage::{
-    IncomingItem, IncomingReader, IncomingSink, PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument,
+    ByteReader, ByteSink, IncomingItem, PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument,
     SyncStorage,
 };

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::incoming::IncomingNotifier;
 use crate::sessions::{SessionError, Sessions};
-use crate::storage::{IncomingReader, PushOutcome, PushedDocument, StorageError, StoredDocument, SyncStorage};
+use crate::storage::{ByteReader, PushOutcome, PushedDocument, StorageError, StoredDocument, SyncStorage};
 
 /// Documents per pull message unless the client asks for another size.
 const DEFAULT_BATCH: usize = 500;
@@ -125,10 +125,10 @@ impl SyncService {
     }
 }
 
-/// The bytes of `reader` as a stream of chunks, read on the blocking pool a
+/// The bytes of `reader` (an incoming message, a blob) as a stream of chunks, read on the blocking pool a
 /// chunk at a time as the client takes them: a large message is never read
 /// whole into memory.
-fn send_chunks(mut reader: IncomingReader) -> mpsc::Receiver<Result<pb::BlobChunk, Status>> {
+fn send_chunks(mut reader: ByteReader) -> mpsc::Receiver<Result<pb::BlobChunk, Status>> {
     let (sender, receiver) = mpsc::channel(2);
     tokio::spawn(async move {
         loop {
@@ -280,30 +280,53 @@ impl SyncEndpoint for SyncService {
             return Err(Status::invalid_argument(format!("a blob has at most {MAX_BLOB_BYTES} bytes")));
         }
         let (id, size) = (first.id, first.size);
-        let mut data = first.data;
-        while let Some(message) = stream.message().await? {
-            if data.len() + message.data.len() > MAX_BLOB_BYTES {
-                return Err(Status::invalid_argument(format!("a blob has at most {MAX_BLOB_BYTES} bytes")));
+        // The chunks go to storage as they come (written on the blocking
+        // pool): a large blob is never held whole.
+        let (sender, mut receiver) = mpsc::channel::<Vec<u8>>(4);
+        let store = self.blocking(move |storage| {
+            storage.put_blob_from(&user, &id, &mut |sink| {
+                let mut written = 0;
+                while let Some(chunk) = receiver.blocking_recv() {
+                    written += chunk.len() as u64;
+                    sink.write_all(&chunk)?;
+                }
+                // Cut short (the upload failed): nothing is kept.
+                if written == size { Ok(()) } else { Err(std::io::Error::other("the blob upload was cut short")) }
+            })
+        });
+        let forward = async move {
+            let mut received = first.data.len() as u64;
+            let mut next = first.data;
+            loop {
+                if received > size {
+                    return Err(status_of(StorageError::BlobSize));
+                }
+                if !next.is_empty() && sender.send(next).await.is_err() {
+                    // Storage failed: its error is the answer.
+                    return Ok(());
+                }
+                let Some(message) = stream.message().await? else { break };
+                received += message.data.len() as u64;
+                next = message.data;
             }
-            data.extend_from_slice(&message.data);
-        }
-        if data.len() as u64 != size {
-            return Err(status_of(StorageError::BlobSize));
-        }
-        self.blocking(move |storage| storage.put_blob(&user, &id, &data)).await?;
+            if received != size {
+                return Err(status_of(StorageError::BlobSize));
+            }
+            Ok(())
+        };
+        let (stored, forwarded) = tokio::join!(store, forward);
+        forwarded?;
+        stored?;
         Ok(Response::new(pb::PutBlobResponse {}))
     }
 
     async fn get_blob(&self, request: Request<pb::GetBlobRequest>) -> Result<Response<BlobStream>, Status> {
         let user = self.user(&request)?;
         let request = request.into_inner();
-        let id = request.id.clone();
-        let data = self.blocking(move |storage| storage.get_blob(&user, &id)).await?;
-        let data = data.ok_or_else(|| Status::not_found("no such blob"))?;
-        let offset = (request.offset as usize).min(data.len());
-        let chunks: Vec<Result<pb::BlobChunk, Status>> =
-            data[offset..].chunks(BLOB_CHUNK).map(|chunk| Ok(pb::BlobChunk { data: chunk.to_vec() })).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let (id, offset) = (request.id, request.offset);
+        let reader = self.blocking(move |storage| storage.read_blob(&user, &id, offset)).await?;
+        let reader = reader.ok_or_else(|| Status::not_found("no such blob"))?;
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(send_chunks(reader)))))
     }
 
     async fn get_secrets(

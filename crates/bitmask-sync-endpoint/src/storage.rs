@@ -36,11 +36,12 @@ pub enum StorageError {
     IncomingId(String),
 }
 
-/// Where the bytes of an incoming message are written as they are made.
-pub type IncomingSink = dyn Write + Send + Sync;
+/// Where the bytes of an incoming message or a blob are written as they
+/// are made.
+pub type ByteSink = dyn Write + Send + Sync;
 
-/// An incoming message's bytes, read from where they are kept.
-pub type IncomingReader = Box<dyn Read + Send>;
+/// An incoming message's or a blob's bytes, read from where they are kept.
+pub type ByteReader = Box<dyn Read + Send>;
 
 /// One document as the provider holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +93,28 @@ pub trait SyncStorage: Send + Sync + 'static {
     fn has_blob(&self, user: &str, id: &[u8]) -> Result<bool, StorageError>;
     fn put_blob(&self, user: &str, id: &[u8], data: &[u8]) -> Result<(), StorageError>;
     fn get_blob(&self, user: &str, id: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// [`SyncStorage::put_blob`] of the bytes `write` writes into the sink
+    /// it is given, as they come; nothing is kept if `write` fails. Durable
+    /// when it returns. By default the bytes are gathered in memory.
+    fn put_blob_from(
+        &self,
+        user: &str,
+        id: &[u8],
+        write: &mut dyn FnMut(&mut ByteSink) -> std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        let mut data = Vec::new();
+        write(&mut data)?;
+        self.put_blob(user, id, &data)
+    }
+    /// A blob's bytes from `offset` as a reader, to be served a chunk at a
+    /// time. By default [`SyncStorage::get_blob`], in memory.
+    fn read_blob(&self, user: &str, id: &[u8], offset: u64) -> Result<Option<ByteReader>, StorageError> {
+        Ok(self.get_blob(user, id)?.map(|data| {
+            let mut reader = std::io::Cursor::new(data);
+            reader.set_position(offset);
+            Box::new(reader) as ByteReader
+        }))
+    }
     fn secrets(&self, user: &str) -> Result<Option<(Vec<u8>, u64)>, StorageError>;
     /// Compare-and-set on the version (0: none yet); returns the new version.
     fn put_secrets(&self, user: &str, blob: &[u8], expected_version: u64) -> Result<u64, StorageError>;
@@ -108,7 +131,7 @@ pub trait SyncStorage: Send + Sync + 'static {
         user: &str,
         id: &str,
         received_ms: u64,
-        write: &mut dyn FnMut(&mut IncomingSink) -> std::io::Result<()>,
+        write: &mut dyn FnMut(&mut ByteSink) -> std::io::Result<()>,
     ) -> Result<(), StorageError> {
         let mut data = Vec::new();
         write(&mut data)?;
@@ -119,8 +142,8 @@ pub trait SyncStorage: Send + Sync + 'static {
     fn get_incoming(&self, user: &str, id: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// An incoming message's bytes as a reader, to be served a chunk at a
     /// time. By default [`SyncStorage::get_incoming`], in memory.
-    fn read_incoming(&self, user: &str, id: &str) -> Result<Option<IncomingReader>, StorageError> {
-        Ok(self.get_incoming(user, id)?.map(|data| Box::new(std::io::Cursor::new(data)) as IncomingReader))
+    fn read_incoming(&self, user: &str, id: &str) -> Result<Option<ByteReader>, StorageError> {
+        Ok(self.get_incoming(user, id)?.map(|data| Box::new(std::io::Cursor::new(data)) as ByteReader))
     }
     /// Removes those of `ids` that exist; returns how many did.
     fn delete_incoming(&self, user: &str, ids: &[String]) -> Result<u32, StorageError>;
@@ -136,6 +159,7 @@ pub trait SyncStorage: Send + Sync + 'static {
 pub struct SledStorage {
     db: sled::Db,
     incoming: PathBuf,
+    blobs: PathBuf,
 }
 
 fn tree_name(user: &str, kind: &str) -> Vec<u8> {
@@ -149,7 +173,7 @@ fn tree_name(user: &str, kind: &str) -> Vec<u8> {
 impl SledStorage {
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
-        Ok(Self { db, incoming: dir.join(INCOMING_DIR) })
+        Ok(Self { db, incoming: dir.join(INCOMING_DIR), blobs: dir.join(BLOBS_DIR) })
     }
 
     fn tree(&self, user: &str, kind: &str) -> Result<sled::Tree, StorageError> {
@@ -159,6 +183,16 @@ impl SledStorage {
     /// The directory of `user`'s incoming files.
     fn incoming_dir(&self, user: &str) -> PathBuf {
         self.incoming.join(data_encoding::HEXLOWER.encode(&Sha256::digest(user.as_bytes())))
+    }
+
+    /// The file of `user`'s blob `id`; none for an id longer than 64 bytes
+    /// (such a blob is kept in sled).
+    fn blob_file(&self, user: &str, id: &[u8]) -> Option<PathBuf> {
+        (1..=64).contains(&id.len()).then(|| self.blobs_dir(user).join(data_encoding::HEXLOWER.encode(id)))
+    }
+
+    fn blobs_dir(&self, user: &str) -> PathBuf {
+        self.blobs.join(data_encoding::HEXLOWER.encode(&Sha256::digest(user.as_bytes())))
     }
 
     /// The file of `user`'s incoming item `id`, if `id` can name one.
@@ -207,12 +241,9 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// Writes the incoming file `path` with `write`: synced and in place when
-/// it returns, nothing left behind when it fails. Its size.
-fn write_incoming_file(
-    path: &Path,
-    write: &mut dyn FnMut(&mut IncomingSink) -> std::io::Result<()>,
-) -> std::io::Result<u64> {
+/// Writes the file `path` with `write`: synced and in place when it
+/// returns, nothing left behind when it fails. Its size.
+fn write_file(path: &Path, write: &mut dyn FnMut(&mut ByteSink) -> std::io::Result<()>) -> std::io::Result<u64> {
     let mut part = path.as_os_str().to_owned();
     part.push(".part");
     let part = PathBuf::from(part);
@@ -241,6 +272,10 @@ const GENERATION: &[u8] = b"generation";
 /// files); the files are in the directory `INCOMING_DIR`.
 const INCOMING: &str = "incoming";
 const INCOMING_DIR: &str = "incoming";
+/// Blobs: files in the directory `BLOBS_DIR` (sled's own `blobs` directory
+/// is another), or values of the `blobs` tree (blobs put before the files
+/// existed, and those with ids longer than 64 bytes).
+const BLOBS_DIR: &str = "blob-files";
 const INCOMING_DATA: &str = "incoming-data";
 const SECRETS: &[u8] = b"secrets";
 
@@ -333,17 +368,62 @@ impl SyncStorage for SledStorage {
     }
 
     fn has_blob(&self, user: &str, id: &[u8]) -> Result<bool, StorageError> {
+        if let Some(path) = self.blob_file(user, id)
+            && path.try_exists()?
+        {
+            return Ok(true);
+        }
         Ok(self.tree(user, "blobs")?.contains_key(id)?)
     }
 
     fn put_blob(&self, user: &str, id: &[u8], data: &[u8]) -> Result<(), StorageError> {
-        self.tree(user, "blobs")?.insert(id, data)?;
-        self.db.flush()?;
+        self.put_blob_from(user, id, &mut |sink| sink.write_all(data))
+    }
+
+    fn put_blob_from(
+        &self,
+        user: &str,
+        id: &[u8],
+        write: &mut dyn FnMut(&mut ByteSink) -> std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        let Some(path) = self.blob_file(user, id) else {
+            let mut data = Vec::new();
+            write(&mut data)?;
+            self.tree(user, "blobs")?.insert(id, data)?;
+            self.db.flush()?;
+            return Ok(());
+        };
+        ensure_dir(&self.blobs)?;
+        ensure_dir(&self.blobs_dir(user))?;
+        write_file(&path, write)?;
         Ok(())
     }
 
     fn get_blob(&self, user: &str, id: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.tree(user, "blobs")?.get(id)?.map(|bytes| bytes.to_vec()))
+        let Some(mut reader) = self.read_blob(user, id, 0)? else { return Ok(None) };
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data)?;
+        Ok(Some(data))
+    }
+
+    fn read_blob(&self, user: &str, id: &[u8], offset: u64) -> Result<Option<ByteReader>, StorageError> {
+        if let Some(path) = self.blob_file(user, id) {
+            match std::fs::File::open(path) {
+                Ok(mut file) => {
+                    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
+                    return Ok(Some(Box::new(file)));
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        // Put before blobs went to files, or an id too long for a file name.
+        let bytes = self.tree(user, "blobs")?.get(id)?;
+        Ok(bytes.map(|bytes| {
+            let mut reader = std::io::Cursor::new(bytes);
+            reader.set_position(offset);
+            Box::new(reader) as ByteReader
+        }))
     }
 
     fn secrets(&self, user: &str) -> Result<Option<(Vec<u8>, u64)>, StorageError> {
@@ -377,14 +457,14 @@ impl SyncStorage for SledStorage {
         user: &str,
         id: &str,
         received_ms: u64,
-        write: &mut dyn FnMut(&mut IncomingSink) -> std::io::Result<()>,
+        write: &mut dyn FnMut(&mut ByteSink) -> std::io::Result<()>,
     ) -> Result<(), StorageError> {
         let path = self.incoming_file(user, id).ok_or_else(|| StorageError::IncomingId(id.to_owned()))?;
         let items = self.tree(user, INCOMING)?;
         ensure_dir(&self.incoming)?;
         ensure_dir(&self.incoming_dir(user))?;
         // The bytes first: an item is listed only once they are there.
-        let size = write_incoming_file(&path, write)?;
+        let size = write_file(&path, write)?;
         let mut meta = received_ms.to_be_bytes().to_vec();
         meta.extend_from_slice(&size.to_be_bytes());
         items.insert(id.as_bytes(), meta)?;
@@ -417,7 +497,7 @@ impl SyncStorage for SledStorage {
         Ok(Some(data))
     }
 
-    fn read_incoming(&self, user: &str, id: &str) -> Result<Option<IncomingReader>, StorageError> {
+    fn read_incoming(&self, user: &str, id: &str) -> Result<Option<ByteReader>, StorageError> {
         if !self.tree(user, INCOMING)?.contains_key(id.as_bytes())? {
             return Ok(None);
         }
@@ -430,7 +510,7 @@ impl SyncStorage for SledStorage {
         }
         // Deposited before the bytes went to files.
         let bytes = self.tree(user, INCOMING_DATA)?.get(id.as_bytes())?;
-        Ok(bytes.map(|bytes| Box::new(std::io::Cursor::new(bytes)) as IncomingReader))
+        Ok(bytes.map(|bytes| Box::new(std::io::Cursor::new(bytes)) as ByteReader))
     }
 
     fn delete_incoming(&self, user: &str, ids: &[String]) -> Result<u32, StorageError> {
@@ -551,5 +631,34 @@ mod tests {
         assert_eq!(storage.delete_incoming(USER, &["old1".into(), "new1".into()]).unwrap(), 2);
         assert!(storage.tree(USER, INCOMING_DATA).unwrap().is_empty());
         assert!(storage.list_incoming(USER, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn blobs_are_files_except_old_ones_and_long_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SledStorage::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|n| (n % 253) as u8).collect();
+        storage.put_blob(USER, b"new", &data).unwrap();
+        let long = [7u8; 65];
+        storage.put_blob(USER, &long, b"long").unwrap();
+        // As put before blobs went to files.
+        storage.tree(USER, "blobs").unwrap().insert("old", &b"abc"[..]).unwrap();
+        let cut = storage.put_blob_from(USER, b"cut", &mut |sink| {
+            sink.write_all(b"part")?;
+            Err(std::io::Error::other("the upload was cut short"))
+        });
+        assert!(matches!(cut, Err(StorageError::Io(_))), "{cut:?}");
+
+        assert_eq!(files(&dir.path().join(BLOBS_DIR)), [data_encoding::HEXLOWER.encode(b"new")]);
+        for (id, expected) in [(&b"new"[..], &data[..]), (&long, b"long"), (b"old", b"abc")] {
+            assert!(storage.has_blob(USER, id).unwrap());
+            assert_eq!(storage.get_blob(USER, id).unwrap().unwrap(), expected);
+            let mut rest = Vec::new();
+            storage.read_blob(USER, id, 2).unwrap().unwrap().read_to_end(&mut rest).unwrap();
+            assert_eq!(rest, expected[2..]);
+        }
+        assert!(!storage.has_blob(USER, b"cut").unwrap());
+        assert!(!storage.has_blob("carol@example.org", b"new").unwrap());
+        assert!(storage.read_blob(USER, b"none", 0).unwrap().is_none());
     }
 }

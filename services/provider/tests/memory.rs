@@ -1,5 +1,6 @@
 //! The provider's memory with one large message on its way: taken by the
-//! MX, encrypted, deposited, then fetched by the recipient's device. Issue
+//! MX, encrypted, deposited, then fetched by the recipient's device; then a
+//! blob of the same size backed up and fetched by another device. Issue
 //! 13: no process holds more than about three copies of a large message, so
 //! the peak resident set of the real process (`VmHWM`) may exceed what it
 //! held before by at most three times the message. (Before incoming
@@ -125,11 +126,29 @@ async fn a_large_message_is_held_at_most_three_times() {
     send(port, message(size, "big.1@example.net")).await;
     let after_deposit = status_bytes(pid, "VmHWM:");
     assert_eq!(fetch_all(&provider, &token).await.len(), 1);
+    // A device backing up a blob of the same size (as a store pushes a
+    // large attachment: 1 MiB parts), and a second device fetching it.
+    let mut sync = provider.sync(&token).await;
+    let blob = message(size, "blob.1@example.net");
+    let mut parts: Vec<sync_pb::PutBlobRequest> = blob
+        .chunks(1 << 20)
+        .map(|chunk| sync_pb::PutBlobRequest { data: chunk.to_vec(), ..Default::default() })
+        .collect();
+    parts[0].id = b"blob-1".to_vec();
+    parts[0].size = blob.len() as u64;
+    sync.put_blob(tokio_stream::iter(parts)).await.unwrap();
+    let mut stream =
+        sync.get_blob(sync_pb::GetBlobRequest { id: b"blob-1".to_vec(), offset: 0 }).await.unwrap().into_inner();
+    let mut fetched = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        fetched += chunk.data.len();
+    }
+    assert_eq!(fetched, blob.len());
     let peak = status_bytes(pid, "VmHWM:");
     let after = status_bytes(pid, "VmRSS:");
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     eprintln!(
-        "message {:.1} MiB: idle {:.1} MiB, peak by the deposit {:.1} MiB, by the fetch {:.1} MiB ({:.2}x the message above idle), resident after {:.1} MiB",
+        "message {:.1} MiB: idle {:.1} MiB, peak by the deposit {:.1} MiB, by the fetch and a blob {:.1} MiB ({:.2}x the message above idle), resident after {:.1} MiB",
         mib(size as u64),
         mib(idle),
         mib(after_deposit),
