@@ -32,6 +32,11 @@
 //!   answers; queued input is capped (the maximum message size plus 64 KiB),
 //!   beyond which the session answers the pending decision, then
 //!   `421 4.7.0` and closes.
+//! - **Memory**: the message buffer is reserved at the size the client
+//!   declared with `MAIL FROM ... SIZE=` (never more than the maximum), so a
+//!   message that comes as declared is never copied to grow; without a
+//!   declaration it grows by doubling. Either way it is shrunk to the
+//!   message before [`Action::Message`] hands it on.
 //! - **STARTTLS** (RFC 3207): after `220 2.0.0` and [`Action::StartTls`], all
 //!   input is discarded until [`Session::tls_started`], which forgets EHLO,
 //!   authentication and the transaction, so commands a client (or a man in
@@ -261,6 +266,9 @@ struct Transaction {
     body: Body,
     smtputf8: bool,
     recipients: Vec<String>,
+    /// The size the client declared (MAIL FROM's SIZE), at most the
+    /// maximum: the message buffer is reserved at that size at once.
+    declared_size: usize,
     /// BDAT has been used: the chunks so far.
     chunks: Option<Vec<u8>>,
 }
@@ -270,6 +278,7 @@ struct PendingMail {
     from: String,
     body: Body,
     smtputf8: bool,
+    declared_size: usize,
 }
 
 #[derive(Debug)]
@@ -383,8 +392,12 @@ struct DataReceiver {
 }
 
 impl DataReceiver {
-    fn new(limit: usize) -> Self {
-        Self { position: LinePosition::Start, content: Vec::new(), size: 0, limit, too_big: false, defect: None }
+    /// A receiver of at most `limit` bytes, its buffer reserved for
+    /// `expected` (the declared size: a message that comes as declared is
+    /// never copied to grow).
+    fn new(limit: usize, expected: usize) -> Self {
+        let content = Vec::with_capacity(expected.min(limit));
+        Self { position: LinePosition::Start, content, size: 0, limit, too_big: false, defect: None }
     }
 
     /// Takes bytes from `input`; returns how many were taken and whether the
@@ -592,6 +605,7 @@ impl Session {
                     body: pending.body,
                     smtputf8: pending.smtputf8,
                     recipients: Vec::new(),
+                    declared_size: pending.declared_size,
                     chunks: None,
                 });
                 self.reply(&mut actions, 250, [2, 1, 0], "Sender OK");
@@ -1067,7 +1081,9 @@ impl Session {
             body,
             smtputf8,
         });
-        self.awaiting = Some(Awaiting::MailFrom(PendingMail { from: from.address, body, smtputf8 }));
+        // At most the maximum (checked above): a client cannot reserve more.
+        let declared_size = from.size.min(self.config.max_message_size);
+        self.awaiting = Some(Awaiting::MailFrom(PendingMail { from: from.address, body, smtputf8, declared_size }));
     }
 
     fn rcpt(&mut self, to: RcptTo<String>, actions: &mut Vec<Action>) {
@@ -1109,9 +1125,10 @@ impl Session {
             Some(transaction) if transaction.recipients.is_empty() => {
                 self.reply(actions, 554, [5, 5, 1], "No valid recipients");
             }
-            Some(_) => {
+            Some(transaction) => {
+                let declared_size = transaction.declared_size;
                 actions.push(Action::Send(b"354 End data with <CR><LF>.<CR><LF>\r\n".to_vec()));
-                self.mode = Mode::Data(DataReceiver::new(self.config.max_message_size));
+                self.mode = Mode::Data(DataReceiver::new(self.config.max_message_size, declared_size));
             }
         }
     }
@@ -1136,7 +1153,8 @@ impl Session {
                 ChunkOutcome::Refuse(Reply::new(554, [5, 5, 1], "No valid recipients"))
             }
             Some(transaction) => {
-                let received = transaction.chunks.get_or_insert_with(Vec::new).len();
+                let declared_size = transaction.declared_size;
+                let received = transaction.chunks.get_or_insert_with(|| Vec::with_capacity(declared_size)).len();
                 if received.saturating_add(size) > self.config.max_message_size {
                     ChunkOutcome::TooBig
                 } else {
@@ -1177,7 +1195,11 @@ impl Session {
         }
     }
 
-    fn deliver(&mut self, transaction: Transaction, data: Vec<u8>, actions: &mut Vec<Action>) {
+    fn deliver(&mut self, transaction: Transaction, mut data: Vec<u8>, actions: &mut Vec<Action>) {
+        // The buffer grew by doubling: what it has beyond the message is
+        // given back before the message is handed on (and held for as long
+        // as its delivery takes).
+        data.shrink_to_fit();
         actions.push(Action::Message {
             from: transaction.from,
             recipients: transaction.recipients,

@@ -1369,3 +1369,39 @@ fn assert_replies_are_lines(actions: &[Action]) {
         }
     }
 }
+
+// ---- memory ----
+
+/// The message a conversation queued, as the session handed it on.
+fn queued(client: &[u8]) -> Vec<u8> {
+    let actions = run(&open_config(), &[client.to_vec()], Split::Chunks(64));
+    actions
+        .into_iter()
+        .find_map(|action| match action {
+            Action::Message { data, .. } => Some(data),
+            _ => None,
+        })
+        .expect("a message was queued")
+}
+
+#[test]
+fn a_message_is_handed_on_in_a_buffer_of_its_size() {
+    // 600 bytes of text: the buffer grew by doubling past them, or was
+    // reserved for the 1000 declared; either way nothing is left over.
+    let body = "x".repeat(58);
+    let text: Vec<&str> = std::iter::repeat_n(body.as_str(), 10).collect();
+    for mail in ["MAIL FROM:<alice@example.org>", "MAIL FROM:<alice@example.org> SIZE=1000"] {
+        let data = queued(&cat(&[
+            &lines(&["EHLO client.test", mail, "RCPT TO:<bob@example.org>", "DATA"]),
+            &lines(&text),
+            b".\r\n",
+        ]));
+        assert_eq!(data.len(), 600, "{mail}");
+        assert_eq!(data.capacity(), data.len(), "{mail}: the buffer was not shrunk to the message");
+        let chunked = queued(&cat(&[
+            &lines(&["EHLO client.test", mail, "RCPT TO:<bob@example.org>"]),
+            &bdat(&lines(&text), true),
+        ]));
+        assert_eq!(chunked.capacity(), chunked.len(), "{mail}: BDAT");
+    }
+}

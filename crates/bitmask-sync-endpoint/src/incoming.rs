@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::RngCore as _;
 use tokio::sync::watch;
 
-use crate::storage::{StorageError, SyncStorage};
+use crate::storage::{ByteSink, StorageError, SyncStorage};
 
 /// Wakes the watchers of a user when something arrives for them.
 #[derive(Debug, Default)]
@@ -47,12 +47,24 @@ pub fn deposit(
     user: &str,
     encrypted: &[u8],
 ) -> Result<String, StorageError> {
+    deposit_from(storage, notifier, user, &mut |sink| sink.write_all(encrypted))
+}
+
+/// [`deposit`] of what `write` writes into the sink it is given (the
+/// output of an encryption as it is made: the ciphertext is never held
+/// whole); nothing is deposited if `write` fails.
+pub fn deposit_from(
+    storage: &dyn SyncStorage,
+    notifier: &IncomingNotifier,
+    user: &str,
+    write: &mut dyn FnMut(&mut ByteSink) -> std::io::Result<()>,
+) -> Result<String, StorageError> {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let id = data_encoding::HEXLOWER.encode(&bytes);
     let received_ms =
         SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0);
-    storage.deposit_incoming(user, &id, received_ms, encrypted)?;
+    storage.deposit_incoming_from(user, &id, received_ms, write)?;
     notifier.notify(user);
     Ok(id)
 }

@@ -17,7 +17,10 @@ pub mod service;
 pub mod sessions;
 pub mod storage;
 
-pub use incoming::{IncomingNotifier, deposit};
+pub use incoming::{IncomingNotifier, deposit, deposit_from};
 pub use service::{MAX_BLOB_BYTES, SyncService, server_tls};
 pub use sessions::Sessions;
-pub use storage::{IncomingItem, PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument, SyncStorage};
+pub use storage::{
+    ByteReader, ByteSink, IncomingItem, PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument,
+    SyncStorage,
+};

@@ -1,5 +1,6 @@
 //! The `bitmask.sync.v1.SyncEndpoint` gRPC edge over a [`SyncStorage`].
 
+use std::io::Read as _;
 use std::sync::Arc;
 
 use bitmask_proto::sync::v1 as pb;
@@ -10,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::incoming::IncomingNotifier;
 use crate::sessions::{SessionError, Sessions};
-use crate::storage::{PushOutcome, PushedDocument, StorageError, StoredDocument, SyncStorage};
+use crate::storage::{ByteReader, PushOutcome, PushedDocument, StorageError, StoredDocument, SyncStorage};
 
 /// Documents per pull message unless the client asks for another size.
 const DEFAULT_BATCH: usize = 500;
@@ -40,8 +41,8 @@ impl std::fmt::Debug for SyncService {
 fn status_of(error: StorageError) -> Status {
     match error {
         StorageError::SecretsVersion { .. } => Status::aborted(error.to_string()),
-        StorageError::BlobSize => Status::invalid_argument(error.to_string()),
-        StorageError::Damaged | StorageError::Sled(_) => Status::internal(error.to_string()),
+        StorageError::BlobSize | StorageError::IncomingId(_) => Status::invalid_argument(error.to_string()),
+        StorageError::Damaged | StorageError::Sled(_) | StorageError::Io(_) => Status::internal(error.to_string()),
     }
 }
 
@@ -122,6 +123,41 @@ impl SyncService {
             .map_err(|error| Status::internal(format!("storage task failed: {error}")))?
             .map_err(status_of)
     }
+}
+
+/// The bytes of `reader` (an incoming message, a blob) as a stream of chunks, read on the blocking pool a
+/// chunk at a time as the client takes them: a large message is never read
+/// whole into memory.
+fn send_chunks(mut reader: ByteReader) -> mpsc::Receiver<Result<pb::BlobChunk, Status>> {
+    let (sender, receiver) = mpsc::channel(2);
+    tokio::spawn(async move {
+        loop {
+            let read = tokio::task::spawn_blocking(move || {
+                let mut chunk = Vec::with_capacity(BLOB_CHUNK);
+                let read = (&mut reader).take(BLOB_CHUNK as u64).read_to_end(&mut chunk);
+                (reader, read.map(|_| chunk))
+            })
+            .await;
+            let chunk = match read {
+                Ok((back, Ok(chunk))) => {
+                    reader = back;
+                    chunk
+                }
+                Ok((_, Err(error))) => {
+                    let _ = sender.send(Err(status_of(error.into()))).await;
+                    return;
+                }
+                Err(error) => {
+                    let _ = sender.send(Err(Status::internal(format!("storage task failed: {error}")))).await;
+                    return;
+                }
+            };
+            if chunk.is_empty() || sender.send(Ok(pb::BlobChunk { data: chunk })).await.is_err() {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 /// Incoming items listed at once unless the client asks for fewer.
@@ -244,30 +280,53 @@ impl SyncEndpoint for SyncService {
             return Err(Status::invalid_argument(format!("a blob has at most {MAX_BLOB_BYTES} bytes")));
         }
         let (id, size) = (first.id, first.size);
-        let mut data = first.data;
-        while let Some(message) = stream.message().await? {
-            if data.len() + message.data.len() > MAX_BLOB_BYTES {
-                return Err(Status::invalid_argument(format!("a blob has at most {MAX_BLOB_BYTES} bytes")));
+        // The chunks go to storage as they come (written on the blocking
+        // pool): a large blob is never held whole.
+        let (sender, mut receiver) = mpsc::channel::<Vec<u8>>(4);
+        let store = self.blocking(move |storage| {
+            storage.put_blob_from(&user, &id, &mut |sink| {
+                let mut written = 0;
+                while let Some(chunk) = receiver.blocking_recv() {
+                    written += chunk.len() as u64;
+                    sink.write_all(&chunk)?;
+                }
+                // Cut short (the upload failed): nothing is kept.
+                if written == size { Ok(()) } else { Err(std::io::Error::other("the blob upload was cut short")) }
+            })
+        });
+        let forward = async move {
+            let mut received = first.data.len() as u64;
+            let mut next = first.data;
+            loop {
+                if received > size {
+                    return Err(status_of(StorageError::BlobSize));
+                }
+                if !next.is_empty() && sender.send(next).await.is_err() {
+                    // Storage failed: its error is the answer.
+                    return Ok(());
+                }
+                let Some(message) = stream.message().await? else { break };
+                received += message.data.len() as u64;
+                next = message.data;
             }
-            data.extend_from_slice(&message.data);
-        }
-        if data.len() as u64 != size {
-            return Err(status_of(StorageError::BlobSize));
-        }
-        self.blocking(move |storage| storage.put_blob(&user, &id, &data)).await?;
+            if received != size {
+                return Err(status_of(StorageError::BlobSize));
+            }
+            Ok(())
+        };
+        let (stored, forwarded) = tokio::join!(store, forward);
+        forwarded?;
+        stored?;
         Ok(Response::new(pb::PutBlobResponse {}))
     }
 
     async fn get_blob(&self, request: Request<pb::GetBlobRequest>) -> Result<Response<BlobStream>, Status> {
         let user = self.user(&request)?;
         let request = request.into_inner();
-        let id = request.id.clone();
-        let data = self.blocking(move |storage| storage.get_blob(&user, &id)).await?;
-        let data = data.ok_or_else(|| Status::not_found("no such blob"))?;
-        let offset = (request.offset as usize).min(data.len());
-        let chunks: Vec<Result<pb::BlobChunk, Status>> =
-            data[offset..].chunks(BLOB_CHUNK).map(|chunk| Ok(pb::BlobChunk { data: chunk.to_vec() })).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let (id, offset) = (request.id, request.offset);
+        let reader = self.blocking(move |storage| storage.read_blob(&user, &id, offset)).await?;
+        let reader = reader.ok_or_else(|| Status::not_found("no such blob"))?;
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(send_chunks(reader)))))
     }
 
     async fn get_secrets(
@@ -312,11 +371,10 @@ impl SyncEndpoint for SyncService {
     async fn get_incoming(&self, request: Request<pb::GetIncomingRequest>) -> Result<Response<BlobStream>, Status> {
         let user = self.user(&request)?;
         let id = request.into_inner().id;
-        let data = self.blocking(move |storage| storage.get_incoming(&user, &id)).await?;
-        let data = data.ok_or_else(|| Status::not_found("no such incoming message (deleted by another device?)"))?;
-        let chunks: Vec<Result<pb::BlobChunk, Status>> =
-            data.chunks(BLOB_CHUNK).map(|chunk| Ok(pb::BlobChunk { data: chunk.to_vec() })).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let reader = self.blocking(move |storage| storage.read_incoming(&user, &id)).await?;
+        let reader =
+            reader.ok_or_else(|| Status::not_found("no such incoming message (deleted by another device?)"))?;
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(send_chunks(reader)))))
     }
 
     async fn delete_incoming(

@@ -7,8 +7,9 @@
 //!
 //! At the end of DATA each recipient's copy gets `Return-Path:`,
 //! `Delivered-To:` and `Received:` prepended, is encrypted as a whole to the
-//! recipient's key (binary OpenPGP, not signed), streamed from memory into
-//! memory, and deposited with the sync endpoint (durable, the user's
+//! recipient's key (binary OpenPGP, not signed), streamed from the received
+//! message straight into the sync endpoint's incoming item (the ciphertext
+//! is never held whole in memory), and deposited (durable, the user's
 //! devices woken) before the sender hears `250`.
 //!
 //! **Retries are deduplicated**: the provider keeps HMAC-SHA256, under its
@@ -218,18 +219,34 @@ impl Delivery {
         let published = self.keys.get(recipient).map_err(storage_failure)?.ok_or_else(|| no_key(recipient))?;
         let certificates = openpgp::parse_certs(published.armored.as_bytes()).map_err(storage_failure)?;
         let headers = trace_headers(trace, &self.domain, Some(recipient));
-        let mut plaintext = std::io::Read::chain(headers.as_bytes(), message);
-        let mut encrypted = Vec::with_capacity(message.len() + message.len() / 8 + 1024);
-        openpgp::encrypt_stream(&mut plaintext, &mut encrypted, &certificates, None, false).map_err(|error| {
-            tracing::warn!(%recipient, fingerprint = %published.fingerprint, %error, "cannot encrypt to the published key");
-            Reply::new(450, [4, 7, 1], format!("<{recipient}>'s public key cannot be used now, try again later"))
-        })?;
-        let id = bitmask_sync_endpoint::deposit(self.sync.as_ref(), &self.notifier, recipient, &encrypted)
-            .map_err(storage_failure)?;
+        // Encrypted straight into the incoming item: the ciphertext is never
+        // held whole. An encryption failure is told apart from a storage one.
+        let mut unusable = None;
+        let deposited =
+            bitmask_sync_endpoint::deposit_from(self.sync.as_ref(), &self.notifier, recipient, &mut |sink| {
+                let mut plaintext = std::io::Read::chain(headers.as_bytes(), message);
+                openpgp::encrypt_stream(&mut plaintext, sink, &certificates, None, false).map_err(|error| {
+                    let failure = std::io::Error::other(error.to_string());
+                    unusable = Some(error);
+                    failure
+                })
+            });
+        let id = match (deposited, unusable) {
+            (Ok(id), _) => id,
+            (Err(_), Some(error)) => {
+                tracing::warn!(%recipient, fingerprint = %published.fingerprint, %error, "cannot encrypt to the published key");
+                return Err(Reply::new(
+                    450,
+                    [4, 7, 1],
+                    format!("<{recipient}>'s public key cannot be used now, try again later"),
+                ));
+            }
+            (Err(error), None) => return Err(storage_failure(error)),
+        };
         if let Some(key) = remember {
             self.store.mark_delivered(&key, now_unix() + DEDUPLICATION_WINDOW.as_secs()).map_err(storage_failure)?;
         }
-        tracing::info!(%recipient, item = %id, size = encrypted.len(), "mail deposited");
+        tracing::info!(%recipient, item = %id, size = message.len(), "mail deposited");
         Ok(Delivered::Deposited(id))
     }
 }

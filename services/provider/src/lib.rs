@@ -19,8 +19,9 @@
 //! **Architecture invariant:** the provider never writes plaintext mail to
 //! disk: the MX and the relay hold a message in memory, encrypt it to each
 //! local recipient's published key and deposit only the ciphertext; a
-//! recipient without a key is refused temporarily. Its sled files hold SRP
-//! verifiers, public keys, certificate hashes, keyed hashes and ciphertext.
+//! recipient without a key is refused temporarily. Its sled files (and the
+//! files of incoming items) hold SRP verifiers, public keys, certificate
+//! hashes, keyed hashes and ciphertext.
 
 pub mod accounts;
 pub mod ca;
