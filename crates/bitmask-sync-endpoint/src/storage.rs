@@ -152,7 +152,7 @@ pub trait SyncStorage: Send + Sync + 'static {
 /// The embedded default: one sled database, a few trees per user; the bytes
 /// of incoming messages in files under `incoming/` in the database's
 /// directory, `incoming/<SHA-256 of the user, hex>/<id>`, written as
-/// `<id>.part`, synced and renamed before the item is listed. Items
+/// `<id>.<pid>.<n>.part`, synced and renamed before the item is listed. Items
 /// deposited before those files existed keep their bytes in sled and are
 /// read from there: both forms are read, nothing is migrated.
 #[derive(Debug, Clone)]
@@ -244,8 +244,13 @@ impl<W: Write> Write for Counting<W> {
 /// Writes the file `path` with `write`: synced and in place when it
 /// returns, nothing left behind when it fails. Its size.
 fn write_file(path: &Path, write: &mut dyn FnMut(&mut ByteSink) -> std::io::Result<()>) -> std::io::Result<u64> {
+    // A name of its own for each writing: two uploads of one blob at once
+    // (two devices) must not write into one file, or the first to finish
+    // could put in place a file the other had cut short.
+    static WRITINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let writing = WRITINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut part = path.as_os_str().to_owned();
-    part.push(".part");
+    part.push(format!(".{}.{writing}.part", std::process::id()));
     let part = PathBuf::from(part);
     let written = (|| {
         let file = std::fs::File::create(&part)?;
