@@ -27,6 +27,8 @@ const DONE_BY_ITEM: &str = "incoming-done-by-item";
 /// The largest item taken (the provider's MX takes 60 MiB messages; its
 /// encryption adds a little).
 const MAX_ITEM: u64 = 72 << 20;
+/// Bytes of an item gathered before they are written into its blob.
+const WRITE_BYTES: usize = 1 << 20;
 
 /// What `incoming/<item>` holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,26 +139,57 @@ pub async fn fetch(
             Err(status) if status.code() == tonic::Code::NotFound => continue,
             Err(status) => return Err(status),
         };
-        let mut data = Vec::with_capacity(item.size as usize);
-        while let Some(chunk) = stream.message().await? {
-            if data.len() as u64 + chunk.data.len() as u64 > MAX_ITEM {
-                return Err(Status::resource_exhausted("the provider sent a larger incoming item than it listed"));
+        // Written into a blob as it comes (a megabyte at a time), never
+        // held whole: a 60 MiB item costs this process a few megabytes.
+        let mut upload = Some(blocking(store, |store| store.begin_blob("application/octet-stream", true)).await?);
+        let (mut size, mut pending) = (0u64, Vec::new());
+        let received = loop {
+            let chunk = match stream.message().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(status),
+            };
+            size += chunk.data.len() as u64;
+            if size > MAX_ITEM {
+                break Err(Status::resource_exhausted("the provider sent a larger incoming item than it listed"));
             }
-            data.extend_from_slice(&chunk.data);
-        }
-        let doc = IncomingDoc {
-            item: item.id.clone(),
-            blob: String::new(),
-            size: data.len() as u64,
-            received_ms: item.received_unix_ms,
+            pending.extend_from_slice(&chunk.data);
+            if pending.len() >= WRITE_BYTES {
+                let (taken, data) = (upload.take(), std::mem::take(&mut pending));
+                let written = blocking(store, move |store| {
+                    let Some(mut upload) = taken else { return Ok(None) };
+                    match store.write_blob(&mut upload, &data) {
+                        Ok(()) => Ok(Some(upload)),
+                        Err(error) => {
+                            store.abort_blob(upload)?;
+                            Err(error)
+                        }
+                    }
+                })
+                .await;
+                match written {
+                    Ok(back) => upload = back,
+                    Err(status) => break Err(status),
+                }
+            }
         };
+        let mut upload = match (received, upload) {
+            (Ok(()), Some(upload)) => upload,
+            (Err(status), Some(upload)) => {
+                blocking(store, move |store| store.abort_blob(upload)).await?;
+                return Err(status);
+            }
+            // (Aborted where the write failed.)
+            (Err(status), None) => return Err(status),
+            (Ok(()), None) => return Err(Status::internal("an incoming item's upload was lost")),
+        };
+        let doc = IncomingDoc { item: item.id.clone(), blob: String::new(), size, received_ms: item.received_unix_ms };
         let change = blocking(store, move |store| {
-            let mut upload = store.begin_blob("application/octet-stream", true)?;
-            if let Err(error) = store.write_blob(&mut upload, &data) {
+            if let Err(error) = store.write_blob(&mut upload, &pending) {
                 store.abort_blob(upload)?;
                 return Err(error);
             }
-            let blob = store.finish_blob(upload, Some(data.len() as u64))?;
+            let blob = store.finish_blob(upload, Some(size))?;
             let doc = IncomingDoc { blob: blob.id.clone(), ..doc };
             let content = serde_json::to_string(&doc).map_err(|_| StoreError::Corrupt("incoming document"))?;
             let put = PutOp {
