@@ -924,20 +924,18 @@ impl MailModel {
 
     /// Keeps `bytes` as a store blob, sent a chunk at a time.
     async fn put_blob(&self, bytes: Vec<u8>) -> Result<BlobRef> {
-        let bytes = Arc::new(bytes);
         let size = bytes.len() as u64;
-        let chunks = (0..bytes.len().div_ceil(BLOB_UPLOAD_CHUNK)).map(move |index| {
-            let start = index * BLOB_UPLOAD_CHUNK;
-            let data = bytes[start..(start + BLOB_UPLOAD_CHUNK).min(bytes.len())].to_vec();
-            let first = index == 0;
-            pb::PutBlobRequest {
-                content_type: if first { "application/octet-stream".into() } else { String::new() },
-                size: if first { size } else { 0 },
-                data,
-                local_only: false,
-            }
+        let first = pb::PutBlobRequest {
+            content_type: "application/octet-stream".into(),
+            size,
+            ..pb::PutBlobRequest::default()
+        };
+        let rest = bitmask_runtime::client::chunks_of(bytes, BLOB_UPLOAD_CHUNK, |data| pb::PutBlobRequest {
+            data,
+            ..pb::PutBlobRequest::default()
         });
-        let info = self.client().put_blob(futures::stream::iter(chunks)).await?.into_inner();
+        let info =
+            self.client().put_blob(futures::stream::iter(std::iter::once(first).chain(rest))).await?.into_inner();
         Ok(BlobRef { id: info.id, size })
     }
 

@@ -120,3 +120,14 @@ pub async fn connect_provider(url: &str, ca_pem: &str, session_token: &str) -> R
     });
     Ok(InterceptedService::new(channel, authorize))
 }
+
+/// `data` as a lazy sequence of request messages of at most `chunk` bytes
+/// each, for a client-streaming call: a chunk is copied when the call takes
+/// it, never the whole of `data` at once (a big message is held once).
+pub fn chunks_of<T>(data: Vec<u8>, chunk: usize, make: impl Fn(Vec<u8>) -> T) -> impl Iterator<Item = T> {
+    let chunk = chunk.max(1);
+    (0..data.len().div_ceil(chunk)).map(move |index| {
+        let start = index * chunk;
+        make(data.get(start..(start + chunk).min(data.len())).unwrap_or_default().to_vec())
+    })
+}

@@ -7,13 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use bitmask_proto::store::v1 as pb;
 use bitmask_proto::store::v1::store_client::StoreClient;
-use bitmask_runtime::client::TracedChannel;
+use bitmask_runtime::client::{TracedChannel, chunks_of};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 const COLLECTION: &str = "outbox";
 const ALL: &str = "outbox-all";
-const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -75,16 +75,6 @@ impl Entry {
             .iter()
             .any(|recipient| matches!(recipient.state, State::Queued | State::Deferred | State::Sending))
     }
-}
-
-/// `data` as a lazy sequence of messages of at most 1 MiB each: a gRPC
-/// stream that copies one chunk at a time.
-pub fn chunks_of<T>(data: Vec<u8>, make: impl Fn(Vec<u8>) -> T) -> impl Iterator<Item = T> {
-    let data = std::sync::Arc::new(data);
-    (0..data.len().div_ceil(CHUNK)).map(move |index| {
-        let end = (index * CHUNK + CHUNK).min(data.len());
-        make(data[index * CHUNK..end].to_vec())
-    })
 }
 
 pub fn now() -> u64 {
@@ -155,8 +145,8 @@ impl Queue {
         // time (not a second copy of the whole message).
         let first =
             pb::PutBlobRequest { content_type: "message/rfc822".into(), size, local_only: true, ..Default::default() };
-        let chunks =
-            std::iter::once(first).chain(chunks_of(raw, |data| pb::PutBlobRequest { data, ..Default::default() }));
+        let chunks = std::iter::once(first)
+            .chain(chunks_of(raw, CHUNK, |data| pb::PutBlobRequest { data, ..Default::default() }));
         let blob = self.store.clone().put_blob(tokio_stream::iter(chunks)).await?.into_inner();
         let bytes: [u8; 12] = rand::random();
         let id = data_encoding::BASE32_NOPAD.encode(&bytes);

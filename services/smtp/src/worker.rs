@@ -322,9 +322,10 @@ impl Worker {
         let options =
             keys_pb::EncryptOptions { recipients: recipients.to_vec(), sign: true, armor: true, fetch_missing: false };
         let first = keys_pb::EncryptRequest { item: Some(keys_pb::encrypt_request::Item::Options(options)) };
-        let messages = std::iter::once(first).chain(crate::queue::chunks_of(data, |chunk| keys_pb::EncryptRequest {
-            item: Some(keys_pb::encrypt_request::Item::Data(chunk)),
-        }));
+        let messages =
+            std::iter::once(first).chain(bitmask_runtime::client::chunks_of(data, crate::queue::CHUNK, |chunk| {
+                keys_pb::EncryptRequest { item: Some(keys_pb::encrypt_request::Item::Data(chunk)) }
+            }));
         let mut stream = self.keys().encrypt(tokio_stream::iter(messages)).await?.into_inner();
         while let Some(message) = stream.message().await? {
             out.push(&message.data);

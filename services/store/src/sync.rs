@@ -276,21 +276,13 @@ async fn push_blobs(store: &Arc<Store>, client: &mut EndpointClient) -> Result<u
                 tracing::warn!(blob = %id, size = exported.len(), "blob too large to sync");
                 continue;
             }
-            // A chunk is copied when the upload is ready for it, never the
-            // whole blob at once (it is held once, in `exported`).
-            let size = exported.len() as u64;
-            let exported = Arc::new(exported);
-            let parts = (0..exported.len().div_ceil(BLOB_UPLOAD_CHUNK).max(1)).map(move |index| {
-                let start = index * BLOB_UPLOAD_CHUNK;
-                let data = exported.get(start..(start + BLOB_UPLOAD_CHUNK).min(exported.len())).unwrap_or_default();
-                let first = index == 0;
-                sync_pb::PutBlobRequest {
-                    id: if first { key.clone() } else { Vec::new() },
-                    size: if first { size } else { 0 },
-                    data: data.to_vec(),
-                }
+            // The first message names the blob; the bytes follow a chunk
+            // at a time (held once, in `exported`).
+            let first = sync_pb::PutBlobRequest { id: key, size: exported.len() as u64, data: Vec::new() };
+            let rest = bitmask_runtime::client::chunks_of(exported, BLOB_UPLOAD_CHUNK, |data| {
+                sync_pb::PutBlobRequest { data, ..Default::default() }
             });
-            client.put_blob(tokio_stream::iter(parts)).await?;
+            client.put_blob(tokio_stream::iter(std::iter::once(first).chain(rest))).await?;
             uploaded += 1;
         }
         blocking(store, move |store| store.mark_blob_synced(&id)).await?;
