@@ -30,6 +30,7 @@ use imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_types::status::{StatusDataItem, StatusDataItemName};
 
 use crate::message::MessageView;
+use crate::streamed::{StreamedBody, StreamedItem};
 use crate::{search, utf7};
 
 /// Messages read from the store per round trip by FETCH and SEARCH, and
@@ -80,11 +81,14 @@ pub struct Reply {
     /// rest comes from [`Session::more`] (a FETCH of 100,000 messages is
     /// answered a batch at a time, not built in memory at once).
     pub more: bool,
+    /// After `responses`, and before [`Session::more`], the connection sends
+    /// this response from the store (only with `more`).
+    pub stream: Option<StreamedBody>,
 }
 
 impl Reply {
     fn done(responses: Vec<Response<'static>>, after: After) -> Self {
-        Self { responses, after, more: false }
+        Self { responses, after, more: false, stream: None }
     }
 }
 
@@ -143,6 +147,10 @@ pub struct Session<M> {
     tls: bool,
     /// A FETCH not answered in full yet.
     fetching: Option<Fetching>,
+    /// Message bodies of this size or more are streamed (see `streamed`).
+    stream_from: u64,
+    /// The response the last batch ends with, streamed by the connection.
+    streaming: Option<StreamedBody>,
 }
 
 // --- building responses -----------------------------------------------------
@@ -448,7 +456,31 @@ use imap_types::ToStatic as _;
 
 impl<M: Mailstore> Session<M> {
     pub fn new(store: Arc<M>, credentials: Credentials, starttls: bool) -> Self {
-        Self { store, credentials, state: State::NotAuthenticated, starttls, tls: false, fetching: None }
+        Self {
+            store,
+            credentials,
+            state: State::NotAuthenticated,
+            starttls,
+            tls: false,
+            fetching: None,
+            stream_from: u64::MAX,
+            streaming: None,
+        }
+    }
+
+    /// Streams whole bodies (`BODY[]`, `RFC822`, and partial `BODY[]<…>`)
+    /// of messages of `bytes` or more instead of reading them here: the
+    /// connection sends each [`Reply::stream`] from the store.
+    pub fn stream_bodies_from(&mut self, bytes: u64) {
+        self.stream_from = bytes;
+    }
+
+    /// The message of the last [`Reply::stream`] was gone before any of it
+    /// was sent: the FETCH ends `NO [EXPUNGEISSUED]`, as when it is read here.
+    pub fn stream_gone(&mut self) {
+        if let Some(fetching) = &mut self.fetching {
+            fetching.expunge_issued = true;
+        }
     }
 
     pub fn greeting(&self) -> Greeting<'static> {
@@ -718,7 +750,7 @@ impl<M: Mailstore> Session<M> {
             (State::Selected(_), _) => (vec![bad(&tag, "command not supported")], false),
         };
         if self.fetching.is_some() {
-            return Reply { responses, after, more: true };
+            return Reply { responses, after, more: true, stream: self.streaming.take() };
         }
         self.finish(&mut responses, after, expunges_allowed).await;
         Reply::done(responses, after)
@@ -732,7 +764,7 @@ impl<M: Mailstore> Session<M> {
         };
         let mut responses = self.fetch_batch().await;
         if self.fetching.is_some() {
-            return Reply { responses, after: After::Continue, more: true };
+            return Reply { responses, after: After::Continue, more: true, stream: self.streaming.take() };
         }
         self.finish(&mut responses, After::Continue, expunges_allowed).await;
         Reply::done(responses, After::Continue)
@@ -1235,7 +1267,7 @@ impl<M: Mailstore> Session<M> {
         let (tag, needs_raw) = (tag.clone(), *needs_raw);
         let start = fetching.next;
         let mut expunge_issued = fetching.expunge_issued;
-        let end = (start + if needs_raw { RAW_BATCH } else { FETCH_BATCH }).min(indices.len());
+        let mut end = (start + if needs_raw { RAW_BATCH } else { FETCH_BATCH }).min(indices.len());
         let mut responses = Vec::with_capacity(end - start + 1);
         let needs_view = names.iter().any(|name| {
             !matches!(
@@ -1248,16 +1280,36 @@ impl<M: Mailstore> Session<M> {
                     | MessageDataItemName::BodyExt { section: None, .. }
             )
         });
+        // A big body asked for whole (or a range of it) is streamed by the
+        // connection: the batch ends with it, and it is not read here.
+        let whole_bodies = names
+            .iter()
+            .filter(|name| {
+                matches!(name, MessageDataItemName::BodyExt { section: None, .. } | MessageDataItemName::Rfc822)
+            })
+            .count();
+        let mut stream_at = None;
+        if !needs_view && whole_bodies == 1 {
+            let big = indices[start..end].iter().position(|index| selected.view[*index].size >= self.stream_from);
+            if let Some(offset) = big {
+                stream_at = Some(start + offset);
+                end = start + offset + 1;
+            }
+        }
         let mut raws: Vec<Option<Arc<Vec<u8>>>> = Vec::new();
         if needs_raw {
-            let ids: Vec<Arc<str>> =
-                indices[start..end].iter().map(|index| selected.view[*index].message.clone()).collect();
+            let ids: Vec<Arc<str>> = indices[start..stream_at.unwrap_or(end)]
+                .iter()
+                .map(|index| selected.view[*index].message.clone())
+                .collect();
             raws = self.store.raws(&ids).await.unwrap_or_else(|_| vec![None; ids.len()]);
             raws.reverse();
         }
-        for index in indices[start..end].iter().copied() {
+        let mut streaming = None;
+        for (position, index) in indices[start..end].iter().copied().enumerate() {
             let entry = &selected.view[index];
-            let raw = if needs_raw {
+            let streamed = stream_at == Some(start + position);
+            let raw = if needs_raw && !streamed {
                 match raws.pop().flatten() {
                     Some(raw) => Some(raw),
                     // Expunged elsewhere and collected: nothing to show for
@@ -1352,11 +1404,29 @@ impl<M: Mailstore> Session<M> {
                 };
                 items.push(item);
             }
+            if streamed {
+                // The body goes last, from the store.
+                let (item, range) = match names.iter().find_map(|name| match name {
+                    MessageDataItemName::BodyExt { section: None, partial, .. } => Some(*partial),
+                    _ => None,
+                }) {
+                    Some(Some((origin, length))) => (
+                        StreamedItem::Body { origin: Some(origin) },
+                        u64::from(origin)..u64::from(origin) + u64::from(length.get()),
+                    ),
+                    Some(None) => (StreamedItem::Body { origin: None }, 0..u64::MAX),
+                    None => (StreamedItem::Rfc822, 0..u64::MAX),
+                };
+                let message = entry.message.clone();
+                streaming = Some(StreamedBody { seq: nz(index as u32 + 1), items, item, message, range });
+                continue;
+            }
             if let Ok(items) = Vec1::try_from(items) {
                 responses.push(Response::Data(Data::Fetch { seq: nz(index as u32 + 1), items }));
             }
         }
-        if end < fetching.indices.len() {
+        if end < fetching.indices.len() || streaming.is_some() {
+            self.streaming = streaming;
             fetching.next = end;
             fetching.expunge_issued = expunge_issued;
             self.fetching = Some(fetching);

@@ -14,7 +14,7 @@ mod support;
 use std::sync::Arc;
 
 use bitmask_mail::{FlagOperation, SpecialUse};
-use support::{Conversation, MemStore};
+use support::{Conversation, Driver, MemStore};
 
 /// The greeting and a LOGIN, for the tests that start authenticated.
 macro_rules! logged_in {
@@ -1725,4 +1725,114 @@ fn a_long_fetch_is_answered_in_order_and_whole_before_the_next_command() {
     }
     transcript.push_str("S: d OK …\nS: e OK …\n");
     Conversation::new(&transcript).store(move || mailbox_of(COUNT, seen)).run();
+}
+
+/// The responses of a server's output, each FETCH with its items sorted
+/// (a streamed body comes last; items may come in any order).
+fn responses_of(output: &[u8]) -> Vec<String> {
+    use bitmask_imap::imap_types::response::{Data, Response};
+    use imap_codec::decode::Decoder as _;
+    let codec = imap_codec::ResponseCodec::default();
+    let mut rest = output;
+    let mut responses = Vec::new();
+    while !rest.is_empty() {
+        let (remaining, response) = codec.decode(rest).unwrap_or_else(|error| {
+            panic!("undecodable output {error:?} at {:?}", String::from_utf8_lossy(&rest[..rest.len().min(200)]))
+        });
+        responses.push(match response {
+            Response::Data(Data::Fetch { seq, items }) => {
+                let mut items: Vec<String> = items.into_iter().map(|item| format!("{item:?}")).collect();
+                items.sort();
+                format!("* {seq} FETCH {items:?}")
+            }
+            Response::Status(status) => format!("{status:?}"),
+            other => format!("{other:?}"),
+        });
+        rest = remaining;
+    }
+    responses
+}
+
+#[test]
+fn a_streamed_body_is_what_a_body_read_whole_would_be() {
+    // Big bodies (BODY[], RFC822, their partial forms) are sent by the
+    // connection from the store, after the responses before them; the
+    // client must see the same data as when the session reads the bodies
+    // itself, in the same order, whatever the sizes, the ranges, the NUL
+    // octets and the mix of streamed and read messages in one batch.
+    let seed = std::env::var("STREAM_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("STREAM_SEED={seed}");
+    let mut state = seed | 1;
+    let mut next = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below.max(1)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for round in 0..40 {
+        let count = 1 + next(12) as u32;
+        let messages: Vec<String> = (0..count)
+            .map(|n| {
+                let length = [0, 5, 300, 1200, 5000][next(5) as usize] + next(100) as usize;
+                let body: String = (0..length)
+                    .map(|_| match next(40) {
+                        0 => '\0',
+                        1 => '\n',
+                        other => char::from(b'a' + (other % 26) as u8),
+                    })
+                    .collect();
+                crlf(&format!("Subject: message {n} of round {round}\n\n{body}"))
+            })
+            .collect();
+        let store = || {
+            let store = MemStore::new();
+            for message in &messages {
+                store.deliver("INBOX", message, "", "17-Jul-1996 02:44:25 -0700");
+            }
+            store
+        };
+        let (origin, length) = (next(3000), 1 + next(3000));
+        let mut commands = vec![
+            "b FETCH 1:* BODY.PEEK[]\r\n".to_owned(),
+            format!("c FETCH 1:* (UID FLAGS BODY.PEEK[]<{origin}.{length}>)\r\n"),
+            "d UID FETCH 1:* (RFC822 INTERNALDATE)\r\n".to_owned(),
+            "e FETCH 1:* (BODY[] RFC822.SIZE)\r\n".to_owned(),
+            format!("f FETCH {}:* (BODY.PEEK[] BODY.PEEK[TEXT])\r\n", 1 + next(u64::from(count))),
+            "g FETCH 1:* (BODY.PEEK[] RFC822)\r\n".to_owned(),
+        ];
+        // Another client expunges a message; its bytes go before this
+        // session may announce it.
+        let gone = 1 + next(u64::from(count)) as u32;
+        commands.push(format!("h FETCH {gone} BODY.PEEK[]\r\n"));
+        commands.push("i NOOP\r\n".to_owned());
+        let stream_from = [0, 100, 2000, 6000][next(4) as usize];
+        let outputs: Vec<Vec<String>> = [u64::MAX, stream_from]
+            .into_iter()
+            .map(|threshold| {
+                runtime.block_on(async {
+                    let store = store();
+                    let mut driver = Driver::connect(store.clone(), support::MAX_LITERAL).await;
+                    driver.stream_bodies_from(threshold);
+                    driver.feed(b"a LOGIN alice@example.org s3cret-mail-token\r\na SELECT INBOX\r\n").await;
+                    let start = driver.output().len();
+                    for command in &commands {
+                        if command.starts_with('h') {
+                            store.remove("INBOX", gone);
+                        }
+                        driver.feed(command.as_bytes()).await;
+                    }
+                    responses_of(&driver.output_bytes()[start..])
+                })
+            })
+            .collect();
+        assert_eq!(outputs[0], outputs[1], "round {round}, streaming from {stream_from} bytes (STREAM_SEED={seed})");
+        assert!(
+            outputs[0].iter().any(|response| response.contains("EXPUNGEISSUED")),
+            "round {round}: {:?}",
+            &outputs[0][outputs[0].len() - 3..]
+        );
+    }
 }

@@ -3,13 +3,16 @@
 //!
 //! `split` cuts a raw message into a skeleton and deduplicated content
 //! documents and puts it back together byte for byte; `model` is the model
-//! over the store service (the only writer of mail documents on a device);
+//! over the store service (the only writer of mail documents on a device),
+//! and `raw_body` reads a message from it piece by piece for sending;
 //! `types` are its protocol-neutral types; `incoming` reads and marks
 //! what the provider's MX accepted (the sender's encryption and signature).
 
 pub mod incoming;
 #[cfg(feature = "store")]
 pub mod model;
+#[cfg(feature = "store")]
+pub mod raw_body;
 pub mod split;
 #[cfg(feature = "store")]
 pub mod token;

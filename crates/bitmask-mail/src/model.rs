@@ -123,30 +123,30 @@ struct UidDoc {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct MessageDoc {
-    size: u64,
-    skeleton: Vec<Segment>,
+pub(crate) struct MessageDoc {
+    pub(crate) size: u64,
+    pub(crate) skeleton: Vec<Segment>,
     /// The content ids the skeleton refers to (indexed, for collection).
-    parts: Vec<String>,
+    pub(crate) parts: Vec<String>,
 }
 
 /// Contents larger than this are kept as store blobs.
 pub const MAX_INLINE_CONTENT: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct ContentDoc {
+pub(crate) struct ContentDoc {
     /// The bytes, base64 (an inline content).
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    data: String,
+    pub(crate) data: String,
     /// The store blob that holds the bytes (a large content).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    blob: Option<BlobRef>,
+    pub(crate) blob: Option<BlobRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct BlobRef {
-    id: String,
-    size: u64,
+pub(crate) struct BlobRef {
+    pub(crate) id: String,
+    pub(crate) size: u64,
 }
 
 /// Bytes per message of a blob upload.
@@ -226,7 +226,7 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(document: &pb::Document) -> Result<T> {
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(document: &pb::Document) -> Result<T> {
     serde_json::from_slice(&document.content).map_err(|_| MailError::Damaged(document.id.clone()))
 }
 
@@ -340,7 +340,7 @@ impl MailModel {
         let _ = self.events.send(event);
     }
 
-    fn client(&self) -> StoreClient<TracedChannel> {
+    pub(crate) fn client(&self) -> StoreClient<TracedChannel> {
         self.store.clone()
     }
 
@@ -409,7 +409,7 @@ impl MailModel {
         Ok((page.documents, next))
     }
 
-    async fn get_many(&self, ids: Vec<String>) -> Result<Vec<pb::Document>> {
+    pub(crate) async fn get_many(&self, ids: Vec<String>) -> Result<Vec<pb::Document>> {
         let mut documents = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(BATCH) {
             let reply = self.client().get_many(pb::GetManyRequest { ids: chunk.to_vec() }).await?.into_inner();
@@ -951,6 +951,11 @@ impl MailModel {
             return Err(MailError::Damaged(format!("blob {} has {} bytes, not {}", blob.id, bytes.len(), blob.size)));
         }
         Ok(bytes)
+    }
+
+    /// A message's raw bytes if the cache holds them.
+    pub(crate) fn cached_raw(&self, message_id: &str) -> Option<Arc<Vec<u8>>> {
+        self.raw_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(message_id)
     }
 
     /// A message's raw bytes, exactly as appended.

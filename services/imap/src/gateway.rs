@@ -13,6 +13,7 @@ use bitmask_imap::imap_types::auth::{AuthMechanism, AuthenticateData};
 use bitmask_imap::imap_types::core::Text;
 use bitmask_imap::imap_types::response::{CommandContinuationRequest, Response, Status};
 use bitmask_imap::session::{After, Credentials, Session};
+use bitmask_imap::streamed::StreamedBody;
 use bitmask_mail::{MailEvent, MailModel};
 use bitmask_runtime::conn::Conn;
 use imap_next::server::{Error as ServerError, Event, Options, ResponseHandle, Server};
@@ -106,24 +107,102 @@ fn options(limits: &Limits) -> Options {
     options
 }
 
-/// Queues a command's responses. When there are more to come, the handle
-/// of the response after whose sending they are asked for: the rest of a
-/// long answer is made as the client reads it, and before the next command.
+/// Bodies of messages this big or bigger are sent from the store as they are
+/// read (`bitmask_imap::streamed`), not held whole by the session.
+const STREAM_FROM: u64 = 1 << 20;
+
+/// A long answer goes on once `handle` is sent: first `stream`, if any,
+/// then the next batch from the session.
+struct Waiting {
+    handle: ResponseHandle,
+    stream: Option<StreamedBody>,
+}
+
+/// Where a connection's bytes go: the socket, and what is gathered for it.
+struct Out {
+    conn: Conn,
+    buffer: Vec<u8>,
+}
+
+impl Out {
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.conn.write(&self.buffer).await?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Queues a command's responses. When there are more to come, what to wait
+/// for: the response after whose sending the rest is made as the client
+/// reads it, and before the next command.
 async fn answer(
     server: &mut Server,
     session: &mut Session<MailModel>,
+    model: &MailModel,
+    out: &mut Out,
     mut reply: bitmask_imap::session::Reply,
-) -> Option<ResponseHandle> {
+) -> std::io::Result<Option<Waiting>> {
     loop {
         let last = enqueue(server, reply.responses);
         if !reply.more {
-            return None;
+            return Ok(None);
         }
-        if last.is_some() {
-            return last;
+        match (last, reply.stream) {
+            (Some(handle), stream) => return Ok(Some(Waiting { handle, stream })),
+            // Nothing queued ahead of it: everything before is in `out`.
+            (None, Some(stream)) => send_streamed(model, session, out, &stream).await?,
+            (None, None) => {}
         }
         reply = session.more().await;
     }
+}
+
+/// Sends a streamed FETCH response: its head, the message's bytes as the
+/// store gives them, its tail. A message gone before any of it is sent ends
+/// the FETCH `NO [EXPUNGEISSUED]`; a store failure half way cuts the
+/// connection (a literal cannot be taken back).
+async fn send_streamed(
+    model: &MailModel,
+    session: &mut Session<MailModel>,
+    out: &mut Out,
+    streamed: &StreamedBody,
+) -> std::io::Result<()> {
+    let body = match model.raw_body(&streamed.message).await {
+        Ok(Some(body)) => body,
+        Ok(None) => {
+            session.stream_gone();
+            return Ok(());
+        }
+        Err(error) => {
+            tracing::warn!(%error, "reading a message to send it");
+            session.stream_gone();
+            return Ok(());
+        }
+    };
+    let end = streamed.range.end.min(body.size());
+    let start = streamed.range.start.min(end);
+    out.buffer.extend_from_slice(&streamed.head(end - start));
+    out.flush().await?;
+    let mut reader = body.reader(model, start..end);
+    let mut sent = 0u64;
+    loop {
+        let chunk = match reader.next().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(error) => return Err(std::io::Error::other(format!("reading a message half sent: {error}"))),
+        };
+        let mut chunk = chunk;
+        bitmask_imap::streamed::clean(&mut chunk);
+        sent += chunk.len() as u64;
+        out.conn.write(&chunk).await?;
+    }
+    if sent != end - start {
+        return Err(std::io::Error::other(format!("a message gave {sent} bytes, not {}", end - start)));
+    }
+    out.buffer.extend_from_slice(bitmask_imap::streamed::TAIL);
+    Ok(())
 }
 
 /// Queues responses to be sent; the handle of the last one.
@@ -166,21 +245,23 @@ fn server_after_tls(limits: &Limits, session: &Session<MailModel>) -> Server {
     server
 }
 
-async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()> {
+async fn connection(conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()> {
     // The token is read again at each login: the store may be locked now and
     // unlocked later (or the token rotated) while the connection stays open.
     let credentials = Credentials { address: gateway.address.clone(), token: None };
     let mut session = Session::new(gateway.model.clone(), credentials, gateway.tls.is_some());
+    session.stream_bodies_from(STREAM_FROM);
+    let model = &*gateway.model;
     let limits = &gateway.limits;
     let mut server = Server::new(options(limits), session.greeting());
     let mut events = gateway.model.subscribe();
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut output: Vec<u8> = Vec::with_capacity(OUTPUT_BUFFER);
+    let mut out = Out { conn, buffer: Vec::with_capacity(OUTPUT_BUFFER) };
     let mut idling: Option<bitmask_imap::imap_types::core::Tag<'static>> = None;
     let mut authenticating: Option<bitmask_imap::imap_types::core::Tag<'static>> = None;
     let (mut failed_logins, mut bad_in_a_row) = (0u32, 0u32);
     let mut pending = After::Continue;
-    let mut more_after: Option<ResponseHandle> = None;
+    let mut waiting: Option<Waiting> = None;
     loop {
         match server.next() {
             // After LOGOUT, a cut-off or STARTTLS, whatever the client sent
@@ -188,10 +269,7 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
             Ok(Event::CommandReceived { .. }) if pending != After::Continue => {}
             Ok(Event::CommandReceived { command }) => {
                 // What earlier commands answered goes out before this one runs.
-                if !output.is_empty() {
-                    conn.write(&output).await?;
-                    output.clear();
-                }
+                out.flush().await?;
                 bad_in_a_row = 0;
                 if matches!(command.body, bitmask_imap::imap_types::command::CommandBody::Login { .. }) {
                     session.set_token((gateway.token)().await);
@@ -206,7 +284,7 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
                 } else {
                     pending = reply.after;
                 }
-                more_after = answer(&mut server, &mut session, reply).await;
+                waiting = answer(&mut server, &mut session, model, &mut out, reply).await?;
             }
             Ok(Event::CommandAuthenticateReceived { command_authenticate }) => {
                 let tag = command_authenticate.tag;
@@ -260,31 +338,32 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
                     server.enqueue_status(ok_status(&tag, "IDLE terminated"));
                 }
             }
-            Ok(Event::ResponseSent { handle, .. }) if Some(handle) == more_after => {
+            Ok(Event::ResponseSent { handle, .. })
+                if waiting.as_ref().is_some_and(|waiting| waiting.handle == handle) =>
+            {
+                if let Some(stream) = waiting.take().and_then(|waiting| waiting.stream) {
+                    send_streamed(model, &mut session, &mut out, &stream).await?;
+                }
                 let reply = session.more().await;
-                more_after = answer(&mut server, &mut session, reply).await;
+                waiting = answer(&mut server, &mut session, model, &mut out, reply).await?;
             }
             Ok(Event::GreetingSent { .. } | Event::ResponseSent { .. }) => {}
             // imap-next hands out one response at a time: they are written
             // together (a FETCH of 100,000 messages is not 100,000 writes).
             Err(Interrupt::Io(Io::Output(bytes))) => {
-                output.extend_from_slice(&bytes);
-                if output.len() >= OUTPUT_BUFFER {
-                    conn.write(&output).await?;
-                    output.clear();
+                out.buffer.extend_from_slice(&bytes);
+                if out.buffer.len() >= OUTPUT_BUFFER {
+                    out.flush().await?;
                 }
             }
             Err(Interrupt::Io(Io::NeedMoreInput)) => {
-                if !output.is_empty() {
-                    conn.write(&output).await?;
-                    output.clear();
-                }
+                out.flush().await?;
                 // Everything queued is written: act on what the last command asked.
                 match std::mem::replace(&mut pending, After::Continue) {
                     After::Logout => return Ok(()),
                     After::StartTls => {
-                        if let (Conn::Plain(stream), Some(acceptor)) = (conn, gateway.tls.clone()) {
-                            conn = Conn::Tls(Box::new(acceptor.accept(stream).await?));
+                        if let (Conn::Plain(stream), Some(acceptor)) = (out.conn, gateway.tls.clone()) {
+                            out.conn = Conn::Tls(Box::new(acceptor.accept(stream).await?));
                             session.tls_started();
                             server = server_after_tls(limits, &session);
                             continue;
@@ -294,12 +373,12 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
                     After::Continue | After::AuthFailed => {}
                 }
                 tokio::select! {
-                    read = tokio::time::timeout(limits.idle_timeout, conn.read(&mut buffer)) => match read {
+                    read = tokio::time::timeout(limits.idle_timeout, out.conn.read(&mut buffer)) => match read {
                         Ok(Ok(0)) => return Ok(()),
                         Ok(Ok(n)) => server.enqueue_input(&buffer[..n]),
                         Ok(Err(error)) => return Err(error),
                         Err(_) => {
-                            conn.write(b"* BYE idle for too long\r\n").await?;
+                            out.conn.write(b"* BYE idle for too long\r\n").await?;
                             return Ok(());
                         }
                     },

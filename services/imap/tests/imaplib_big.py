@@ -103,8 +103,17 @@ def check(imap, uid, expected):
         _, data = fetch(imap, uid, "BODYSTRUCTURE")
         structure = b" ".join(piece if isinstance(piece, bytes) else piece[0] for piece in data)
         assert b'"application" "octet-stream"' in structure.lower(), structure[:400]
-    pieces, _ = fetch(imap, uid, "BODY.PEEK[]<1000.500>")
-    assert len(pieces[0][1]) == 500, f"partial fetch of {uid}: {len(pieces[0][1])} bytes"
+    for item, digest in expected["partials"].items():
+        pieces, _ = fetch(imap, uid, f"BODY.PEEK[]<{item}>")
+        assert sha(pieces[0][1]) == digest, f"BODY[]<{item}> of {uid} differs ({len(pieces[0][1])} bytes)"
+
+
+def partials(raw):
+    """Partial fetches and the SHA-256 of what each must give: inside, across
+    the parts a big message is kept in, past the end."""
+    size = len(raw)
+    ranges = [(1000, 500), (0, 1), (size // 2 - 70000, 200000), (size - 10, 100), (size + 5, 10)]
+    return {f"{origin}.{length}": sha(raw[origin:origin + length]) for origin, length in ranges}
 
 
 imap = connect()
@@ -128,9 +137,14 @@ if mode == "append":
         match = re.search(rb"APPENDUID \d+ (\d+)", answer)
         assert answer.split()[1] == b"OK" and match, f"APPEND of {name} ({len(raw)} bytes): {answer!r}"
         uid = int(match.group(1))
-        state[str(uid)] = {"name": name, "sha": sha(raw), "size": len(raw), "attachment": attachment}
+        state[str(uid)] = {"name": name, "sha": sha(raw), "size": len(raw), "attachment": attachment,
+                           "partials": partials(raw)}
         check(imap, uid, state[str(uid)])
         print(f"{name}: {len(raw)} bytes appended in {appended:.1f} s, read back in {time.monotonic() - started - appended:.1f} s", flush=True)
+    # All of them in one FETCH, read whole (RFC822 marks them \Seen).
+    typ, data = imap.uid("FETCH", "1:*", "(RFC822)")
+    bodies = [piece[1] for piece in data if isinstance(piece, tuple)]
+    assert typ == "OK" and sorted(map(sha, bodies)) == sorted(m["sha"] for m in state.values()), "FETCH 1:* RFC822"
     # Over the limit: refused, and nothing is left behind.
     typ, before = imap.uid("SEARCH", "ALL")
     over = with_attachments("too big", [attachment_for(LIMIT + 1024 * 1024)])

@@ -18,8 +18,11 @@ use tonic::{Request, Response, Status};
 const WATCH_BUFFER: usize = 1024;
 /// Changes read from the log per step when a watcher catches up.
 const CATCH_UP_PAGE: usize = 256;
-/// The most blob bytes in one `GetBlob` reply message.
-const BLOB_REPLY_BYTES: usize = 1 << 20;
+/// The most blob bytes in one `GetBlob` reply message: three sealed chunks,
+/// under the 256 KiB from which services' allocations are fresh mappings
+/// (`MALLOC_MMAP_THRESHOLD_`), so reply buffers here and in the reader are
+/// reused memory, not pages faulted in and zeroed for every reply.
+const BLOB_REPLY_BYTES: usize = 192 << 10;
 /// The largest request (an atomic batch of documents).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 

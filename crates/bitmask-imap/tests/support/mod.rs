@@ -50,6 +50,7 @@ use bitmask_imap::imap_types::response::{
     Bye, CommandContinuationRequest, Response, Status, StatusBody, StatusKind, Tagged,
 };
 use bitmask_imap::session::{After, Credentials, Reply, Session};
+use bitmask_imap::streamed::StreamedBody;
 use bitmask_mail::types::normalize_name;
 use bitmask_mail::{Entry, FlagOperation, Flags, MailError, MailEvent, MailboxInfo, Mailstore, SpecialUse};
 use imap_next::server::{Error as ServerError, Event, Options, ResponseHandle, Server};
@@ -630,8 +631,9 @@ pub struct Driver {
     failed_logins: u32,
     bad_in_a_row: u32,
     pending: After,
-    /// A long answer goes on once this response is sent.
-    more_after: Option<ResponseHandle>,
+    /// A long answer goes on once this response is sent (after sending a
+    /// streamed body, if there is one).
+    more_after: Option<(ResponseHandle, Option<StreamedBody>)>,
     closed: bool,
 }
 
@@ -673,6 +675,11 @@ impl Driver {
     /// What the server wrote so far (with [`CLOSED`] where it closed).
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.output).into_owned()
+    }
+
+    /// What the server wrote so far, as bytes.
+    pub fn output_bytes(&self) -> &[u8] {
+        &self.output
     }
 
     pub fn closed(&self) -> bool {
@@ -719,19 +726,44 @@ impl Driver {
         last
     }
 
+    /// Streams message bodies of `bytes` or more, as the gateway does.
+    pub fn stream_bodies_from(&mut self, bytes: u64) {
+        self.session.stream_bodies_from(bytes);
+    }
+
     /// Queues a command's responses; with more to come, the handle after
     /// whose sending they are asked for (as the gateway does).
-    async fn answer(&mut self, mut reply: Reply) -> Option<ResponseHandle> {
+    async fn answer(&mut self, mut reply: Reply) -> Option<(ResponseHandle, Option<StreamedBody>)> {
         loop {
             let last = self.enqueue(reply.responses);
             if !reply.more {
                 return None;
             }
-            if last.is_some() {
-                return last;
+            match (last, reply.stream) {
+                (Some(handle), stream) => return Some((handle, stream)),
+                (None, Some(stream)) => self.send_streamed(&stream).await,
+                (None, None) => {}
             }
             reply = self.session.more().await;
         }
+    }
+
+    /// A streamed FETCH response, as the gateway sends it (from the whole
+    /// message here, cut into uneven chunks).
+    async fn send_streamed(&mut self, streamed: &StreamedBody) {
+        let Ok(raw) = self.store.raw(&streamed.message).await else {
+            self.session.stream_gone();
+            return;
+        };
+        let end = streamed.range.end.min(raw.len() as u64);
+        let start = streamed.range.start.min(end);
+        self.output.extend_from_slice(&streamed.head(end - start));
+        for chunk in raw[start as usize..end as usize].chunks(1000) {
+            let mut chunk = chunk.to_vec();
+            bitmask_imap::streamed::clean(&mut chunk);
+            self.output.extend_from_slice(&chunk);
+        }
+        self.output.extend_from_slice(bitmask_imap::streamed::TAIL);
     }
 
     /// The tagged status of a login (the gateway sleeps after a failure; not here).
@@ -821,7 +853,12 @@ impl Driver {
                         self.server.enqueue_status(tagged(&tag, StatusKind::Ok, "IDLE terminated"));
                     }
                 }
-                Ok(Event::ResponseSent { handle, .. }) if Some(handle) == self.more_after => {
+                Ok(Event::ResponseSent { handle, .. })
+                    if self.more_after.as_ref().is_some_and(|(waiting, _)| *waiting == handle) =>
+                {
+                    if let Some(stream) = self.more_after.take().and_then(|(_, stream)| stream) {
+                        self.send_streamed(&stream).await;
+                    }
                     let reply = self.session.more().await;
                     self.more_after = self.answer(reply).await;
                 }
