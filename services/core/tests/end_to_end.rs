@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bitmask_testkit::gpg::Gpg;
 use bitmask_testkit::{KillOnDrop, ProviderProcess, World, all_bytes, contains, free_port, text, wait_until};
+use sha2::Digest as _;
 
 const DOMAIN: &str = "example.org";
 const ALICE: &str = "alice@example.org";
@@ -479,6 +480,31 @@ fn big_attachments_reach_bob_and_his_second_device_byte_for_byte() {
         let sent = big_mail("send", &alice, &[BOB, &subject, &mib.to_string(), &(seed + mib).to_string()]);
         assert_eq!(read_big(&bob, &subject), sent, "the {mib} MiB attachment bob reads differs");
     }
+    // The same from swaks (its own MIME, AUTH PLAIN over STARTTLS).
+    let file = alice.world.path().join("attachment.bin");
+    let mut state = seed | 1;
+    let data: Vec<u8> = (0..20 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let swaks = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", alice.smtp_port), "--tls", "--auth", "PLAIN"])
+        .args(["--auth-user", ALICE, "--auth-password", &alice.token(), "--from", ALICE, "--to", BOB])
+        .args(["--header", "Subject: 20 MiB from swaks", "--body", "the file, from swaks"])
+        .args(["--attach-type", "application/octet-stream", "--attach-name", "file.bin"])
+        .arg("--attach")
+        .arg(format!("@{}", file.display()))
+        .args(["--suppress-data"])
+        .output()
+        .unwrap();
+    assert!(swaks.status.success() && text(&swaks).contains("250 2.0.0"), "{}", text(&swaks));
+    let sent = format!("{:x}", sha2::Sha256::digest(&data));
+    assert_eq!(read_big(&bob, "20 MiB from swaks"), sent, "the attachment swaks sent differs at bob's");
     // Bob's second device restores the account and reads the 20 MiB one.
     let laptop = Person::join(&provider, BOB, "bob passphrase");
     let synced = laptop.world.ctl(&["sync", BOB]);
