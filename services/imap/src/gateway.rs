@@ -318,6 +318,9 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
                     }
                 }
             }
+            // Nor is a line that does not parse answered then (a BAD after
+            // the LOGOUT's OK, or written in clear before the TLS handshake).
+            Err(Interrupt::Error(_)) if pending != After::Continue => {}
             Err(Interrupt::Error(error)) => {
                 bad_in_a_row += 1;
                 match error {

@@ -837,6 +837,8 @@ impl Driver {
                     }
                     return;
                 }
+                // Nor is a line that does not parse answered then.
+                Err(Interrupt::Error(_)) if self.pending != After::Continue => {}
                 Err(Interrupt::Error(error)) => {
                     self.bad_in_a_row += 1;
                     match error {
