@@ -185,7 +185,15 @@ async fn connection(mut conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()
         match server.next() {
             // After LOGOUT, a cut-off or STARTTLS, whatever the client sent
             // behind it is not run (for STARTTLS: nothing may be injected).
-            Ok(Event::CommandReceived { .. }) if pending != After::Continue => {}
+            // (Nor AUTHENTICATE or IDLE: the connection closes, or the server
+            // is replaced for TLS, once the output is out.)
+            Ok(
+                Event::CommandReceived { .. }
+                | Event::CommandAuthenticateReceived { .. }
+                | Event::AuthenticateDataReceived { .. }
+                | Event::IdleCommandReceived { .. }
+                | Event::IdleDoneReceived,
+            ) if pending != After::Continue => {}
             Ok(Event::CommandReceived { command }) => {
                 // What earlier commands answered goes out before this one runs.
                 if !output.is_empty() {

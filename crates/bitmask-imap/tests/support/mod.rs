@@ -756,7 +756,15 @@ impl Driver {
     async fn pump(&mut self) {
         loop {
             match self.server.next() {
-                Ok(Event::CommandReceived { .. }) if self.pending != After::Continue => {}
+                // Nothing the client sent behind LOGOUT (or a cut-off) is run
+                // or answered: the connection closes once the output is out.
+                Ok(
+                    Event::CommandReceived { .. }
+                    | Event::CommandAuthenticateReceived { .. }
+                    | Event::AuthenticateDataReceived { .. }
+                    | Event::IdleCommandReceived { .. }
+                    | Event::IdleDoneReceived,
+                ) if self.pending != After::Continue => {}
                 Ok(Event::CommandReceived { command }) => {
                     self.bad_in_a_row = 0;
                     let reply = self.session.handle(command).await;
