@@ -6,12 +6,11 @@
 //!
 //! Checked: no panic and no stack overflow; a message the gate passes is
 //! given to mail-parser and a message it refuses is not; splitting and assembling gives the same bytes back; the
-//! composer's entities have no CR CR; an `OpenPGP:` URL the key service
+//! composer's entities have no bare CR unless the message had one; an `OpenPGP:` URL the key service
 //! would fetch is https on the sender's own domain.
 
 #![no_main]
 
-use bitmask_fuzz::contains;
 use bitmask_mail::split;
 use bitmask_smtp::pgpmime::{self, KeyAttachment};
 use libfuzzer_sys::fuzz_target;
@@ -40,6 +39,10 @@ fn split_round_trip(raw: &[u8]) {
     }
 }
 
+fn has_bare_cr(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(at, byte)| *byte == b'\r' && bytes.get(at + 1) != Some(&b'\n'))
+}
+
 fn compose(raw: &[u8]) {
     let Ok(prepared) = pgpmime::prepare(raw) else { return };
     let key = KeyAttachment {
@@ -49,8 +52,12 @@ fn compose(raw: &[u8]) {
     };
     let inner = prepared.inner_for_encryption(Some(&key));
     let signing = prepared.entity_for_signing(None);
-    for entity in [&inner, &signing] {
-        assert!(!contains(entity, b"\r\r"), "an entity to encrypt or sign has a bare CR");
+    // A message without bare CRs (all the SMTP session hands on) gives
+    // entities without them: another MTA could take one for a line end.
+    if !has_bare_cr(raw) {
+        for entity in [&inner, &signing] {
+            assert!(!has_bare_cr(entity), "an entity to encrypt or sign has a bare CR");
+        }
     }
     let extra = [("OpenPGP".to_owned(), "id=1234ABCD; preference=signencrypt".to_owned())];
     let armor = b"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n";
