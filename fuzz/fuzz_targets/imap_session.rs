@@ -4,8 +4,9 @@
 //! once whole and once cut into reads of 1 to 7 bytes.
 //!
 //! Checked: no panic; the server's transcript does not depend on how the
-//! input was cut (as the conversation tests assert for theirs); what it
-//! wrote ends with CRLF.
+//! input was cut (as the conversation tests assert for theirs), but for the
+//! `+` imap-next itself sends after LOGOUT for a literal that came in the
+//! same read; what it wrote ends with CRLF.
 
 #![no_main]
 
@@ -56,13 +57,28 @@ fn play(input: &[u8], chunk: usize) -> String {
     })
 }
 
+/// The transcript without the continuation requests imap-next sends by
+/// itself, after LOGOUT, for a literal announced in the same read (the
+/// command is not run: only its `+` goes out before the connection closes).
+fn normalized(transcript: &str) -> String {
+    let mut out = String::with_capacity(transcript.len());
+    let mut bye = false;
+    for line in transcript.split_inclusive("\r\n") {
+        bye |= line.starts_with("* BYE ");
+        if !(bye && line.starts_with("+ ")) {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 fuzz_target!(|input: &[u8]| {
     if input.len() > 16 * 1024 {
         return;
     }
-    let whole = play(input, input.len().max(1));
+    let whole = normalized(&play(input, input.len().max(1)));
     assert!(whole.ends_with("\r\n"), "the server's output does not end with CRLF: {whole:?}");
     let chunk = 1 + input.len() % 7;
-    let split = play(input, chunk);
+    let split = normalized(&play(input, chunk));
     assert_eq!(whole, split, "the transcript depends on how the input is split ({chunk}-byte reads)");
 });
