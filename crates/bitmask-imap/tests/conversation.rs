@@ -1530,6 +1530,39 @@ fn nothing_is_answered_after_logout() {
 }
 
 #[test]
+fn a_malformed_line_behind_logout_is_not_answered() {
+    // Found by scripts/fuzz (imap_session): a line that does not parse,
+    // pipelined behind LOGOUT, was answered BAD after the LOGOUT's OK when it
+    // came in the same read (and not when it came later): nothing is
+    // answered after LOGOUT, whatever the client sent behind it.
+    Conversation::new(concat!(
+        logged_in!(),
+        r#"
+        C: a1 LOGOUT
+        C: 2PO OaN
+        C: )
+        S: * BYE …
+        S: a1 OK …
+        -- closed --
+        "#
+    ))
+    .run();
+}
+
+#[test]
+fn idle_or_authenticate_behind_logout_is_not_answered() {
+    // Found by scripts/fuzz (imap_session): IDLE pipelined behind LOGOUT was
+    // answered BAD after the LOGOUT's OK when it came in the same read.
+    for behind in ["C: A002 IDLE\nC: DONE", "C: A002 AUTHENTICATE PLAIN\nC: *", "C: A002 AUTHENTICATE PLAIN AGFsaWNl"] {
+        Conversation::new(&format!(
+            "{}\nC: a1 LOGOUT\n{behind}\nC: a3 NOOP\nS: * BYE …\nS: a1 OK …\n-- closed --\n",
+            logged_in!()
+        ))
+        .run();
+    }
+}
+
+#[test]
 fn lsub_percent_shows_unsubscribed_parents_as_noselect() {
     // RFC 3501 6.3.9: "foo/bar" subscribed, "foo" not: LSUB with "%" MUST
     // return "foo", flagged \Noselect.

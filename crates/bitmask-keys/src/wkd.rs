@@ -34,10 +34,24 @@ pub struct WkdUrls {
 #[error("{0:?} is not an address WKD can look up")]
 pub struct NotAnAddress(pub String);
 
+/// Whether `domain` is a host name and nothing more: dot-separated labels of
+/// letters (an internationalized name's too), digits and hyphens. Anything
+/// else (`#`, `?`, `\\`, `:`, a space) would make the URLs point elsewhere.
+fn is_host_name(domain: &str) -> bool {
+    domain.split('.').all(|label| {
+        !label.is_empty()
+            && label.chars().all(|character| {
+                character.is_ascii_alphanumeric()
+                    || character == '-'
+                    || (!character.is_ascii() && character.is_alphanumeric())
+            })
+    })
+}
+
 /// The two URLs to try for `address`, advanced method first.
 pub fn urls(address: &str) -> Result<WkdUrls, NotAnAddress> {
     let (local, domain) = address.rsplit_once('@').ok_or_else(|| NotAnAddress(address.to_owned()))?;
-    if local.is_empty() || domain.is_empty() || domain.contains('/') || local.contains('/') {
+    if local.is_empty() || local.contains('/') || !is_host_name(domain) {
         return Err(NotAnAddress(address.to_owned()));
     }
     let domain = domain.to_ascii_lowercase();
@@ -71,6 +85,30 @@ mod tests {
             urls.direct,
             "https://example.org/.well-known/openpgpkey/hu/iy9q119eutrkn8s1mk4r39qejnbu3n5q?l=Joe.Doe"
         );
+    }
+
+    #[test]
+    fn a_domain_that_is_more_than_a_host_name_is_refused() {
+        // Found by scripts/fuzz (wkd): the domain went into the URLs as it
+        // was, so `#`, `?`, `\\`, `:` or a space in it made them point at
+        // another path, another port or nothing (`a@evil.example#` fetched
+        // the root of openpgpkey.evil.example).
+        for address in [
+            "a@evil.example#",
+            "a@evil.example?x=",
+            "a@evil.example\\x",
+            "a@127.0.0.1:8080",
+            "a@evil example",
+            "a@.example",
+            "a@example..org",
+            "a@example.org.",
+            "a@b\u{fffd}d.example",
+        ] {
+            assert!(urls(address).is_err(), "{address:?}: {:?}", urls(address));
+        }
+        assert!(urls("a@xn--bcher-kva.example").is_ok());
+        assert!(urls("a@b\u{fc}cher.example").is_ok());
+        assert!(urls("a@mail-1.example.org").is_ok());
     }
 
     #[test]

@@ -266,7 +266,15 @@ async fn connection(conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()> {
         match server.next() {
             // After LOGOUT, a cut-off or STARTTLS, whatever the client sent
             // behind it is not run (for STARTTLS: nothing may be injected).
-            Ok(Event::CommandReceived { .. }) if pending != After::Continue => {}
+            // (Nor AUTHENTICATE or IDLE: the connection closes, or the server
+            // is replaced for TLS, once the output is out.)
+            Ok(
+                Event::CommandReceived { .. }
+                | Event::CommandAuthenticateReceived { .. }
+                | Event::AuthenticateDataReceived { .. }
+                | Event::IdleCommandReceived { .. }
+                | Event::IdleDoneReceived,
+            ) if pending != After::Continue => {}
             Ok(Event::CommandReceived { command }) => {
                 // What earlier commands answered goes out before this one runs.
                 out.flush().await?;
@@ -397,6 +405,9 @@ async fn connection(conn: Conn, gateway: Arc<Gateway>) -> std::io::Result<()> {
                     }
                 }
             }
+            // Nor is a line that does not parse answered then (a BAD after
+            // the LOGOUT's OK, or written in clear before the TLS handshake).
+            Err(Interrupt::Error(_)) if pending != After::Continue => {}
             Err(Interrupt::Error(error)) => {
                 bad_in_a_row += 1;
                 match error {

@@ -788,7 +788,15 @@ impl Driver {
     async fn pump(&mut self) {
         loop {
             match self.server.next() {
-                Ok(Event::CommandReceived { .. }) if self.pending != After::Continue => {}
+                // Nothing the client sent behind LOGOUT (or a cut-off) is run
+                // or answered: the connection closes once the output is out.
+                Ok(
+                    Event::CommandReceived { .. }
+                    | Event::CommandAuthenticateReceived { .. }
+                    | Event::AuthenticateDataReceived { .. }
+                    | Event::IdleCommandReceived { .. }
+                    | Event::IdleDoneReceived,
+                ) if self.pending != After::Continue => {}
                 Ok(Event::CommandReceived { command }) => {
                     self.bad_in_a_row = 0;
                     let reply = self.session.handle(command).await;
@@ -874,6 +882,8 @@ impl Driver {
                     }
                     return;
                 }
+                // Nor is a line that does not parse answered then.
+                Err(Interrupt::Error(_)) if self.pending != After::Continue => {}
                 Err(Interrupt::Error(error)) => {
                     self.bad_in_a_row += 1;
                     match error {
