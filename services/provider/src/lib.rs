@@ -7,6 +7,9 @@
 //!   users' client certificates;
 //! - [`store`]: accounts, issued certificates, the delivery log (sled);
 //! - [`accounts`]: the `bitmask.provider.v1.Accounts` gRPC edge (SRP);
+//!   [`logins`]: its bounded tables of logins under way and failed logins;
+//! - [`limits`]: what one client network or account may hold or do
+//!   (connections, rates);
 //! - [`https`]: the HTTPS port: gRPC (accounts, the key directory of
 //!   `bitmask_keydir`, the sync endpoint of `bitmask_sync_endpoint`) and
 //!   HTTP (`/ca.crt`, Web Key Directory);
@@ -29,6 +32,8 @@ pub mod config;
 pub mod deliver;
 pub mod https;
 pub mod init;
+pub mod limits;
+pub mod logins;
 pub mod smarthost;
 pub mod smtp;
 pub mod store;
