@@ -295,10 +295,13 @@ pub async fn serve(
         relay_tls: relay_tls.into(),
     });
     let routes = https_routes(&provider, &storages, sessions, notifier).await?;
+    let limits = &settings.limits;
+    let mx_limits = limits::ConnectionLimits::new(limits.mx_max_connections, limits.mx_max_connections_per_ip);
+    let relay_limits = limits::ConnectionLimits::new(limits.relay_max_connections, limits.relay_max_connections_per_ip);
 
     let background = [
-        tokio::spawn(smtp::serve_mx(mx_listener, smtp.clone())),
-        tokio::spawn(smtp::serve_relay(relay_listener, smtp)),
+        tokio::spawn(smtp::serve_mx(mx_listener, smtp.clone(), mx_limits)),
+        tokio::spawn(smtp::serve_relay(relay_listener, smtp, relay_limits)),
         tokio::spawn(forget_expired(storages.store.clone())),
     ];
     let incoming = https::tls_incoming(https_listener, https_tls.into());
