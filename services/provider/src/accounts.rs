@@ -4,6 +4,13 @@
 //!
 //! - **SignUp** takes an address in the provider's domain (compared without
 //!   case) and its SRP salt and verifier; the passphrase never arrives.
+//! - **LoginStart** for an address without an account answers as for one
+//!   with an account: a salt and a B made from a decoy verifier (keyed by
+//!   the provider secret and the address, so the same salt at every
+//!   attempt), and LoginFinish refuses it as a wrong passphrase, its
+//!   failures counted like any other. Nobody learns from a login whether
+//!   an address has an account (SignUp's ALREADY_EXISTS does tell: a
+//!   sign-up must, which is one reason sign-up is by invitation).
 //! - **LoginStart** keeps the server's half of the handshake in memory for
 //!   [`LOGIN_TIMEOUT`] under a random login id; **LoginFinish** checks the
 //!   client's proof and issues a session token of the shared
@@ -30,6 +37,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::ca::{Ca, CaError};
+use crate::config::ProviderSecret;
 use crate::limits::{Network, TokenBucket};
 pub use crate::logins::LOGIN_TIMEOUT;
 use crate::logins::{FailedLogins, PendingLogins};
@@ -60,6 +68,8 @@ pub struct AccountsService {
     sessions: Arc<Sessions>,
     session_lifetime: Duration,
     ca: Arc<Ca>,
+    /// Keys the decoy logins of addresses without an account.
+    secret: ProviderSecret,
     /// LoginStarts per network.
     starts: Mutex<HashMap<Network, TokenBucket>>,
     pending: Mutex<PendingLogins>,
@@ -106,6 +116,7 @@ impl AccountsService {
         sessions: Arc<Sessions>,
         session_lifetime: Duration,
         ca: Arc<Ca>,
+        secret: ProviderSecret,
     ) -> Self {
         Self {
             info,
@@ -113,6 +124,7 @@ impl AccountsService {
             sessions,
             session_lifetime,
             ca,
+            secret,
             starts: Mutex::default(),
             pending: Mutex::default(),
             failures: Mutex::default(),
@@ -148,6 +160,19 @@ impl AccountsService {
             .map_err(status_of_store)
     }
 
+    /// HMAC-SHA256 under the provider secret of `purpose` and `address`.
+    fn keyed(&self, purpose: &[u8], address: &str) -> [u8; 32] {
+        use hmac::Mac as _;
+        // HMAC takes a key of any length: this does not fail.
+        let Ok(mut mac) = <hmac::Hmac<sha2::Sha256>>::new_from_slice(self.secret.as_bytes()) else {
+            return [0; 32];
+        };
+        for part in [b"bitmask-provider ".as_slice(), purpose, b"\0", address.as_bytes()] {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     /// A LoginStart from `network` now, or how long until one is taken.
     fn may_start(&self, network: Network, now: Instant) -> Result<(), Duration> {
         let mut starts = self.starts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -180,8 +205,16 @@ impl AccountsService {
         check_length("srp_a", &request.srp_a, 1, MAX_SRP_VALUE)?;
         let key = address.clone();
         let account = self.blocking(move |store| store.account(&key)).await?;
-        let account = account.ok_or_else(|| Status::not_found(format!("no account {address} at this provider")))?;
-        let (server, srp_b) = ServerLogin::start(&account.verifier, &request.srp_a)
+        // An address without an account gets a decoy: a salt and verifier
+        // of its own, the same at every attempt, that no proof matches.
+        let (salt, verifier) = match account {
+            Some(account) => (account.salt, account.verifier),
+            None => {
+                let salt = self.keyed(b"decoy salt", &address).to_vec();
+                (salt, bitmask_auth::decoy_verifier(&self.keyed(b"decoy verifier", &address)))
+            }
+        };
+        let (server, srp_b) = ServerLogin::start(&verifier, &request.srp_a)
             .map_err(|error: AuthError| Status::invalid_argument(error.to_string()))?;
         let login_id = random_id();
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(
@@ -191,7 +224,7 @@ impl AccountsService {
             server,
             Instant::now(),
         );
-        Ok(pb::LoginStartResponse { srp_salt: account.salt, srp_b, login_id })
+        Ok(pb::LoginStartResponse { srp_salt: salt, srp_b, login_id })
     }
 
     /// LoginFinish from `network`.
@@ -408,7 +441,8 @@ mod tests {
             mx_address: "localhost:1".into(),
         };
         let (ca, _) = Ca::generate("example.org").unwrap();
-        let service = AccountsService::new(info, store, Arc::default(), Duration::from_secs(60), Arc::new(ca));
+        let secret = ProviderSecret::generate();
+        let service = AccountsService::new(info, store, Arc::default(), Duration::from_secs(60), Arc::new(ca), secret);
         (dir, service)
     }
 
@@ -606,5 +640,44 @@ mod tests {
         // The budget comes back with time.
         tokio::time::advance(crate::logins::ADDRESS_FAILURE_REFILL).await;
         log_in(&service, "203.0.113.0", alice, &right).await.unwrap();
+    }
+
+    /// Issue 14: LoginStart for an address without an account answers as
+    /// for one with an account (a salt that is the same each time, a B of
+    /// the group), and LoginFinish refuses it as a wrong passphrase.
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_address_logs_in_like_a_wrong_passphrase() {
+        let (_dir, service) = service();
+        let alice = "alice@example.org";
+        sign_up(&service, alice, &LoginSecret::derive("right", alice)).await;
+        let start = |address: &str| {
+            let client = ClientLogin::start();
+            let request = pb::LoginStartRequest { address: address.into(), srp_a: client.a_pub().to_vec() };
+            let service = &service;
+            async move { (client, service.login_start(from("192.0.2.1", request)).await.map(Response::into_inner)) }
+        };
+        let (_, known) = start(alice).await;
+        let known = known.unwrap();
+        let (client, unknown) = start("nobody@example.org").await;
+        let unknown = unknown.unwrap();
+        assert_eq!(unknown.srp_salt.len(), known.srp_salt.len());
+        assert_eq!(unknown.srp_b.len().div_ceil(8), known.srp_b.len().div_ceil(8), "B is a number of the group");
+        assert_eq!(unknown.login_id.len(), known.login_id.len());
+        let (_, again) = start("Nobody@example.org").await;
+        assert_eq!(again.unwrap().srp_salt, unknown.srp_salt, "the same salt at every attempt");
+        let (_, other) = start("somebody@example.org").await;
+        assert_ne!(other.unwrap().srp_salt, unknown.srp_salt);
+
+        let secret = LoginSecret::derive("anything", "nobody@example.org");
+        let proof = client.finish("nobody@example.org", &secret, &unknown.srp_salt, &unknown.srp_b).unwrap();
+        let request = pb::LoginFinishRequest { login_id: unknown.login_id, srp_m1: proof.m1.clone() };
+        let refused = service.login_finish(from("192.0.2.1", request)).await.unwrap_err();
+        let wrong = log_in(&service, "192.0.2.2", alice, &LoginSecret::derive("wrong", alice)).await.unwrap_err();
+        assert_eq!((refused.code(), refused.message()), (wrong.code(), wrong.message()));
+        // And its failures are counted like any address's: the second waits longer.
+        let began = VirtualInstant::now();
+        let refused = log_in(&service, "192.0.2.1", "nobody@example.org", &secret).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert_eq!(began.elapsed(), Duration::from_secs(2));
     }
 }

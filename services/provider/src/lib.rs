@@ -191,7 +191,14 @@ async fn https_routes(
         mx_address: format!("{}:{}", settings.hostname, settings.mx_port),
     };
     let lifetime = Duration::from_secs(settings.session_lifetime_seconds);
-    let accounts = AccountsService::new(info, storages.store.clone(), sessions.clone(), lifetime, provider.ca.clone());
+    let accounts = AccountsService::new(
+        info,
+        storages.store.clone(),
+        sessions.clone(),
+        lifetime,
+        provider.ca.clone(),
+        provider.secret.clone(),
+    );
     let directory = KeyDirectoryService::new(storages.keys.clone(), sessions.clone());
     let endpoint = SyncService::with_notifier(storages.sync.clone(), sessions, notifier);
 
