@@ -159,8 +159,14 @@ impl ClientLogin {
 }
 
 /// The provider's side of one login, between `LoginStart` and `LoginFinish`.
+///
+/// `start` does one modular exponentiation (B) and checks A; the rest of
+/// the handshake waits for `finish`, so a flood of starts costs the
+/// provider as little as it can.
 pub struct ServerLogin {
-    verifier: srp::server::SrpServerVerifier<Sha256>,
+    b: Zeroizing<[u8; EPHEMERAL_LEN]>,
+    verifier: Vec<u8>,
+    a_pub: Vec<u8>,
 }
 
 impl std::fmt::Debug for ServerLogin {
@@ -173,18 +179,48 @@ impl ServerLogin {
     /// From the stored verifier and the client's A: the state to keep and B
     /// to send back (with the stored salt).
     pub fn start(verifier: &[u8], a_pub: &[u8]) -> Result<(Self, Vec<u8>), AuthError> {
+        // What srp's process_reply refuses: A ≡ 0 (mod N) would let anyone in.
+        if num_bigint::BigUint::from_bytes_be(a_pub) % &G_2048.n == num_bigint::BigUint::default() {
+            return Err(AuthError::BadPublicValue);
+        }
         let b = random::<EPHEMERAL_LEN>();
-        let server = SrpServer::<Sha256>::new(&G_2048);
-        let b_pub = server.compute_public_ephemeral(b.as_ref(), verifier);
-        let verifier = server.process_reply(b.as_ref(), verifier, a_pub).map_err(|_| AuthError::BadPublicValue)?;
-        Ok((Self { verifier }, b_pub))
+        let b_pub = SrpServer::<Sha256>::new(&G_2048).compute_public_ephemeral(b.as_ref(), verifier);
+        Ok((Self { b, verifier: verifier.to_vec(), a_pub: a_pub.to_vec() }, b_pub))
     }
 
     /// Checks the client's proof M1; gives the server's proof M2.
     pub fn finish(&self, m1: &[u8]) -> Result<Vec<u8>, AuthError> {
-        self.verifier.verify_client(m1).map_err(|_| AuthError::WrongPassphrase)?;
-        Ok(self.verifier.proof().to_vec())
+        let verifier = SrpServer::<Sha256>::new(&G_2048)
+            .process_reply(self.b.as_ref(), &self.verifier, &self.a_pub)
+            .map_err(|_| AuthError::BadPublicValue)?;
+        verifier.verify_client(m1).map_err(|_| AuthError::WrongPassphrase)?;
+        Ok(verifier.proof().to_vec())
     }
+}
+
+/// A verifier for an address that has no account, from `seed` (which the
+/// provider derives from its secret and the address, so it is the same at
+/// every attempt): a LoginStart for it answers with a B no client can tell
+/// from a real one, and no proof matches it. Not of the form g^x, which
+/// nobody can see from B = kv + g^b; costs no exponentiation, so the answer
+/// takes as long as a real one.
+pub fn decoy_verifier(seed: &[u8]) -> Vec<u8> {
+    // 255 bytes: below N (2048 bits), never zero (a counter is hashed in).
+    let mut verifier = Vec::with_capacity(8 * 32);
+    for counter in 0u8..8 {
+        verifier.extend(
+            Sha256::new()
+                .chain_update(b"bitmask decoy verifier\0")
+                .chain_update(seed)
+                .chain_update([counter])
+                .finalize(),
+        );
+    }
+    verifier.truncate(255);
+    if verifier.iter().all(|byte| *byte == 0) {
+        verifier.push(1);
+    }
+    verifier
 }
 
 #[cfg(test)]
@@ -211,10 +247,27 @@ mod tests {
     }
 
     #[test]
+    fn a_decoy_verifier_is_stable_and_no_passphrase_matches_it() {
+        let address = "nobody@example.org";
+        let decoy = decoy_verifier(b"seed of nobody");
+        assert_eq!(decoy, decoy_verifier(b"seed of nobody"));
+        assert_ne!(decoy, decoy_verifier(b"seed of somebody"));
+        assert_eq!(decoy.len(), 255);
+        let salt = vec![9u8; 32];
+        assert_eq!(login(address, "", &(salt.clone(), decoy.clone())), Err(AuthError::WrongPassphrase));
+        assert_eq!(login(address, "pw", &(salt, decoy)), Err(AuthError::WrongPassphrase));
+    }
+
+    #[test]
     fn a_zero_public_value_is_refused() {
         let address = "bob@example.org";
         let stored = verifier(address, &LoginSecret::derive("pw", address));
         assert!(matches!(ServerLogin::start(&stored.1, &[0u8; 256]), Err(AuthError::BadPublicValue)));
+        // N itself, and 2N, are zero too.
+        let n = G_2048.n.to_bytes_be();
+        assert!(matches!(ServerLogin::start(&stored.1, &n), Err(AuthError::BadPublicValue)));
+        let two_n = (&G_2048.n * 2u32).to_bytes_be();
+        assert!(matches!(ServerLogin::start(&stored.1, &two_n), Err(AuthError::BadPublicValue)));
         let client = ClientLogin::start();
         let secret = LoginSecret::derive("pw", address);
         assert!(matches!(client.finish(address, &secret, &stored.0, &[0u8; 256]), Err(AuthError::BadPublicValue)));

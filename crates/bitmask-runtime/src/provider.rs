@@ -55,8 +55,9 @@ pub async fn change_login(
 }
 
 /// SRP-6a login; the provider must prove it knows the verifier before its
-/// token is trusted. NOT_FOUND: no such account; PERMISSION_DENIED: wrong
-/// passphrase.
+/// token is trusted. PERMISSION_DENIED: wrong passphrase, or no such account
+/// (the provider does not say which); RESOURCE_EXHAUSTED: too many attempts
+/// from this network, try again later.
 pub async fn login(url: &str, ca_pem: &str, address: &str, secret: &LoginSecret) -> Result<Session, Status> {
     let mut client = accounts(url, ca_pem, "").await?;
     let login = ClientLogin::start();

@@ -18,7 +18,7 @@ pub mod sessions;
 pub mod storage;
 
 pub use incoming::{IncomingNotifier, deposit, deposit_from};
-pub use service::{MAX_BLOB_BYTES, SyncService, server_tls};
+pub use service::{MAX_BLOB_BYTES, MAX_UPLOADS, MAX_UPLOADS_PER_USER, SyncService, server_tls};
 pub use sessions::Sessions;
 pub use storage::{
     ByteReader, ByteSink, IncomingItem, PushOutcome, PushedDocument, SledStorage, StorageError, StoredDocument,

@@ -1,7 +1,8 @@
 //! The `bitmask.sync.v1.SyncEndpoint` gRPC edge over a [`SyncStorage`].
 
+use std::collections::HashMap;
 use std::io::Read as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bitmask_proto::sync::v1 as pb;
 use bitmask_proto::sync::v1::sync_endpoint_server::SyncEndpoint;
@@ -19,6 +20,12 @@ const MAX_BATCH: usize = 5000;
 /// The largest blob accepted (the client stores larger payloads in parts).
 pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024;
 const BLOB_CHUNK: usize = 64 * 1024;
+/// Blob uploads one account may have under way at once (a device uploads
+/// one at a time; several devices, or a retry while the last is cut off)...
+pub const MAX_UPLOADS_PER_USER: usize = 4;
+/// ...and all accounts together. Each holds a thread of the blocking pool
+/// (512) and a partial file until it ends or is cut off.
+pub const MAX_UPLOADS: usize = 64;
 
 /// TLS for the endpoint from the provider's certificate and key (PEM).
 pub fn server_tls(certificate_pem: &[u8], key_pem: &[u8]) -> ServerTlsConfig {
@@ -30,6 +37,62 @@ pub struct SyncService {
     storage: Arc<dyn SyncStorage>,
     sessions: Arc<Sessions>,
     notifier: Arc<IncomingNotifier>,
+    uploads: Arc<Uploads>,
+}
+
+/// Blob uploads under way, per user and in all.
+#[derive(Debug)]
+struct Uploads {
+    per_user: usize,
+    total: usize,
+    under_way: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// One upload under way, counted until dropped.
+#[derive(Debug)]
+struct UploadSlot {
+    uploads: Arc<Uploads>,
+    user: String,
+}
+
+impl Uploads {
+    fn new(per_user: usize, total: usize) -> Arc<Self> {
+        Arc::new(Self { per_user, total, under_way: Mutex::default() })
+    }
+
+    fn admit(self: &Arc<Self>, user: &str) -> Result<UploadSlot, Status> {
+        let mut under_way = self.under_way.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (total, per_user) = &mut *under_way;
+        let mine = per_user.get(user).copied().unwrap_or(0);
+        if mine >= self.per_user {
+            return Err(Status::resource_exhausted(format!(
+                "too many blob uploads at once for this account (at most {}): send the next when one is done",
+                self.per_user
+            )));
+        }
+        if *total >= self.total {
+            return Err(Status::resource_exhausted(
+                "the provider takes too many blob uploads at once: try again in a moment",
+            ));
+        }
+        *total += 1;
+        per_user.insert(user.to_owned(), mine + 1);
+        Ok(UploadSlot { uploads: Arc::clone(self), user: user.to_owned() })
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut under_way = self.uploads.under_way.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (total, per_user) = &mut *under_way;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = per_user.get_mut(&self.user) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                per_user.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SyncService {
@@ -69,7 +132,13 @@ impl SyncService {
         sessions: Arc<Sessions>,
         notifier: Arc<IncomingNotifier>,
     ) -> Self {
-        Self { storage, sessions, notifier }
+        Self { storage, sessions, notifier, uploads: Uploads::new(MAX_UPLOADS_PER_USER, MAX_UPLOADS) }
+    }
+
+    /// The same endpoint with other bounds on concurrent blob uploads.
+    pub fn with_upload_limits(mut self, per_user: usize, total: usize) -> Self {
+        self.uploads = Uploads::new(per_user, total);
+        self
     }
 
     /// The user whose session token the request carries.
@@ -271,6 +340,8 @@ impl SyncEndpoint for SyncService {
         request: Request<tonic::Streaming<pb::PutBlobRequest>>,
     ) -> Result<Response<pb::PutBlobResponse>, Status> {
         let user = self.user(&request)?;
+        // Held until the upload ends, however it ends.
+        let _slot = self.uploads.admit(&user)?;
         let mut stream = request.into_inner();
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("an empty blob upload"))?;
         if first.id.is_empty() {

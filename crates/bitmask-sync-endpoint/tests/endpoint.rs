@@ -41,6 +41,11 @@ struct Endpoint {
 }
 
 async fn endpoint() -> Endpoint {
+    endpoint_with(|service| service).await
+}
+
+/// An endpoint whose service `configure` sets up.
+async fn endpoint_with(configure: impl FnOnce(SyncService) -> SyncService) -> Endpoint {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(SledStorage::open(dir.path()).unwrap());
@@ -50,7 +55,7 @@ async fn endpoint() -> Endpoint {
     let server = tonic::transport::Server::builder()
         .tls_config(server_tls(pki.server_pem.as_bytes(), pki.server_key_pem.as_bytes()))
         .unwrap()
-        .add_service(SyncEndpointServer::new(SyncService::new(storage, sessions.clone())));
+        .add_service(SyncEndpointServer::new(configure(SyncService::new(storage, sessions.clone()))));
     tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
     Endpoint { port, sessions, ca_pem: pki.ca_pem, _dir: dir }
 }
@@ -237,4 +242,97 @@ fn the_storage_survives_a_reopen() {
     assert_eq!(storage.secrets("alice").unwrap().unwrap().1, 1);
     // Users whose names share a prefix stay apart.
     assert_eq!(storage.pull("alic", 0, 0).unwrap().0.len(), 0);
+}
+
+/// A PutBlob that sent its first part and waits for the rest: the sender
+/// holds it open, the task has its answer.
+type HeldUpload = (
+    tokio::sync::mpsc::Sender<pb::PutBlobRequest>,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::PutBlobResponse>, tonic::Status>>,
+);
+
+async fn hold_upload(endpoint: &Endpoint, token: &str, id: &str) -> HeldUpload {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let first = pb::PutBlobRequest { id: id.as_bytes().to_vec(), size: 10, data: vec![1; 5] };
+    sender.send(first).await.unwrap();
+    let mut client = client(endpoint, token.to_owned()).await;
+    let call =
+        tokio::spawn(async move { client.put_blob(tokio_stream::wrappers::ReceiverStream::new(receiver)).await });
+    (sender, call)
+}
+
+/// A whole small blob; the answer.
+async fn upload(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
+    let whole = pb::PutBlobRequest { id: id.as_bytes().to_vec(), size: 3, data: b"abc".to_vec() };
+    client.put_blob(futures::stream::iter(vec![whole])).await.map(drop)
+}
+
+/// Holds an upload of each (token, id) in `holds`, then uploads `id` with
+/// `client` until the endpoint refuses it; the held uploads and the
+/// refusal. A probe under way while a held one arrives may take its place:
+/// then that one is held again. Panics if the probe is never refused.
+async fn hold_and_probe(
+    endpoint: &Endpoint,
+    holds: &[(&str, &str)],
+    client: &mut Client,
+    id: &str,
+) -> (Vec<HeldUpload>, tonic::Status) {
+    let mut held = Vec::new();
+    for (token, held_id) in holds {
+        held.push(hold_upload(endpoint, token, held_id).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for (slot, (token, held_id)) in held.iter_mut().zip(holds) {
+            if slot.1.is_finished() {
+                *slot = hold_upload(endpoint, token, held_id).await;
+            }
+        }
+        match upload(client, id).await {
+            Err(status) if status.code() != Code::Unavailable => return (held, status),
+            other if tokio::time::Instant::now() > deadline => panic!("{id} was never refused: {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Issue 14: each PutBlob stream holds the provider (a blocking thread, a
+/// partial file): an account has at most 4 under way, the next is refused
+/// with RESOURCE_EXHAUSTED and a plain sentence, others are not hindered.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_blob_uploads_are_bounded_per_account() {
+    let endpoint = endpoint().await;
+    let token = endpoint.sessions.issue("alice", Duration::from_secs(60));
+    let mut alice = client(&endpoint, token.clone()).await;
+    let mut bob = client(&endpoint, endpoint.sessions.issue("bob", Duration::from_secs(60))).await;
+    let holds = [(token.as_str(), "held-0"), (&token, "held-1"), (&token, "held-2"), (&token, "held-3")];
+    let (mut held, refused) = hold_and_probe(&endpoint, &holds, &mut alice, "one-more").await;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("too many blob uploads at once for this account"), "{refused:?}");
+    upload(&mut bob, "bobs").await.unwrap();
+
+    // One finished: room for the next.
+    let (sender, call) = held.pop().unwrap();
+    sender.send(pb::PutBlobRequest { data: vec![2; 5], ..Default::default() }).await.unwrap();
+    drop(sender);
+    call.await.unwrap().unwrap();
+    upload(&mut alice, "one-more").await.unwrap();
+    // A cut-off one frees its place too.
+    let (sender, call) = held.pop().unwrap();
+    drop(sender);
+    assert!(call.await.unwrap().is_err());
+    upload(&mut alice, "another").await.unwrap();
+}
+
+/// All accounts together are bounded too.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_blob_uploads_are_bounded_in_all() {
+    let endpoint = endpoint_with(|service| service.with_upload_limits(2, 3)).await;
+    let issue = |user: &str| endpoint.sessions.issue(user, Duration::from_secs(60));
+    let (alice, bob) = (issue("alice"), issue("bob"));
+    let mut carol = client(&endpoint, issue("carol")).await;
+    let holds = [(alice.as_str(), "a1"), (&alice, "a2"), (&bob, "b1")];
+    let (_held, refused) = hold_and_probe(&endpoint, &holds, &mut carol, "c1").await;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("the provider takes too many blob uploads at once"), "{refused:?}");
 }

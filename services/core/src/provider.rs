@@ -155,8 +155,10 @@ pub enum FirstStart {
 }
 
 /// The first start of a provider account (its store is uninitialized):
-/// log in, or sign up when the provider has no such account; then create
-/// the store (or restore it) and point it at the provider.
+/// sign up, or log in when the provider has the account already (a second
+/// device); then create the store (or restore it) and point it at the
+/// provider. Sign-up comes first because a login cannot tell: the provider
+/// answers a login for an address without an account as a wrong passphrase.
 pub async fn first_start(
     provider: &Provider,
     address: &str,
@@ -164,15 +166,16 @@ pub async fn first_start(
     store: &mut crate::StoreClient<crate::TracedChannel>,
 ) -> Result<FirstStart, Status> {
     let secret = derive(passphrase, address).await?;
-    let (session, existed) = match login(&provider.url, &provider.ca_pem, address, &secret).await {
-        Ok(session) => (session, true),
-        Err(status) if status.code() == tonic::Code::NotFound => {
-            sign_up(&provider.url, &provider.ca_pem, address, &secret).await?;
+    let existed = match sign_up(&provider.url, &provider.ca_pem, address, &secret).await {
+        Ok(()) => {
             tracing::info!(account = %address, "signed up at the provider");
-            (login(&provider.url, &provider.ca_pem, address, &secret).await?, false)
+            false
         }
-        Err(status) => return Err(explain(status, address)),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => true,
+        Err(status) => return Err(status),
     };
+    let session =
+        login(&provider.url, &provider.ca_pem, address, &secret).await.map_err(|status| explain(status, address))?;
     store.configure_sync(provider.configure(address, &session, &secret)).await?;
     let outcome = if existed {
         let request = store_pb::InitializeRequest { passphrase: passphrase.to_owned(), from_provider: true };

@@ -25,7 +25,17 @@
 //! relay_port = 4650               # submission by users (implicit TLS, client certificate)
 //! smarthost = "127.0.0.1:25"      # optional: where mail for other domains goes (plain SMTP)
 //! session_lifetime_seconds = 86400
+//!
+//! [limits]                        # optional, each with the default shown
+//! mx_max_connections = 100        # concurrent MX connections in all...
+//! mx_max_connections_per_ip = 10  # ...and from one client (IPv4 address, IPv6 /64)
+//! relay_max_connections = 100     # the relay's own pool
+//! relay_max_connections_per_ip = 20
 //! ```
+//!
+//! Beyond a limit the MX answers `421 4.7.0 too many connections from your
+//! address` (or `... try again later` when it is full) and closes; the
+//! relay, whose clients speak TLS first, closes.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -57,6 +67,54 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smarthost: Option<String>,
     pub session_lifetime_seconds: u64,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// What one client or account may hold (`[limits]` in `provider.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub mx_max_connections: usize,
+    pub mx_max_connections_per_ip: usize,
+    pub relay_max_connections: usize,
+    pub relay_max_connections_per_ip: usize,
+}
+
+impl Default for Limits {
+    /// An MTA's usual numbers: Postfix allows 100 smtpd processes and, by
+    /// default, half of them to one client; one client here gets a tenth
+    /// of the MX (a real MTA opens a handful) and a fifth of the relay
+    /// (the devices of a household or an office behind one address).
+    fn default() -> Self {
+        Self {
+            mx_max_connections: 100,
+            mx_max_connections_per_ip: 10,
+            relay_max_connections: 100,
+            relay_max_connections_per_ip: 20,
+        }
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), String> {
+        for (name, total, per_ip) in [
+            ("mx", self.mx_max_connections, self.mx_max_connections_per_ip),
+            ("relay", self.relay_max_connections, self.relay_max_connections_per_ip),
+        ] {
+            if total == 0 || per_ip == 0 {
+                return Err(format!(
+                    "limits: {name}_max_connections and {name}_max_connections_per_ip must be at least 1"
+                ));
+            }
+            if per_ip > total {
+                return Err(format!(
+                    "limits: {name}_max_connections_per_ip ({per_ip}) must not exceed {name}_max_connections ({total})"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +178,9 @@ impl Settings {
             && host_port(smarthost).is_none()
         {
             return invalid(format!("smarthost {smarthost:?} is not HOST:PORT"));
+        }
+        if let Err(message) = self.limits.validate() {
+            return invalid(message);
         }
         if self.session_lifetime_seconds == 0 || self.session_lifetime_seconds > MAX_SESSION_LIFETIME_SECONDS {
             return invalid(format!(
@@ -268,6 +329,7 @@ mod tests {
             relay_port: 3,
             smarthost: Some("127.0.0.1:25".into()),
             session_lifetime_seconds: 60,
+            limits: Limits::default(),
         }
     }
 
@@ -296,6 +358,18 @@ mod tests {
         // A huge lifetime would overflow the clock at the first login.
         assert!(check(Settings { session_lifetime_seconds: u64::MAX, ..settings() }).unwrap_err().contains("30 days"));
         assert!(toml::from_str::<Settings>("domain = \"x\"\nunknown = 1\n").is_err());
+        let limits = |limits: Limits| Settings { limits, ..settings() };
+        let zero = Limits { mx_max_connections_per_ip: 0, ..Limits::default() };
+        assert!(check(limits(zero)).unwrap_err().contains("at least 1"));
+        let over = Limits { relay_max_connections: 5, ..Limits::default() };
+        assert!(check(limits(over)).unwrap_err().contains("relay_max_connections_per_ip (20)"));
+        // Files written before [limits] existed load with the defaults.
+        let mut old = settings().to_toml().unwrap();
+        old.truncate(old.find("[limits]").unwrap());
+        assert_eq!(toml::from_str::<Settings>(&old).unwrap().limits, Limits::default());
+        let partial = format!("{old}[limits]\nmx_max_connections_per_ip = 3\n");
+        let partial = toml::from_str::<Settings>(&partial).unwrap().limits;
+        assert_eq!(partial, Limits { mx_max_connections_per_ip: 3, ..Limits::default() });
     }
 
     #[test]

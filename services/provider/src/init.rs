@@ -80,6 +80,7 @@ pub fn init(options: InitOptions) -> Result<Initialized, InitError> {
         relay_port: 3,
         smarthost: options.smarthost.clone(),
         session_lifetime_seconds: options.session_lifetime_seconds,
+        limits: crate::config::Limits::default(),
     };
     settings.validate(&layout.config())?;
     let given = [options.https_port, options.mx_port, options.relay_port];

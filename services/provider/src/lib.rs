@@ -7,6 +7,9 @@
 //!   users' client certificates;
 //! - [`store`]: accounts, issued certificates, the delivery log (sled);
 //! - [`accounts`]: the `bitmask.provider.v1.Accounts` gRPC edge (SRP);
+//!   [`logins`]: its bounded tables of logins under way and failed logins;
+//! - [`limits`]: what one client network or account may hold or do
+//!   (connections, rates);
 //! - [`https`]: the HTTPS port: gRPC (accounts, the key directory of
 //!   `bitmask_keydir`, the sync endpoint of `bitmask_sync_endpoint`) and
 //!   HTTP (`/ca.crt`, Web Key Directory);
@@ -29,6 +32,8 @@ pub mod config;
 pub mod deliver;
 pub mod https;
 pub mod init;
+pub mod limits;
+pub mod logins;
 pub mod smarthost;
 pub mod smtp;
 pub mod store;
@@ -186,7 +191,14 @@ async fn https_routes(
         mx_address: format!("{}:{}", settings.hostname, settings.mx_port),
     };
     let lifetime = Duration::from_secs(settings.session_lifetime_seconds);
-    let accounts = AccountsService::new(info, storages.store.clone(), sessions.clone(), lifetime, provider.ca.clone());
+    let accounts = AccountsService::new(
+        info,
+        storages.store.clone(),
+        sessions.clone(),
+        lifetime,
+        provider.ca.clone(),
+        provider.secret.clone(),
+    );
     let directory = KeyDirectoryService::new(storages.keys.clone(), sessions.clone());
     let endpoint = SyncService::with_notifier(storages.sync.clone(), sessions, notifier);
 
@@ -290,10 +302,13 @@ pub async fn serve(
         relay_tls: relay_tls.into(),
     });
     let routes = https_routes(&provider, &storages, sessions, notifier).await?;
+    let limits = &settings.limits;
+    let mx_limits = limits::ConnectionLimits::new(limits.mx_max_connections, limits.mx_max_connections_per_ip);
+    let relay_limits = limits::ConnectionLimits::new(limits.relay_max_connections, limits.relay_max_connections_per_ip);
 
     let background = [
-        tokio::spawn(smtp::serve_mx(mx_listener, smtp.clone())),
-        tokio::spawn(smtp::serve_relay(relay_listener, smtp)),
+        tokio::spawn(smtp::serve_mx(mx_listener, smtp.clone(), mx_limits)),
+        tokio::spawn(smtp::serve_relay(relay_listener, smtp, relay_limits)),
         tokio::spawn(forget_expired(storages.store.clone())),
     ];
     let incoming = https::tls_incoming(https_listener, https_tls.into());

@@ -17,11 +17,16 @@
 //! `550 5.7.1`. Local copies are deposited first, then the smarthost is
 //! asked; its temporary refusal is `451`, its permanent one `554`.
 //!
-//! Both: messages up to [`MAX_MESSAGE_SIZE`] (`552` beyond), at most
-//! [`MAX_CONNECTIONS`] connections per listener (`421` beyond), idle
-//! connections closed after [`IDLE_TIMEOUT`], malformed input answered by
-//! the session (`500`, `501`, `550 5.5.2` for bare line feeds) without
-//! ending the listener.
+//! Both: messages up to [`MAX_MESSAGE_SIZE`] (`552` beyond); each listener
+//! its own pool of connections ([`ConnectionLimits`], `[limits]` in
+//! `provider.toml`): at most so many in all and from one client network
+//! (an IPv4 address, an IPv6 /64), so one client cannot take the slots of
+//! others. Beyond them the MX answers `421 4.7.0 too many connections from
+//! your address` (or `421 4.7.0 too many connections, try again later`
+//! when the pool is full) and closes; the relay, whose clients speak TLS
+//! first, closes. Idle connections are closed after [`IDLE_TIMEOUT`],
+//! malformed input answered by the session (`500`, `501`, `550 5.5.2` for
+//! bare line feeds) without ending the listener.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -32,10 +37,10 @@ use bitmask_runtime::smtp_server::{Decisions, serve_connection};
 use bitmask_smtp::session::{Action, Config, Reply, Session};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::deliver::{Delivered, Delivery, Message, Trace, trace_headers};
+use crate::limits::{ConnectionLimits, ConnectionRefused};
 use crate::smarthost::Smarthost;
 
 /// The largest message taken: a message at the submission limit (40 MiB),
@@ -43,7 +48,6 @@ use crate::smarthost::Smarthost;
 /// line breaks), and its headers. Below the 64 MiB that decryption gives
 /// out, so what the MX encrypts always decrypts.
 pub const MAX_MESSAGE_SIZE: usize = 60 << 20;
-pub const MAX_CONNECTIONS: usize = 100;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -75,25 +79,32 @@ enum Client {
     Account(String),
 }
 
-/// Accepts connections until the task is dropped, each served on its own
-/// task by `serve`.
-async fn accept_loop<F, Fut>(listener: TcpListener, name: &'static str, serve: F)
+/// Which listener: the MX says why it refuses a connection, the relay
+/// (TLS first) cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Mx,
+    Relay,
+}
+
+/// Accepts connections until the task is dropped, each within `limits`
+/// served on its own task by `serve`.
+async fn accept_loop<F, Fut>(listener: TcpListener, name: Listener, limits: Arc<ConnectionLimits>, serve: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                tracing::warn!(listener = name, %error, "accepting a connection");
+                tracing::warn!(listener = ?name, %error, "accepting a connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        match slots.clone().try_acquire_owned() {
+        match limits.admit(peer.ip()) {
             Ok(slot) => {
                 let connection = serve(stream, peer);
                 tokio::spawn(async move {
@@ -101,9 +112,21 @@ where
                     connection.await;
                 });
             }
-            Err(_) => {
+            Err(refused) => {
+                tracing::info!(listener = ?name, %peer, ?refused, "connection refused");
+                if name == Listener::Relay {
+                    continue;
+                }
+                let reply: &[u8] = match refused {
+                    ConnectionRefused::FromNetwork => b"421 4.7.0 too many connections from your address\r\n",
+                    ConnectionRefused::Full => b"421 4.7.0 too many connections, try again later\r\n",
+                };
+                // A fresh socket takes a line at once; the write is bounded anyway.
                 tokio::spawn(async move {
-                    let _ = stream.write_all(b"421 4.7.0 too many connections, try again later\r\n").await;
+                    let written = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
+                    if matches!(written, Ok(Ok(()))) {
+                        let _ = stream.shutdown().await;
+                    }
                 });
             }
         }
@@ -111,8 +134,8 @@ where
 }
 
 /// The MX on `listener`.
-pub async fn serve_mx(listener: TcpListener, context: Arc<SmtpContext>) {
-    accept_loop(listener, "mx", move |stream, peer| {
+pub async fn serve_mx(listener: TcpListener, context: Arc<SmtpContext>, limits: Arc<ConnectionLimits>) {
+    accept_loop(listener, Listener::Mx, limits, move |stream, peer| {
         let context = context.clone();
         async move {
             if let Err(error) = connection(Conn::Plain(stream), peer.ip(), Client::Anyone, &context).await {
@@ -124,8 +147,8 @@ pub async fn serve_mx(listener: TcpListener, context: Arc<SmtpContext>) {
 }
 
 /// The relay on `listener`.
-pub async fn serve_relay(listener: TcpListener, context: Arc<SmtpContext>) {
-    accept_loop(listener, "relay", move |stream, peer| {
+pub async fn serve_relay(listener: TcpListener, context: Arc<SmtpContext>, limits: Arc<ConnectionLimits>) {
+    accept_loop(listener, Listener::Relay, limits, move |stream, peer| {
         let context = context.clone();
         async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, context.relay_tls.accept(stream)).await;

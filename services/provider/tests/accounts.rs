@@ -28,9 +28,10 @@ async fn sign_up_log_in_and_use_the_session() {
     assert_eq!(elsewhere.code(), Code::InvalidArgument, "{elsewhere:?}");
     assert!(elsewhere.message().contains("not an address of this provider"), "{elsewhere:?}");
 
+    // An address without an account is refused like a wrong passphrase.
     let unknown = provider.login("nobody@example.org", "pw").await.unwrap_err();
-    assert_eq!(unknown.code(), Code::NotFound);
-    assert_eq!(unknown.message(), "no account nobody@example.org at this provider");
+    assert_eq!(unknown.code(), Code::PermissionDenied);
+    assert_eq!(unknown.message(), "wrong passphrase");
     let wrong = provider.login(ALICE, "correct horse!").await.unwrap_err();
     assert_eq!(wrong.code(), Code::PermissionDenied);
     assert_eq!(wrong.message(), "wrong passphrase");

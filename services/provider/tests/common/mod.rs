@@ -177,10 +177,24 @@ pub fn submit(
     to: &[&str],
     message: &str,
 ) -> serde_json::Value {
+    submit_from("-", port, ca, client, from, to, message)
+}
+
+/// [`submit`] from the local address `source` ("-": any).
+pub fn submit_from(
+    source: &str,
+    port: u16,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    from: &str,
+    to: &[&str],
+    message: &str,
+) -> serde_json::Value {
     const SCRIPT: &str = r#"
 import json, smtplib, ssl, sys
-port, ca, certificate, key, sender = sys.argv[1:6]
-recipients = sys.argv[6:]
+source, port, ca, certificate, key, sender = sys.argv[1:7]
+recipients = sys.argv[7:]
+source_address = None if source == "-" else (source, 0)
 context = ssl.create_default_context(cafile=ca)
 if certificate != "-":
     context.load_cert_chain(certificate, key)
@@ -189,7 +203,7 @@ message = sys.stdin.buffer.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"
 def text(value):
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 try:
-    with smtplib.SMTP_SSL("localhost", int(port), context=context, timeout=30) as client:
+    with smtplib.SMTP_SSL("localhost", int(port), context=context, timeout=30, source_address=source_address) as client:
         refused = client.sendmail(sender, recipients, message)
         print(json.dumps({"ok": True, "refused": {k: [v[0], text(v[1])] for k, v in refused.items()}}))
 except smtplib.SMTPRecipientsRefused as error:
@@ -204,7 +218,7 @@ except (OSError, smtplib.SMTPException) as error:
         (certificate.to_str().unwrap().to_owned(), key.to_str().unwrap().to_owned())
     });
     let mut child = Command::new("python3")
-        .args(["-c", SCRIPT, &port.to_string(), ca.to_str().unwrap(), &certificate, &key, from])
+        .args(["-c", SCRIPT, source, &port.to_string(), ca.to_str().unwrap(), &certificate, &key, from])
         .args(to)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
