@@ -25,8 +25,10 @@ pub fn normalize_name(name: &str) -> String {
     let trimmed = name.trim_end_matches('/');
     if trimmed.eq_ignore_ascii_case("INBOX") {
         "INBOX".into()
-    } else if trimmed.len() > 6 && trimmed[..6].eq_ignore_ascii_case("INBOX/") {
-        format!("INBOX/{}", &trimmed[6..])
+    } else if let Some(rest) = trimmed.get(6..).filter(|rest| !rest.is_empty())
+        && trimmed.get(..6).is_some_and(|prefix| prefix.eq_ignore_ascii_case("INBOX/"))
+    {
+        format!("INBOX/{rest}")
     } else {
         trimmed.to_owned()
     }
@@ -278,4 +280,21 @@ pub trait Mailstore: Send + Sync {
     ) -> impl Future<Output = Result<(u32, Vec<(u32, u32)>), MailError>> + Send;
     /// Removes the `\Deleted` messages (of `uids` when given): the UIDs removed.
     fn expunge(&self, name: &str, uids: Option<&[u32]>) -> impl Future<Output = Result<Vec<u32>, MailError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_normalized_whatever_their_characters() {
+        assert_eq!(normalize_name("inbox/"), "INBOX");
+        assert_eq!(normalize_name("Inbox/Sub/"), "INBOX/Sub");
+        assert_eq!(normalize_name("Archive/2024"), "Archive/2024");
+        // Found by scripts/fuzz (imap_session): a name whose sixth byte is
+        // inside a character panicked (`SELECT "ǫⱪƄ"` from any client).
+        assert_eq!(normalize_name("ǫⱪƄ"), "ǫⱪƄ");
+        assert_eq!(normalize_name("abcdeƄ/x"), "abcdeƄ/x");
+        assert_eq!(normalize_name("inboxƄ"), "inboxƄ");
+    }
 }
