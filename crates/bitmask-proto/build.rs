@@ -31,6 +31,8 @@ pub const SECRET_TYPES: &[&str] = &[
     ".bitmask.store.v1.ConfigureSyncRequest",
     ".bitmask.keys.v1.ExportKeyResponse",
     ".bitmask.provider.v1.LoginFinishResponse",
+    ".bitmask.provider.v1.SignUpRequest",
+    ".bitmask.core.v1.AddAccountRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -31,10 +31,20 @@ pub async fn accounts(url: &str, ca_pem: &str, session_token: &str) -> Result<Ac
     Ok(AccountsClient::new(connect_provider(url, ca_pem, session_token).await?))
 }
 
-/// Creates the account at the provider from an SRP verifier of `secret`.
-pub async fn sign_up(url: &str, ca_pem: &str, address: &str, secret: &LoginSecret) -> Result<(), Status> {
+/// Creates the account at the provider from an SRP verifier of `secret`,
+/// with the provider's invite code (empty: none). ALREADY_EXISTS: the
+/// account exists; PERMISSION_DENIED: the provider's sign-up policy refused
+/// (no, or a bad, invite code; sign-up closed).
+pub async fn sign_up(
+    url: &str,
+    ca_pem: &str,
+    address: &str,
+    secret: &LoginSecret,
+    invite_code: &str,
+) -> Result<(), Status> {
     let (srp_salt, srp_verifier) = bitmask_auth::verifier(address, secret);
-    let request = pb::SignUpRequest { address: address.to_owned(), srp_salt, srp_verifier };
+    let request =
+        pb::SignUpRequest { address: address.to_owned(), srp_salt, srp_verifier, invite_code: invite_code.to_owned() };
     accounts(url, ca_pem, "").await?.sign_up(request).await?;
     Ok(())
 }

@@ -374,7 +374,8 @@ pub struct ProviderProcess {
 
 impl ProviderProcess {
     /// `bitmask-provider init --domain DOMAIN` in a fresh directory, with
-    /// `extra` arguments; not served.
+    /// `extra` arguments (and `--signup open` unless they name a policy:
+    /// tests sign accounts up freely); not served.
     pub fn init(domain: &str, extra: &[&str]) -> Self {
         let temp = tempfile::Builder::new().prefix("bmp").tempdir_in("/tmp").unwrap();
         let dir = temp.path().join("provider");
@@ -382,6 +383,7 @@ impl ProviderProcess {
             .args(["init", "--domain", domain, "--dir"])
             .arg(&dir)
             .args(extra)
+            .args(if extra.contains(&"--signup") { &[][..] } else { &["--signup", "open"][..] })
             .stdin(Stdio::null())
             .output()
             .unwrap();

@@ -40,6 +40,10 @@ impl ProviderFiles {
     fn client_expiry(&self) -> PathBuf {
         self.dir.join("client.expires")
     }
+    /// The invite code given at `account add`, until the first start used it.
+    fn invite(&self) -> PathBuf {
+        self.dir.join("invite")
+    }
 }
 
 /// A client certificate is renewed when less than this is left of it.
@@ -88,6 +92,10 @@ pub async fn pin(request: &mut pb::AddAccountRequest, files: &ProviderFiles) -> 
         )));
     }
     write_private(&files.ca(), ca_pem.as_bytes())?;
+    let invite = std::mem::take(&mut request.invite_code);
+    if !invite.trim().is_empty() {
+        write_private(&files.invite(), invite.trim().as_bytes())?;
+    }
     if request.relay.as_ref().is_none_or(|relay| relay.address.is_empty()) {
         request.relay = Some(pb::RelayConfig {
             address: info.relay_address,
@@ -166,14 +174,34 @@ pub async fn first_start(
     store: &mut crate::StoreClient<crate::TracedChannel>,
 ) -> Result<FirstStart, Status> {
     let secret = derive(passphrase, address).await?;
-    let existed = match sign_up(&provider.url, &provider.ca_pem, address, &secret).await {
+    let invite = std::fs::read_to_string(provider.files.invite()).unwrap_or_default();
+    let existed = match sign_up(&provider.url, &provider.ca_pem, address, &secret, invite.trim()).await {
         Ok(()) => {
             tracing::info!(account = %address, "signed up at the provider");
             false
         }
         Err(status) if status.code() == tonic::Code::AlreadyExists => true,
+        // Sign-up refused by the provider's policy: the account may exist
+        // already (a second device needs no code); if the login fails too,
+        // both reasons are told.
+        Err(refused) if refused.code() == tonic::Code::PermissionDenied => {
+            match login(&provider.url, &provider.ca_pem, address, &secret).await {
+                Ok(_) => true,
+                Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                    return Err(Status::permission_denied(format!(
+                        "the provider refused to sign {address} up ({}), and refused to log in to it \
+                         (a wrong passphrase, if the account exists)",
+                        refused.message()
+                    )));
+                }
+                Err(status) => return Err(status),
+            }
+        }
         Err(status) => return Err(status),
     };
+    if !invite.is_empty() {
+        let _ = std::fs::remove_file(provider.files.invite());
+    }
     let session =
         login(&provider.url, &provider.ca_pem, address, &secret).await.map_err(|status| explain(status, address))?;
     store.configure_sync(provider.configure(address, &session, &secret)).await?;

@@ -598,3 +598,41 @@ fn bad_input_gets_clear_errors() {
     assert!(synced.status.success(), "{}", text(&synced));
     assert!(alice.world.log(ALICE, "store").contains("logged in again"), "{}", alice.world.log(ALICE, "store"));
 }
+
+/// Issue 14: at a provider that signs up by invitation, `account add
+/// --provider` needs `--invite CODE` for a new account (and says so), and a
+/// second device of an existing account needs none.
+#[test]
+fn an_invite_only_provider_takes_a_new_account_with_a_code_and_a_second_device_without() {
+    let provider = ProviderProcess::start(DOMAIN, &["--signup", "invite"]);
+    let add = |world: &World, extra: &[&str]| {
+        let passphrase = world.path().join("passphrase");
+        std::fs::write(&passphrase, "alice passphrase\n").unwrap();
+        let (url, ca) = (provider.url(), provider.ca_file());
+        let mut args = vec!["account", "add", ALICE, "--provider", &url, "--provider-ca", ca.to_str().unwrap()];
+        let passphrase = passphrase.to_str().unwrap().to_owned();
+        args.extend(["--passphrase-file", &passphrase]);
+        args.extend_from_slice(extra);
+        world.ctl(&args)
+    };
+    let first = World::new();
+    let _first_daemon = first.bitmaskd(&[]);
+    let refused = add(&first, &[]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("invite code"), "{}", text(&refused));
+    assert!(first.ctl_json(&["account", "list"]).as_array().unwrap().is_empty(), "nothing half set up is left");
+
+    let invite = Command::new(bitmask_testkit::bin("bitmask-provider"))
+        .args(["invite", "--dir", provider.dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(invite.status.success(), "{}", text(&invite));
+    let code = String::from_utf8(invite.stdout).unwrap().trim().to_owned();
+    let added = add(&first, &["--invite", &code]);
+    assert!(added.status.success(), "{}", text(&added));
+
+    let second = World::new();
+    let _second_daemon = second.bitmaskd(&[]);
+    let restored = add(&second, &[]);
+    assert!(restored.status.success(), "a second device needs no code: {}", text(&restored));
+}

@@ -181,6 +181,10 @@ struct AddArgs {
     /// With --provider: read the passphrase from this file (else the terminal or standard input)
     #[arg(long, value_name = "FILE", requires = "provider")]
     passphrase_file: Option<PathBuf>,
+    /// With --provider: the invite code the provider's operator gave (`bitmask-provider invite`),
+    /// for a provider that signs up by invitation
+    #[arg(long, value_name = "CODE", requires = "provider")]
+    invite: Option<String>,
     /// Relay outgoing mail through HOST:PORT instead of the provider
     #[arg(long, value_name = "HOST:PORT")]
     relay: Option<String>,
@@ -550,6 +554,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 .into(),
                 bind_address: args.bind_address,
+                invite_code: args.invite.unwrap_or_default(),
             };
             let account = core.add_account(request).await?.into_inner();
             output::account_added(&account, json);

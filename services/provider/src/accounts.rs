@@ -26,6 +26,7 @@
 //!   relay knows its clients by it.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,7 +38,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::ca::{Ca, CaError};
-use crate::config::ProviderSecret;
+use crate::config::{ProviderSecret, SignupPolicy};
 use crate::limits::{Network, TokenBucket};
 pub use crate::logins::LOGIN_TIMEOUT;
 use crate::logins::{FailedLogins, PendingLogins};
@@ -53,6 +54,13 @@ const MAX_RATED_NETWORKS: usize = 10_000;
 const MAX_SRP_VALUE: usize = 512;
 const MIN_SALT: usize = 16;
 const MAX_SALT: usize = 64;
+
+/// Who may sign up, and where invite codes are.
+#[derive(Debug, Clone)]
+pub struct Signup {
+    pub policy: SignupPolicy,
+    pub invites: PathBuf,
+}
 
 /// What `GetProviderInfo` answers.
 #[derive(Debug, Clone)]
@@ -70,6 +78,7 @@ pub struct AccountsService {
     ca: Arc<Ca>,
     /// Keys the decoy logins of addresses without an account.
     secret: ProviderSecret,
+    signup: Signup,
     /// LoginStarts per network.
     starts: Mutex<HashMap<Network, TokenBucket>>,
     pending: Mutex<PendingLogins>,
@@ -117,6 +126,7 @@ impl AccountsService {
         session_lifetime: Duration,
         ca: Arc<Ca>,
         secret: ProviderSecret,
+        signup: Signup,
     ) -> Self {
         Self {
             info,
@@ -125,6 +135,7 @@ impl AccountsService {
             session_lifetime,
             ca,
             secret,
+            signup,
             starts: Mutex::default(),
             pending: Mutex::default(),
             failures: Mutex::default(),
@@ -335,12 +346,36 @@ impl Accounts for AccountsService {
         let request = request.into_inner();
         let address = self.own_address(&request.address)?;
         check_verifier(&request.srp_salt, &request.srp_verifier)?;
+        // The policy before the account table: without a code nobody learns
+        // whether an address is taken.
+        let mut claim = match self.signup.policy {
+            SignupPolicy::Open => None,
+            SignupPolicy::Closed => {
+                return Err(Status::permission_denied("this provider takes no new accounts"));
+            }
+            SignupPolicy::Invite => {
+                let (invites, code) = (self.signup.invites.clone(), request.invite_code);
+                let claim = tokio::task::spawn_blocking(move || crate::invites::claim(&invites, &code, now_unix()))
+                    .await
+                    .map_err(|error| Status::internal(format!("invite task failed: {error}")))?;
+                Some(claim.ok_or_else(|| {
+                    Status::permission_denied(
+                        "sign-up at this provider needs an invite code from its operator \
+                         (bitmaskctl account add --invite CODE); this one is missing, unknown, used or expired",
+                    )
+                })?)
+            }
+        };
         let account = Account { salt: request.srp_salt, verifier: request.srp_verifier, created_unix: now_unix() };
         let key = address.clone();
+        // An unused claim goes back when dropped: a taken address uses up no code.
         if !self.blocking(move |store| store.create_account(&key, &account)).await? {
             return Err(Status::already_exists(format!("{address} is taken: choose another address")));
         }
-        tracing::info!(%address, "account created");
+        if let Some(claim) = &mut claim {
+            claim.use_up();
+        }
+        tracing::info!(%address, invited = claim.is_some(), "account created");
         Ok(Response::new(pb::SignUpResponse {}))
     }
 
@@ -442,13 +477,15 @@ mod tests {
         };
         let (ca, _) = Ca::generate("example.org").unwrap();
         let secret = ProviderSecret::generate();
-        let service = AccountsService::new(info, store, Arc::default(), Duration::from_secs(60), Arc::new(ca), secret);
+        let signup = Signup { policy: SignupPolicy::Open, invites: dir.path().join("invites") };
+        let service =
+            AccountsService::new(info, store, Arc::default(), Duration::from_secs(60), Arc::new(ca), secret, signup);
         (dir, service)
     }
 
     async fn sign_up(service: &AccountsService, address: &str, secret: &LoginSecret) {
         let (srp_salt, srp_verifier) = bitmask_auth::verifier(address, secret);
-        let request = pb::SignUpRequest { address: address.into(), srp_salt, srp_verifier };
+        let request = pb::SignUpRequest { address: address.into(), srp_salt, srp_verifier, ..Default::default() };
         service.sign_up(Request::new(request)).await.unwrap();
     }
 

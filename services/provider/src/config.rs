@@ -9,6 +9,7 @@
 //!   ca.pem  ca.key     the provider's CA (key 0600)
 //!   tls.pem tls.key    the TLS certificate of every port, signed by the CA (key 0600)
 //!   secret.key         32 random bytes, hex (0600): the key of the provider's keyed hashes
+//!   invites/           0700: one file per unused invite code, named by its SHA-256
 //!   data/sync/         sled: the sync endpoint's per-user data and incoming mail (ciphertext)
 //!   data/provider/     sled: accounts (SRP verifiers), issued client certificates,
 //!                      the key directory, delivery deduplication (keyed hashes)
@@ -25,6 +26,7 @@
 //! relay_port = 4650               # submission by users (implicit TLS, client certificate)
 //! smarthost = "127.0.0.1:25"      # optional: where mail for other domains goes (plain SMTP)
 //! session_lifetime_seconds = 86400
+//! signup = "invite"               # open | invite (codes from `bitmask-provider invite`) | closed
 //!
 //! [limits]                        # optional, each with the default shown
 //! mx_max_connections = 100        # concurrent MX connections in all...
@@ -67,8 +69,37 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smarthost: Option<String>,
     pub session_lifetime_seconds: u64,
+    /// Who may sign up (a file without it: invite).
+    #[serde(default)]
+    pub signup: SignupPolicy,
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// Who may create an account.
+///
+/// `invite` is the default: an open provider with a smarthost is an open
+/// spam relay and a free disk for anyone, and SignUp's ALREADY_EXISTS tells
+/// strangers which addresses exist. A provider for a known group hands out
+/// codes; `open` is for a provider that means to take anyone (and should
+/// then watch its quotas); `closed` takes no one new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SignupPolicy {
+    Open,
+    #[default]
+    Invite,
+    Closed,
+}
+
+impl std::fmt::Display for SignupPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Open => "open",
+            Self::Invite => "invite",
+            Self::Closed => "closed",
+        })
+    }
 }
 
 /// What one client or account may hold (`[limits]` in `provider.toml`).
@@ -254,6 +285,11 @@ impl Layout {
         self.dir.join("data").join("sync")
     }
 
+    /// Unused invite codes (see [`crate::invites`]).
+    pub fn invites(&self) -> PathBuf {
+        self.dir.join("invites")
+    }
+
     pub fn provider_data(&self) -> PathBuf {
         self.dir.join("data").join("provider")
     }
@@ -329,6 +365,7 @@ mod tests {
             relay_port: 3,
             smarthost: Some("127.0.0.1:25".into()),
             session_lifetime_seconds: 60,
+            signup: SignupPolicy::Invite,
             limits: Limits::default(),
         }
     }
@@ -363,9 +400,13 @@ mod tests {
         assert!(check(limits(zero)).unwrap_err().contains("at least 1"));
         let over = Limits { relay_max_connections: 5, ..Limits::default() };
         assert!(check(limits(over)).unwrap_err().contains("relay_max_connections_per_ip (20)"));
-        // Files written before [limits] existed load with the defaults.
+        // Files written before [limits] and signup existed load with the defaults.
         let mut old = settings().to_toml().unwrap();
         old.truncate(old.find("[limits]").unwrap());
+        old = old.replace("signup = \"invite\"\n", "");
+        assert_eq!(toml::from_str::<Settings>(&old).unwrap().signup, SignupPolicy::Invite);
+        assert!(toml::from_str::<Settings>(&format!("{old}signup = \"open\"\n")).unwrap().signup == SignupPolicy::Open);
+        assert!(toml::from_str::<Settings>(&format!("{old}signup = \"sometimes\"\n")).is_err());
         assert_eq!(toml::from_str::<Settings>(&old).unwrap().limits, Limits::default());
         let partial = format!("{old}[limits]\nmx_max_connections_per_ip = 3\n");
         let partial = toml::from_str::<Settings>(&partial).unwrap().limits;

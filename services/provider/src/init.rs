@@ -24,6 +24,7 @@ pub struct InitOptions {
     pub relay_port: u16,
     pub smarthost: Option<String>,
     pub session_lifetime_seconds: u64,
+    pub signup: crate::config::SignupPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,7 @@ pub fn init(options: InitOptions) -> Result<Initialized, InitError> {
         relay_port: 3,
         smarthost: options.smarthost.clone(),
         session_lifetime_seconds: options.session_lifetime_seconds,
+        signup: options.signup,
         limits: crate::config::Limits::default(),
     };
     settings.validate(&layout.config())?;
@@ -120,6 +122,10 @@ pub fn init(options: InitOptions) -> Result<Initialized, InitError> {
     write_new(&layout.tls_key(), key.as_bytes(), true)?;
     write_new(&layout.tls_certificate(), certificate.as_bytes(), false)?;
     write_new(&layout.secret(), ProviderSecret::generate().to_hex().as_bytes(), true)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(layout.invites())
+        .map_err(|source| ConfigError::Io { path: layout.invites(), source })?;
     // Last: its presence marks a complete provider.
     write_new(&layout.config(), settings.to_toml()?.as_bytes(), false)?;
     Ok(Initialized { settings, ca_fingerprint: ca.fingerprint() })

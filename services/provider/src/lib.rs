@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the provider directory and `provider.toml`;
 //! - [`init`]: making a provider (CA, TLS certificate, secret, settings);
+//!   [`invites`]: sign-up codes;
 //! - [`ca`]: the provider's CA, which signs the TLS certificate and the
 //!   users' client certificates;
 //! - [`store`]: accounts, issued certificates, the delivery log (sled);
@@ -32,6 +33,7 @@ pub mod config;
 pub mod deliver;
 pub mod https;
 pub mod init;
+pub mod invites;
 pub mod limits;
 pub mod logins;
 pub mod smarthost;
@@ -198,6 +200,7 @@ async fn https_routes(
         lifetime,
         provider.ca.clone(),
         provider.secret.clone(),
+        accounts::Signup { policy: settings.signup, invites: provider.layout.invites() },
     );
     let directory = KeyDirectoryService::new(storages.keys.clone(), sessions.clone());
     let endpoint = SyncService::with_notifier(storages.sync.clone(), sessions, notifier);

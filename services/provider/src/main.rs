@@ -3,6 +3,8 @@
 //! - `bitmask-provider init --domain D --dir DIR [...]` makes a provider
 //!   directory (CA, TLS certificate, secret, `provider.toml`) and prints a
 //!   summary;
+//! - `bitmask-provider invite --dir DIR [--valid-days N]` prints a new
+//!   single-use sign-up code (for `signup = "invite"`);
 //! - `bitmask-provider serve --dir DIR` serves it until SIGTERM or SIGINT,
 //!   logging to stderr, and prints `ready` on stdout once every port is
 //!   bound.
@@ -15,7 +17,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bitmask_provider_service::config::Layout;
+use bitmask_provider_service::config::{Layout, Settings, SignupPolicy};
 use bitmask_provider_service::init::{InitError, InitOptions, init};
 use bitmask_provider_service::{Provider, serve};
 use clap::{Parser, Subcommand};
@@ -66,6 +68,17 @@ enum Command {
         /// How long a login session lasts.
         #[arg(long, default_value_t = 86400)]
         session_lifetime: u64,
+        /// Who may sign up: anyone, holders of a code from `bitmask-provider invite`, or no one.
+        #[arg(long, value_enum, default_value_t = SignupPolicy::Invite)]
+        signup: SignupPolicy,
+    },
+    /// Prints a new single-use sign-up code (the provider may be serving).
+    Invite {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Days the code stays valid.
+        #[arg(long, default_value_t = bitmask_provider_service::invites::DEFAULT_VALID_DAYS)]
+        valid_days: u64,
     },
     /// Serves a provider directory until SIGTERM or SIGINT.
     Serve {
@@ -76,7 +89,18 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Init { domain, dir, https_port, mx_port, relay_port, smarthost, bind, hostname, session_lifetime } => {
+        Command::Init {
+            domain,
+            dir,
+            https_port,
+            mx_port,
+            relay_port,
+            smarthost,
+            bind,
+            hostname,
+            session_lifetime,
+            signup,
+        } => {
             let options = InitOptions {
                 dir,
                 domain,
@@ -87,9 +111,11 @@ fn main() -> ExitCode {
                 relay_port,
                 smarthost,
                 session_lifetime_seconds: session_lifetime,
+                signup,
             };
             run_init(options)
         }
+        Command::Invite { dir, valid_days } => run_invite(dir, valid_days),
         Command::Serve { dir } => run_serve(dir),
     }
 }
@@ -105,6 +131,7 @@ fn run_init(options: InitOptions) -> ExitCode {
                  mx     {bind}:{mx}\n\
                  relay  {bind}:{relay}\n\
                  smarthost {smarthost}\n\
+                 signup {signup}\n\
                  CA SHA-256 {fingerprint}\n",
                 domain = settings.domain,
                 dir = dir.display(),
@@ -113,6 +140,7 @@ fn run_init(options: InitOptions) -> ExitCode {
                 mx = settings.mx_port,
                 relay = settings.relay_port,
                 smarthost = settings.smarthost.as_deref().unwrap_or("none"),
+                signup = settings.signup,
                 fingerprint = made.ca_fingerprint,
             );
             let _ = std::io::stdout().lock().write_all(summary.as_bytes());
@@ -129,6 +157,35 @@ fn run_init(options: InitOptions) -> ExitCode {
                     )
             );
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
+        }
+    }
+}
+
+fn run_invite(dir: PathBuf, valid_days: u64) -> ExitCode {
+    let layout = Layout::new(dir);
+    let settings = match Settings::load(&layout) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("bitmask-provider invite: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if settings.signup != SignupPolicy::Invite {
+        eprintln!(
+            "bitmask-provider invite: note: this provider's signup policy is {}, not invite: the code is kept for when it is",
+            settings.signup
+        );
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+    let expires = now.saturating_add(valid_days.saturating_mul(24 * 3600));
+    match bitmask_provider_service::invites::create(&layout.invites(), expires) {
+        Ok(code) => {
+            let _ = writeln!(std::io::stdout().lock(), "{code}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("bitmask-provider invite: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -71,16 +71,33 @@ async fn bad_srp_values_and_login_ids_are_refused() {
     provider.sign_up(ALICE, "pw").await.unwrap();
     let mut accounts = provider.accounts().await;
 
-    let bad_salt =
-        pb::SignUpRequest { address: "bob@example.org".into(), srp_salt: vec![1; 4], srp_verifier: vec![1; 256] };
+    let bad_salt = pb::SignUpRequest {
+        address: "bob@example.org".into(),
+        srp_salt: vec![1; 4],
+        srp_verifier: vec![1; 256],
+        ..Default::default()
+    };
     assert_eq!(accounts.sign_up(bad_salt).await.unwrap_err().code(), Code::InvalidArgument);
-    let zero =
-        pb::SignUpRequest { address: "bob@example.org".into(), srp_salt: vec![1; 32], srp_verifier: vec![0; 256] };
+    let zero = pb::SignUpRequest {
+        address: "bob@example.org".into(),
+        srp_salt: vec![1; 32],
+        srp_verifier: vec![0; 256],
+        ..Default::default()
+    };
     assert_eq!(accounts.sign_up(zero).await.unwrap_err().code(), Code::InvalidArgument);
-    let huge =
-        pb::SignUpRequest { address: "bob@example.org".into(), srp_salt: vec![1; 32], srp_verifier: vec![1; 4096] };
+    let huge = pb::SignUpRequest {
+        address: "bob@example.org".into(),
+        srp_salt: vec![1; 32],
+        srp_verifier: vec![1; 4096],
+        ..Default::default()
+    };
     assert_eq!(accounts.sign_up(huge).await.unwrap_err().code(), Code::InvalidArgument);
-    let not_an_address = pb::SignUpRequest { address: "bob".into(), srp_salt: vec![1; 32], srp_verifier: vec![1; 256] };
+    let not_an_address = pb::SignUpRequest {
+        address: "bob".into(),
+        srp_salt: vec![1; 32],
+        srp_verifier: vec![1; 256],
+        ..Default::default()
+    };
     assert_eq!(accounts.sign_up(not_an_address).await.unwrap_err().code(), Code::InvalidArgument);
 
     // A = 0 would let anyone in: refused.

@@ -78,8 +78,14 @@ impl Provider {
     }
 
     pub async fn sign_up(&self, address: &str, passphrase: &str) -> Result<(), tonic::Status> {
+        self.sign_up_invited(address, passphrase, "").await
+    }
+
+    /// Sign-up with an invite code.
+    pub async fn sign_up_invited(&self, address: &str, passphrase: &str, invite: &str) -> Result<(), tonic::Status> {
         let (srp_salt, srp_verifier) = bitmask_auth::verifier(address, &LoginSecret::derive(passphrase, address));
-        let request = provider_pb::SignUpRequest { address: address.into(), srp_salt, srp_verifier };
+        let request =
+            provider_pb::SignUpRequest { address: address.into(), srp_salt, srp_verifier, invite_code: invite.into() };
         self.accounts().await.sign_up(request).await.map(drop)
     }
 
