@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 use tonic::Status;
 
+use crate::converge;
 use crate::split::{self, Segment};
 use crate::types::{
     Entry, FlagOperation, Flags, MailError, MailEvent, MailboxInfo, Mailstore, SpecialUse, normalize_name,
@@ -199,6 +200,20 @@ impl State {
     fn id_of(&self, name: &str) -> Option<String> {
         let name = normalize_name(name);
         self.mailboxes.values().find(|mailbox| mailbox.doc.name == name).map(|mailbox| mailbox.id.clone())
+    }
+
+    /// The mailbox and UID of a copy shown here.
+    fn locate(&self, copy: &str) -> Option<(String, u32)> {
+        self.mailboxes.values().find_map(|mailbox| mailbox.by_copy.get(copy).map(|uid| (mailbox.id.clone(), *uid)))
+    }
+
+    /// Takes a copy out of the shown state (its documents are deleted in
+    /// the same step by the caller).
+    fn remove(&mut self, mailbox_id: &str, uid: u32) -> Option<(String, Entry)> {
+        let mailbox = self.mailboxes.get_mut(mailbox_id)?;
+        let entry = mailbox.entries.remove(&uid)?;
+        mailbox.by_copy.remove(&entry.copy);
+        Some((mailbox.doc.name.clone(), entry))
     }
 
     fn get(&self, name: &str) -> Result<&MailboxState> {
@@ -472,16 +487,49 @@ impl MailModel {
         let documents = self.query_all(ALL_MAILBOXES, vec![]).await?;
         let mut docs: Vec<(String, MailboxDoc)> =
             documents.iter().map(|document| Ok((document.id.clone(), parse(document)?))).collect::<Result<_>>()?;
+        // The default mailboxes are made once: one the user deleted (its
+        // document is a tombstone) stays deleted.
         for (id, name, special_use) in DEFAULT_MAILBOXES {
-            if !docs.iter().any(|(known, _)| known == id) && !docs.iter().any(|(_, doc)| doc.name == name) {
+            if !docs.iter().any(|(known, _)| known == id)
+                && !docs.iter().any(|(_, doc)| doc.name == name)
+                && !self.ever_known(id).await?
+            {
                 let doc = MailboxDoc { name: name.into(), subscribed: true, special_use };
                 self.batch(vec![put(id, MAILBOXES, json(&doc))]).await?;
                 docs.push((id.to_owned(), doc));
             }
         }
+        let renames = converge::duplicates(docs.iter().map(|(id, doc)| (id.as_str(), doc.name.as_str())));
+        let mut writes = Vec::new();
+        for (id, name) in renames {
+            if let Some((_, doc)) = docs.iter_mut().find(|(known, _)| *known == id) {
+                doc.name = name;
+                writes.push(put(&id, MAILBOXES, json(&*doc)));
+            }
+        }
+        if !writes.is_empty() {
+            self.batch(writes).await?;
+        }
         for (id, doc) in docs {
             let mailbox = self.load_mailbox(id.clone(), doc).await?;
             state.mailboxes.insert(id, mailbox);
+        }
+        // Explanations whose decrypted copy came while this was not running.
+        let superseded: Vec<(String, u32, String)> = state
+            .mailboxes
+            .values()
+            .flat_map(|mailbox| {
+                mailbox.entries.values().map(|entry| (mailbox.id.clone(), entry.uid, entry.copy.clone()))
+            })
+            .filter(|(_, _, copy)| {
+                converge::incoming_twin(copy)
+                    .is_some_and(|(decrypted, explained)| explained && state.locate(&decrypted).is_some())
+            })
+            .map(|(mailbox, uid, copy)| (mailbox, uid, copy.to_string()))
+            .collect();
+        for (mailbox_id, uid, copy) in superseded {
+            self.batch(self.deletes_of(&copy).await?).await?;
+            state.remove(&mailbox_id, uid);
         }
         Ok(state)
     }
@@ -656,7 +704,7 @@ impl MailModel {
                 }
                 continue;
             }
-            let id = random_id("mailbox");
+            let id = converge::id_for_new(&level, |id| state.mailboxes.contains_key(id));
             let use_here = if depth == levels.len() { special_use } else { SpecialUse::None };
             let doc = MailboxDoc { name: level, subscribed: false, special_use: use_here };
             self.batch(vec![put(&id, MAILBOXES, json(&doc))]).await?;
@@ -817,24 +865,33 @@ impl MailModel {
         (mailbox.local.uid_validity, uid)
     }
 
-    /// Files a received message exactly once, under the deterministic copy
-    /// id `copy_id` (e.g. `copy/in-<item>`), without flags (so `\Recent`
-    /// and unseen), with `extra` writes in the same batch (the incoming
-    /// document's deletion and its done marker). If a document `copy_id`
-    /// exists already, or ever existed (a tombstone: filed and expunged
-    /// since), by this device before a crash or by another device through
-    /// sync, nothing is filed again: only `extra` is written, and the answer
-    /// is `None`. Otherwise the message is filed in `name`, durable before
-    /// this returns, and the answer is the UIDVALIDITY and the new UID.
+    /// Files a received message exactly once, under the copy id derived
+    /// from the provider's `item` (see [`crate::incoming_copy_id`]): decrypted,
+    /// or an `explained` failure. Without flags (so `\Recent` and unseen),
+    /// with `extra` writes in the same batch (the incoming document's
+    /// deletion and its done marker). If the copy exists already, or ever
+    /// existed (a tombstone: filed and expunged since), by this device before
+    /// a crash or by another device through sync, or if this is an
+    /// explanation and the decrypted copy is or was known, nothing is filed
+    /// again: only `extra` is written, and the answer is `None`. Otherwise the
+    /// message is filed in `name`, durable before this returns (a decrypted
+    /// copy deletes the item's explanation in the same batch), and the answer
+    /// is the UIDVALIDITY and the new UID.
     pub async fn file_incoming(
         &self,
         name: &str,
         raw: &[u8],
         internal_date: (i64, i32),
-        copy_id: &str,
+        item: &str,
+        explained: bool,
         extra: Vec<pb::Write>,
     ) -> Result<Option<(u32, u32)>> {
-        if self.copy_known(copy_id).await? {
+        let copy_id = converge::incoming_copy_id(item, explained);
+        let twin = converge::incoming_copy_id(item, !explained);
+        let known = async || {
+            Ok::<_, MailError>(self.ever_known(&copy_id).await? || (explained && self.ever_known(&twin).await?))
+        };
+        if known().await? {
             self.write_extra(extra).await?;
             return Ok(None);
         }
@@ -842,6 +899,7 @@ impl MailModel {
         let (internal_date, zone) = internal_date;
         let mut guard = self.state().await?;
         let state = guard.as_mut().ok_or_else(|| MailError::NoMailbox(name.to_owned()))?;
+        let replaced = if explained { None } else { state.locate(&twin) };
         let mailbox = state.get_mut(name)?;
         let copy = CopyDoc {
             mailbox: mailbox.id.clone(),
@@ -852,12 +910,14 @@ impl MailModel {
             flags: Vec::new(),
         };
         // Refused if the copy appeared (synced in) since the check above.
-        let check = pb::Write {
-            op: Some(pb::write::Op::Check(pb::CheckRevision { id: copy_id.to_owned(), rev: String::new() })),
-        };
+        let check =
+            pb::Write { op: Some(pb::write::Op::Check(pb::CheckRevision { id: copy_id.clone(), rev: String::new() })) };
         let mut writes = stored.writes;
         writes.push(check);
-        let (uid, modseq) = new_copy(mailbox, copy_id, &copy, &mut writes);
+        let (uid, modseq) = new_copy(mailbox, &copy_id, &copy, &mut writes);
+        if replaced.is_some() {
+            writes.extend([delete(&twin), delete(&format!("uid/{twin}"))]);
+        }
         writes.extend(extra.iter().cloned());
         match self.client().batch(pb::BatchRequest { writes }).await {
             Ok(_) => {}
@@ -865,7 +925,7 @@ impl MailModel {
                 drop(guard);
                 // A revision check failed: the copy is there now (filed
                 // elsewhere), or an `extra` write's own check failed.
-                if self.copy_known(copy_id).await? {
+                if known().await? {
                     self.write_extra(extra).await?;
                     return Ok(None);
                 }
@@ -878,11 +938,17 @@ impl MailModel {
                 return Err(status.into());
             }
         }
-        Ok(Some(self.added(mailbox, copy_id.to_owned(), &copy, uid, modseq)))
+        let filed = self.added(mailbox, copy_id, &copy, uid, modseq);
+        if let Some((mailbox_id, uid)) = replaced
+            && let Some((mailbox, _)) = state.remove(&mailbox_id, uid)
+        {
+            self.emit(MailEvent::Expunged { mailbox, uid });
+        }
+        Ok(Some(filed))
     }
 
-    /// Whether a copy document exists or existed (a tombstone).
-    async fn copy_known(&self, copy_id: &str) -> Result<bool> {
+    /// Whether a document exists or existed (a tombstone).
+    async fn ever_known(&self, copy_id: &str) -> Result<bool> {
         match self.client().get(pb::GetRequest { id: copy_id.to_owned(), include_deleted: true }).await {
             Ok(document) => Ok(!document.into_inner().rev.is_empty()),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
@@ -897,29 +963,63 @@ impl MailModel {
         Ok(())
     }
 
-    /// The writes that store a message's documents that are not stored yet.
+    /// The writes that store a message's documents. Those stored already
+    /// are written again (see [`MailModel::kept_alive`]).
     async fn store_message(&self, raw: &[u8]) -> Result<StoredMessage> {
         let split = split::split(raw);
         let mut ids = vec![split.message_id.clone()];
         ids.extend(split.contents.iter().map(|(id, _)| id.clone()));
         let existing = self.get_many(ids).await?;
-        let exists = |id: &str| existing.iter().any(|document| document.id == id && !document.rev.is_empty());
-        let mut writes = Vec::new();
-        if !exists(&split.message_id) {
-            for (id, bytes) in split.contents {
-                if !exists(&id) {
-                    let content = if bytes.len() > MAX_INLINE_CONTENT {
-                        ContentDoc { blob: Some(self.put_blob(bytes).await?), ..ContentDoc::default() }
-                    } else {
-                        ContentDoc { data: data_encoding::BASE64.encode(&bytes), ..ContentDoc::default() }
-                    };
-                    writes.push(put(&id, CONTENTS, json(&content)));
-                }
-            }
-            let doc = MessageDoc { size: split.size, parts: split::parts(&split.skeleton), skeleton: split.skeleton };
-            writes.push(put(&split.message_id, MESSAGES, json(&doc)));
+        let live = |id: &str| existing.iter().find(|document| document.id == id && !document.rev.is_empty());
+        if live(&split.message_id).is_some() {
+            let writes = self.kept_alive(vec![split.message_id.clone()]).await?;
+            return Ok(StoredMessage { message_id: split.message_id, size: split.size, writes });
         }
+        let mut writes = Vec::new();
+        for (id, bytes) in split.contents {
+            if let Some(document) = live(&id) {
+                writes.push(put(&id, CONTENTS, document.content.clone()));
+                continue;
+            }
+            let content = if bytes.len() > MAX_INLINE_CONTENT {
+                ContentDoc { blob: Some(self.put_blob(bytes).await?), ..ContentDoc::default() }
+            } else {
+                ContentDoc { data: data_encoding::BASE64.encode(&bytes), ..ContentDoc::default() }
+            };
+            writes.push(put(&id, CONTENTS, json(&content)));
+        }
+        let doc = MessageDoc { size: split.size, parts: split::parts(&split.skeleton), skeleton: split.skeleton };
+        writes.push(put(&split.message_id, MESSAGES, json(&doc)));
         Ok(StoredMessage { message_id: split.message_id, size: split.size, writes })
+    }
+
+    /// The writes that put `messages` and their contents again, unchanged,
+    /// for a new copy of them. Another device may have collected them (its
+    /// last copy expunged) before it saw this copy; a new version written
+    /// here beats that deletion when the two meet (the immutable order: a
+    /// live version over a deletion), so the new copy never points at a
+    /// message that is gone.
+    async fn kept_alive(&self, mut messages: Vec<String>) -> Result<Vec<pb::Write>> {
+        messages.sort();
+        messages.dedup();
+        let mut writes = Vec::new();
+        let mut parts = Vec::new();
+        for document in self.get_many(messages).await? {
+            if document.rev.is_empty() || document.deleted {
+                continue;
+            }
+            let doc: MessageDoc = parse(&document)?;
+            parts.extend(doc.parts);
+            writes.push(put(&document.id, MESSAGES, document.content));
+        }
+        parts.sort();
+        parts.dedup();
+        for document in self.get_many(parts).await? {
+            if !document.rev.is_empty() && !document.deleted {
+                writes.push(put(&document.id, CONTENTS, document.content));
+            }
+        }
+        Ok(writes)
     }
 
     /// Keeps `bytes` as a store blob, sent a chunk at a time.
@@ -1076,9 +1176,9 @@ impl MailModel {
         let destination_id = state.id_of(destination).ok_or_else(|| MailError::NoMailbox(destination.to_owned()))?;
         let sources: Vec<Entry> =
             uids.iter().filter_map(|uid| state.mailboxes.get(&source_id)?.entries.get(uid).cloned()).collect();
+        let mut writes = self.kept_alive(sources.iter().map(|entry| entry.message.to_string()).collect()).await?;
         let target = state.mailboxes.get(&destination_id).ok_or_else(|| MailError::NoMailbox(destination.into()))?;
         let modseq = target.highest_modseq + 1;
-        let mut writes = Vec::new();
         let mut pairs = Vec::new();
         let mut added = Vec::new();
         for (offset, source) in sources.iter().enumerate() {
@@ -1247,15 +1347,34 @@ impl MailModel {
             }
             let Some(document) = change.document else { continue };
             if let Err(error) = self.apply_synced(document).await {
-                tracing::warn!(%error, "applying a synced mail change");
+                // What is shown may now differ from the store: it is
+                // loaded again before its next use.
+                tracing::warn!(%error, "applying a synced mail change: loading the mail state again");
+                self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         }
         Ok(())
     }
 
-    async fn apply_synced(&self, document: pb::Document) -> Result<()> {
+    /// The document as the store holds it now, `None` if it is gone: a
+    /// change may be older than that (replayed after the store restarted,
+    /// or overtaken by a local write while it waited), and what it adds
+    /// must not come back after a local delete.
+    async fn current(&self, id: &str) -> Result<Option<pb::Document>> {
+        match self.client().get(pb::GetRequest { id: id.to_owned(), include_deleted: false }).await {
+            Ok(document) => Ok(Some(document.into_inner()).filter(|document| !document.deleted)),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    }
+
+    async fn apply_synced(&self, change: pb::Document) -> Result<()> {
         let mut guard = self.state.lock().await;
         let Some(state) = guard.as_mut() else { return Ok(()) };
+        let document = match self.current(&change.id).await? {
+            Some(document) => document,
+            None => pb::Document { deleted: true, ..change },
+        };
         if document.collection == MAILBOXES {
             if document.deleted {
                 state.mailboxes.remove(&document.id);
@@ -1268,50 +1387,124 @@ impl MailModel {
                         state.mailboxes.insert(document.id.clone(), mailbox);
                     }
                 }
+                self.settle_names(state).await?;
             }
             self.emit(MailEvent::Mailboxes);
             return Ok(());
         }
         // A copy: where is it now, and where was it?
-        let located = state
-            .mailboxes
-            .values()
-            .find_map(|mailbox| mailbox.by_copy.get(document.id.as_str()).map(|uid| (mailbox.id.clone(), *uid)));
+        let located = state.locate(&document.id);
         if document.deleted {
-            if let Some((mailbox_id, uid)) = located
-                && let Some(mailbox) = state.mailboxes.get_mut(&mailbox_id)
-            {
+            if let Some((mailbox_id, uid)) = located {
                 self.batch(vec![delete(&format!("uid/{}", document.id))]).await?;
-                mailbox.entries.remove(&uid);
-                mailbox.by_copy.remove(document.id.as_str());
-                self.emit(MailEvent::Expunged { mailbox: mailbox.doc.name.clone(), uid });
+                if let Some((mailbox, _)) = state.remove(&mailbox_id, uid) {
+                    self.emit(MailEvent::Expunged { mailbox, uid });
+                }
             }
             return Ok(());
         }
         let copy: CopyDoc = parse(&document)?;
+        let twin = converge::incoming_twin(&document.id);
+        if let Some((decrypted, true)) = &twin
+            && located.is_none()
+            && self.ever_known(decrypted).await?
+        {
+            // An explanation of an item whose decrypted copy is or was here.
+            self.batch(vec![delete(&document.id)]).await?;
+            return Ok(());
+        }
         match located {
-            Some((mailbox_id, uid)) => {
-                let Some(mailbox) = state.mailboxes.get_mut(&mailbox_id) else { return Ok(()) };
-                let flags = Flags::from_list(&copy.flags);
-                let Some(entry) = mailbox.entries.get(&uid) else { return Ok(()) };
-                if entry.flags == flags {
-                    return Ok(());
-                }
-                let modseq = mailbox.highest_modseq + 1;
-                let updated = Entry { flags, modseq, ..entry.clone() };
-                let uid_doc = UidDoc { mailbox: mailbox_id.clone(), uid, modseq, copy: document.id.clone() };
-                self.batch(vec![
-                    put(&format!("uid/{}", document.id), UIDS, json(&uid_doc)),
-                    add_to_counter(format!("modseq/{mailbox_id}"), 1),
-                ])
-                .await?;
-                mailbox.highest_modseq = modseq;
-                mailbox.entries.insert(uid, updated);
-                self.emit(MailEvent::FlagsChanged { mailbox: mailbox.doc.name.clone(), uid });
-            }
+            Some((mailbox_id, uid)) => self.synced_change(state, &mailbox_id, uid, document.id, copy).await?,
             None => {
+                if let Some((explanation, false)) = &twin
+                    && let Some((mailbox_id, uid)) = state.locate(explanation)
+                {
+                    // The decrypted copy replaces the explanation shown here
+                    // (whose deletion may have come in the same sync).
+                    self.batch(self.deletes_of(explanation).await?).await?;
+                    if let Some((mailbox, _)) = state.remove(&mailbox_id, uid) {
+                        self.emit(MailEvent::Expunged { mailbox, uid });
+                    }
+                }
                 let Some(mailbox) = state.mailboxes.get_mut(&copy.mailbox) else { return Ok(()) };
-                self.assign(mailbox, vec![(document.id.clone(), copy)], true).await?;
+                self.assign(mailbox, vec![(document.id, copy)], true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The writes that delete a copy shown here: its UID record, and the
+    /// copy unless it is deleted already.
+    async fn deletes_of(&self, copy: &str) -> Result<Vec<pb::Write>> {
+        let mut writes = vec![delete(&format!("uid/{copy}"))];
+        if self.current(copy).await?.is_some() {
+            writes.push(delete(copy));
+        }
+        Ok(writes)
+    }
+
+    /// A copy shown here changed on another device: its flags, or (two
+    /// devices filed one incoming item with different bytes, and the merge
+    /// kept the other's) its message, which clients see as another message
+    /// under a new UID.
+    async fn synced_change(
+        &self,
+        state: &mut State,
+        mailbox_id: &str,
+        uid: u32,
+        copy_id: String,
+        copy: CopyDoc,
+    ) -> Result<()> {
+        let Some(mailbox) = state.mailboxes.get_mut(mailbox_id) else { return Ok(()) };
+        let Some(entry) = mailbox.entries.get(&uid) else { return Ok(()) };
+        if *entry.message != copy.message {
+            self.batch(vec![delete(&format!("uid/{copy_id}"))]).await?;
+            mailbox.entries.remove(&uid);
+            mailbox.by_copy.remove(copy_id.as_str());
+            self.emit(MailEvent::Expunged { mailbox: mailbox.doc.name.clone(), uid });
+            return self.assign(mailbox, vec![(copy_id, copy)], true).await;
+        }
+        let flags = Flags::from_list(&copy.flags);
+        if entry.flags == flags {
+            return Ok(());
+        }
+        let modseq = mailbox.highest_modseq + 1;
+        let updated = Entry { flags, modseq, ..entry.clone() };
+        let uid_doc = UidDoc { mailbox: mailbox_id.to_owned(), uid, modseq, copy: copy_id.clone() };
+        self.batch(vec![
+            put(&format!("uid/{copy_id}"), UIDS, json(&uid_doc)),
+            add_to_counter(format!("modseq/{mailbox_id}"), 1),
+        ])
+        .await?;
+        mailbox.highest_modseq = modseq;
+        mailbox.entries.insert(uid, updated);
+        self.emit(MailEvent::FlagsChanged { mailbox: mailbox.doc.name.clone(), uid });
+        Ok(())
+    }
+}
+
+impl MailModel {
+    /// Renames all but one of the live mailboxes that share a name (see
+    /// `converge`).
+    async fn settle_names(&self, state: &mut State) -> Result<()> {
+        let mailboxes = state.mailboxes.values().map(|mailbox| (mailbox.id.as_str(), mailbox.doc.name.as_str()));
+        let renames = converge::duplicates(mailboxes);
+        let mut writes = Vec::new();
+        let mut renamed = Vec::new();
+        for (id, name) in renames {
+            if let Some(mailbox) = state.mailboxes.get(&id) {
+                let doc = MailboxDoc { name, ..mailbox.doc.clone() };
+                writes.push(put(&id, MAILBOXES, json(&doc)));
+                renamed.push((id, doc));
+            }
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.batch(writes).await?;
+        for (id, doc) in renamed {
+            if let Some(mailbox) = state.mailboxes.get_mut(&id) {
+                mailbox.doc = doc;
             }
         }
         Ok(())

@@ -6,8 +6,9 @@
 //! learned.
 //!
 //! Exactly once, never lost: the filed copy has the deterministic id
-//! `copy/in-<item>`, written in one store batch with the deletion of the
-//! incoming document and the `incoming-done/<item>` marker (which tells the
+//! `copy/in-<item>` (`copy/in-<item>-explained` for an explanation, which a
+//! decrypted copy replaces: see `bitmask_mail::incoming_copy_id`), written
+//! in one store batch with the deletion of the incoming document and the `incoming-done/<item>` marker (which tells the
 //! store's sync to delete the item at the provider). A crash before the
 //! batch leaves the item waiting; after it, the item is done. An item filed
 //! already (a retry, or another device that processed it) is only marked
@@ -320,7 +321,9 @@ impl Processor {
         let doc: IncomingDoc = serde_json::from_slice(&document.content)
             .map_err(|error| Status::data_loss(format!("{} is damaged: {error}", document.id)))?;
         let item = doc.item.as_str();
-        let copy_id = format!("copy/in-{item}");
+        // Filed before: the decrypted copy (an explanation does not stop
+        // this device from filing what it can decrypt).
+        let copy_id = bitmask_mail::incoming_copy_id(item, false);
         let mut done = vec![
             pb::Write {
                 op: Some(pb::write::Op::Delete(pb::DeleteRequest {
@@ -359,7 +362,7 @@ impl Processor {
         let recorded = known.is_some();
         let known = known.unwrap_or_default();
         if known.attempts >= MAX_ATTEMPTS {
-            return self.file_unfiled(document, &doc, known, done, copy_id).await;
+            return self.file_unfiled(document, &doc, known, done).await;
         }
         // Written below, before the attempt: it goes with the item.
         if !recorded {
@@ -373,7 +376,7 @@ impl Processor {
         // Counted before it starts: an attempt that kills the process counts.
         let counted = Attempts { attempts: known.attempts + 1, last_error: known.last_error.clone() };
         self.set_attempts(&attempts_id, &counted).await?;
-        let outcome = self.attempt(document, &doc, done, &copy_id).await;
+        let outcome = self.attempt(document, &doc, done).await;
         if let Err(status) = &outcome {
             let attempts = if is_transient(status) { known.attempts } else { counted.attempts };
             let record = Attempts { attempts, last_error: format!("{:?}: {}", status.code(), status.message()) };
@@ -411,7 +414,6 @@ impl Processor {
         doc: &IncomingDoc,
         known: Attempts,
         done: Vec<pb::Write>,
-        copy_id: String,
     ) -> Result<(), Status> {
         let item = doc.item.as_str();
         let encrypted = self.read_blob(&doc.blob, doc.size).await?;
@@ -419,7 +421,7 @@ impl Processor {
             incoming::unfiled(&self.address, item, doc.received_ms, known.attempts, &known.last_error, &encrypted);
         let date = (doc.received_ms.div_euclid(1000), 0);
         self.model
-            .file_incoming(MAILBOX, &filed.raw, date, &copy_id, done)
+            .file_incoming(MAILBOX, &filed.raw, date, item, true, done)
             .await
             .map_err(|error| Status::unavailable(format!("filing the explanation of {}: {error}", document.id)))?;
         self.delete_blob(&doc.blob).await;
@@ -437,7 +439,6 @@ impl Processor {
         document: &pb::Document,
         doc: &IncomingDoc,
         mut done: Vec<pb::Write>,
-        copy_id: &str,
     ) -> Result<(), Status> {
         let item = doc.item.as_str();
         let encrypted = match self.read_blob(&doc.blob, doc.size).await {
@@ -459,7 +460,8 @@ impl Processor {
             Err(status) => return Err(status),
         };
         let filed = self.read(doc, encrypted).await?;
-        if matches!(filed.encryption, incoming::Encryption::Failed) {
+        let explained = matches!(filed.encryption, incoming::Encryption::Failed);
+        if explained {
             done.push(pb::Write {
                 op: Some(pb::write::Op::AddToCounter(pb::AddToCounterRequest { name: UNDECRYPTABLE.into(), delta: 1 })),
             });
@@ -468,7 +470,8 @@ impl Processor {
             return Err(Status::internal("filing refused (BITMASK_FAULT_REFUSE_FILING)"));
         }
         let date = (doc.received_ms.div_euclid(1000), 0);
-        let uid = self.model.file_incoming(MAILBOX, &filed.raw, date, copy_id, done).await.map_err(status_of_mail)?;
+        let uid =
+            self.model.file_incoming(MAILBOX, &filed.raw, date, item, explained, done).await.map_err(status_of_mail)?;
         self.delete_blob(&doc.blob).await;
         tracing::info!(
             item,
