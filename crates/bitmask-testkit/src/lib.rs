@@ -450,3 +450,45 @@ impl ProviderProcess {
         self.dir.join("ca.pem")
     }
 }
+
+/// The reference for sync benchmarks: `bytes` copied up to `provider` and
+/// down again as plain blobs over one TLS connection to its endpoint (four
+/// blobs, 1 MiB messages). Gives the time up and the time down.
+pub async fn plain_tls_copy(provider: &TestProvider, bytes: usize) -> (Duration, Duration) {
+    use bitmask_proto::sync::v1 as sync_pb;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&provider.ca_pem)).domain_name("localhost");
+    let channel = Channel::from_shared(provider.url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let mut client =
+        sync_pb::sync_endpoint_client::SyncEndpointClient::new(channel).max_decoding_message_size(64 << 20);
+    fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+    let parts = 4;
+    let part = bytes.div_ceil(parts);
+    let data = vec![7u8; part];
+    let started = Instant::now();
+    for index in 0..parts {
+        let mut messages: Vec<sync_pb::PutBlobRequest> = data
+            .chunks(1 << 20)
+            .map(|chunk| sync_pb::PutBlobRequest { data: chunk.to_vec(), ..Default::default() })
+            .collect();
+        messages[0].id = format!("reference-{index}").into_bytes();
+        messages[0].size = part as u64;
+        client.put_blob(authorized(tokio_stream::iter(messages), &provider.token)).await.unwrap();
+    }
+    let up = started.elapsed();
+    let started = Instant::now();
+    for index in 0..parts {
+        let request = sync_pb::GetBlobRequest { id: format!("reference-{index}").into_bytes(), offset: 0 };
+        let mut stream = client.get_blob(authorized(request, &provider.token)).await.unwrap().into_inner();
+        let mut received = 0;
+        while let Some(chunk) = stream.message().await.unwrap() {
+            received += chunk.data.len();
+        }
+        assert_eq!(received, part);
+    }
+    (up, started.elapsed())
+}

@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 
 use bitmask_proto::store::v1 as pb;
 use bitmask_proto::store::v1::store_client::StoreClient;
-use bitmask_proto::sync::v1 as sync_pb;
-use bitmask_proto::sync::v1::sync_endpoint_client::SyncEndpointClient;
 use bitmask_sync_endpoint::SledStorage;
 use bitmask_testkit::{KillOnDrop, TestProvider, World};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
 const DOCUMENTS: usize = 10_000;
 const SIZE: usize = 20 * 1024;
@@ -67,18 +65,6 @@ fn rates(label: &str, bytes: usize, elapsed: Duration) -> (f64, f64) {
     (documents_per_second, megabytes_per_second)
 }
 
-async fn raw_client(provider: &TestProvider) -> SyncEndpointClient<Channel> {
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&provider.ca_pem)).domain_name("localhost");
-    let channel = Channel::from_shared(provider.url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    SyncEndpointClient::new(channel).max_decoding_message_size(64 << 20)
-}
-
-fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -126,32 +112,7 @@ fn main() {
         assert!(result.contains(&format!("received {DOCUMENTS}")), "{result}");
 
         // The reference: the same bytes as plain blobs over TLS to the same endpoint.
-        let mut raw = raw_client(&provider).await;
-        let parts = 4;
-        let part = bytes.div_ceil(parts);
-        let data = vec![7u8; part];
-        let started = Instant::now();
-        for index in 0..parts {
-            let mut messages: Vec<sync_pb::PutBlobRequest> = data
-                .chunks(1 << 20)
-                .map(|chunk| sync_pb::PutBlobRequest { data: chunk.to_vec(), ..Default::default() })
-                .collect();
-            messages[0].id = format!("reference-{index}").into_bytes();
-            messages[0].size = part as u64;
-            raw.put_blob(authorized(tokio_stream::iter(messages), &provider.token)).await.unwrap();
-        }
-        let copy_up = started.elapsed();
-        let started = Instant::now();
-        for index in 0..parts {
-            let request = sync_pb::GetBlobRequest { id: format!("reference-{index}").into_bytes(), offset: 0 };
-            let mut stream = raw.get_blob(authorized(request, &provider.token)).await.unwrap().into_inner();
-            let mut received = 0;
-            while let Some(chunk) = stream.message().await.unwrap() {
-                received += chunk.data.len();
-            }
-            assert_eq!(received, part);
-        }
-        let copy_down = started.elapsed();
+        let (copy_up, copy_down) = bitmask_testkit::plain_tls_copy(&provider, bytes).await;
 
         let (_, up_rate) = rates("sync up: device 1 to provider", bytes, up);
         let (_, down_rate) = rates("sync down: empty device 2 to synced (incl. recovery)", bytes, down);
