@@ -773,3 +773,80 @@ async fn devices_converge_whatever_the_order_of_operations_syncs_and_faults() {
         run(first.wrapping_mul(31).wrapping_add(offset), steps).await;
     }
 }
+
+/// The case, in every order of syncs: two devices append the same
+/// bytes with different flags and internal dates; one deletes its copy (so
+/// the message is collected there) while the other appends the bytes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_bytes_appended_deleted_and_appended_again_converge_in_any_order_of_syncs() {
+    let raw = body(3);
+    let firsts: [&[usize]; 5] = [&[], &[0], &[1], &[0, 1], &[1, 0]];
+    let seconds: [&[usize]; 2] = [&[0, 1], &[1, 0]];
+    for first in firsts {
+        for second in seconds {
+            let dir = tempfile::tempdir().unwrap();
+            let provider = Arc::new(FaultyProvider {
+                dir: dir.path().to_owned(),
+                storage: Mutex::new(Some(Arc::new(SledStorage::open(dir.path()).unwrap()))),
+                fault: AtomicU8::new(Fault::None as u8),
+            });
+            let serving = TestProvider::start(provider.clone()).await;
+            let mut devices = vec![device(&serving, true).await];
+            devices[0].sync().await.unwrap();
+            devices.push(device(&serving, false).await);
+            let seen = Flags { seen: true, ..Flags::default() };
+            let flagged = Flags { flagged: true, ..Flags::default() };
+            let (_, a_uid) = devices[0].mail.append("INBOX", &raw, &seen, Some((1_700_000_000, 0))).await.unwrap();
+            let (_, b_uid) = devices[1].mail.append("INBOX", &raw, &flagged, Some((1_700_000_100, 60))).await.unwrap();
+            let a_copy = devices[0].mail.entry("INBOX", a_uid).await.unwrap().unwrap().copy;
+            let b_copy = devices[1].mail.entry("INBOX", b_uid).await.unwrap().unwrap().copy;
+            for &device in first {
+                devices[device].sync().await.unwrap();
+            }
+            // A deletes its copy; B appends the same bytes again.
+            let deleted = Flags { deleted: true, ..Flags::default() };
+            devices[0].mail.set_flags("INBOX", &[a_uid], FlagOperation::Add, &deleted).await.unwrap();
+            devices[0].mail.expunge("INBOX", Some(&[a_uid])).await.unwrap();
+            let (_, again) = devices[1].mail.append("INBOX", &raw, &Flags::default(), None).await.unwrap();
+            let again = devices[1].mail.entry("INBOX", again).await.unwrap().unwrap().copy;
+            for &device in second {
+                devices[device].sync().await.unwrap();
+            }
+            let case = format!("syncs {first:?} before, {second:?} after");
+            let mut views = Vec::new();
+            for _ in 0..50 {
+                for device in &mut devices {
+                    device.sync().await.unwrap();
+                }
+                views.clear();
+                for device in &devices {
+                    views.push(Device::view(&device.mail).await.unwrap());
+                }
+                if views[0] == views[1] && views[0][0].1.len() == 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(views[0], views[1], "{case}: the devices differ:\n{}", differences(&views[0], &views[1]));
+            let inbox = &views[0][0].1;
+            let shown: BTreeSet<&str> = inbox.keys().map(String::as_str).collect();
+            assert_eq!(
+                shown,
+                BTreeSet::from([&*b_copy, &*again]),
+                "{case}: INBOX holds B's two copies, not A's {a_copy}"
+            );
+            assert_eq!(inbox[&*b_copy].1, ["\\Flagged"], "{case}");
+            for (number, device) in devices.iter_mut().enumerate() {
+                let message = &inbox[&*again].0;
+                let read = device.mail.raw(message).await;
+                let held = device.store.get(pb::GetRequest { id: message.clone(), include_deleted: true }).await;
+                let held = held.map(|document| (document.get_ref().deleted, document.get_ref().rev.clone()));
+                assert_eq!(
+                    read.ok(),
+                    Some(raw.clone()),
+                    "{case}: the message on device {number} (its store: {held:?})"
+                );
+            }
+        }
+    }
+}

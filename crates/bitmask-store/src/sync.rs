@@ -33,12 +33,18 @@
 //! never lost, on one device or several; a deletion may be undone, which
 //! costs space, not data), and between live versions of different content
 //! the greater content, byte by byte. If the remote version is the greater
-//! or equal one it is taken as it is; otherwise the local one is written as
-//! a merge and pushed. Every device picks the same winner from the same two
-//! versions, whoever wrote which and whichever syncs first, and a resolution
-//! only moves the provider's version up the order: devices that resolve the
-//! same conflict apart meet at the provider, where the later push conflicts
-//! with an equal or lesser version and is settled without a further write.
+//! one, or an equal deletion, it is taken as it is; otherwise the local one
+//! is written as a merge and pushed. An equal live version is pushed as a
+//! merge too: a device writes a document again to keep it for a new
+//! reference (the mail model does so when a message gets a new copy), and
+//! that write must become a revision newer than the provider's, or a
+//! deletion made elsewhere from the provider's revision would win. Every
+//! device picks the same winner from the same two versions, whoever wrote
+//! which and whichever syncs first, and a resolution only moves the
+//! provider's version up the order: devices that resolve the same conflict
+//! apart meet at the provider, where the later push conflicts with an equal
+//! or lesser version and is settled by at most one more merge of the same
+//! content, which the others take without a conflict of their own.
 
 use std::collections::BTreeMap;
 
@@ -400,7 +406,13 @@ fn take_remote(pending: &mut Pending<'_>, unlocked: &Unlocked, remote: &RemoteDo
             // last writer wins: by time, then revision.
             let local_wins = match policy {
                 ConflictPolicy::Immutable => {
-                    immutable_rank(local.deleted, &local.content) > immutable_rank(payload.deleted, &payload.content)
+                    // A live local version of the same content wins too: it
+                    // was written again for a new reference (see the module
+                    // docs), and must stay a newer revision than the one a
+                    // deletion elsewhere may descend from.
+                    let (local_rank, remote_rank) =
+                        (immutable_rank(local.deleted, &local.content), immutable_rank(payload.deleted, &payload.content));
+                    local_rank > remote_rank || (!local.deleted && local_rank == remote_rank)
                 }
                 _ => (payload.updated_ms, payload.rev.as_str()) <= (local.updated_ms, local.rev.as_str()),
             };
