@@ -897,27 +897,41 @@ impl MailModel {
         Ok(())
     }
 
-    /// The writes that store a message's documents that are not stored yet.
+    /// The writes that store a message's documents. Those already here are
+    /// written again as they are (a new local version of each, no new blob):
+    /// another device may have collected them (its last copy went) without
+    /// knowing of the copy made here, and its deletion must then meet a live
+    /// version and lose to it by the immutable rule, not be taken over a
+    /// version this device never wrote and leave the new copy without its
+    /// message or a part of it.
     async fn store_message(&self, raw: &[u8]) -> Result<StoredMessage> {
         let split = split::split(raw);
         let mut ids = vec![split.message_id.clone()];
         ids.extend(split.contents.iter().map(|(id, _)| id.clone()));
         let existing = self.get_many(ids).await?;
-        let exists = |id: &str| existing.iter().any(|document| document.id == id && !document.rev.is_empty());
+        let live = |id: &str| {
+            existing.iter().find(|document| document.id == id && !document.rev.is_empty() && !document.deleted)
+        };
         let mut writes = Vec::new();
-        if !exists(&split.message_id) {
-            for (id, bytes) in split.contents {
-                if !exists(&id) {
-                    let content = if bytes.len() > MAX_INLINE_CONTENT {
-                        ContentDoc { blob: Some(self.put_blob(bytes).await?), ..ContentDoc::default() }
-                    } else {
-                        ContentDoc { data: data_encoding::BASE64.encode(&bytes), ..ContentDoc::default() }
-                    };
-                    writes.push(put(&id, CONTENTS, json(&content)));
-                }
+        for (id, bytes) in split.contents {
+            if let Some(document) = live(&id) {
+                writes.push(put(&id, CONTENTS, document.content.clone()));
+                continue;
             }
-            let doc = MessageDoc { size: split.size, parts: split::parts(&split.skeleton), skeleton: split.skeleton };
-            writes.push(put(&split.message_id, MESSAGES, json(&doc)));
+            let content = if bytes.len() > MAX_INLINE_CONTENT {
+                ContentDoc { blob: Some(self.put_blob(bytes).await?), ..ContentDoc::default() }
+            } else {
+                ContentDoc { data: data_encoding::BASE64.encode(&bytes), ..ContentDoc::default() }
+            };
+            writes.push(put(&id, CONTENTS, json(&content)));
+        }
+        match live(&split.message_id) {
+            Some(document) => writes.push(put(&split.message_id, MESSAGES, document.content.clone())),
+            None => {
+                let doc =
+                    MessageDoc { size: split.size, parts: split::parts(&split.skeleton), skeleton: split.skeleton };
+                writes.push(put(&split.message_id, MESSAGES, json(&doc)));
+            }
         }
         Ok(StoredMessage { message_id: split.message_id, size: split.size, writes })
     }

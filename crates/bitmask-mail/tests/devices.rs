@@ -116,3 +116,66 @@ async fn mail_filed_or_deleted_on_one_device_appears_or_disappears_on_the_other(
     })
     .await;
 }
+
+/// The same bytes (or another message with the same attachment) appended on
+/// one device while the other expunges its last copy of them: the second
+/// device's message must stay readable on both, whichever syncs first. The
+/// first device's expunge collects the content-addressed message and its
+/// parts, which the second device already had; had it not written them again,
+/// it would take their deletion and keep a copy without its message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_appended_on_one_device_while_the_other_collects_its_documents_stays_readable() {
+    let attachment = "QUJD".repeat(500);
+    let message = |text: &str| {
+        format!(
+            "Subject: twice\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\n{text}\r\n--b\r\nContent-Type: application/octet-stream\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{attachment}\r\n--b--\r\n"
+        )
+    };
+    let first = message("the first text");
+    for (again, first_to_sync) in [(first.clone(), 0), (first.clone(), 1), (message("another text"), 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let provider = TestProvider::start(Arc::new(SledStorage::open(dir.path()).unwrap())).await;
+        let mut one = device(&provider, true).await;
+        one.mail.append("INBOX", first.as_bytes(), &Flags::default(), None).await.unwrap();
+        sync(&mut one.store).await;
+        let mut two = device(&provider, false).await;
+        sync(&mut two.store).await;
+        until("the message is on the second device", async || two.mail.snapshot("INBOX").await.unwrap().1.len() == 1)
+            .await;
+
+        // The first device expunges its only copy (and collects its
+        // documents); the second files `again` in Drafts, before either syncs.
+        let deleted = Flags { deleted: true, ..Flags::default() };
+        one.mail.set_flags("INBOX", &[1], FlagOperation::Add, &deleted).await.unwrap();
+        one.mail.expunge("INBOX", None).await.unwrap();
+        let seen = Flags { seen: true, ..Flags::default() };
+        two.mail.append("Drafts", again.as_bytes(), &seen, Some((1_700_000_000, 60))).await.unwrap();
+
+        let mut devices = [&mut one, &mut two];
+        devices.rotate_left(first_to_sync);
+        for _ in 0..2 {
+            for device in devices.iter_mut() {
+                sync(&mut device.store).await;
+            }
+        }
+        for (name, device) in [("first", &one), ("second", &two)] {
+            until(&format!("the first device's copy is gone on the {name} device"), async || {
+                device.mail.snapshot("INBOX").await.unwrap().1.is_empty()
+            })
+            .await;
+            until(&format!("the second device's copy is on the {name} device"), async || {
+                device.mail.snapshot("Drafts").await.unwrap().1.len() == 1
+            })
+            .await;
+            let (_, entries) = device.mail.snapshot("Drafts").await.unwrap();
+            let read = device.mail.raw(&entries[0].message).await;
+            assert!(
+                read.as_deref().is_ok_and(|read| read == again.as_bytes()),
+                "the message is readable on the {name} device (device {first_to_sync} synced first): {:?}",
+                read.err()
+            );
+        }
+    }
+}
