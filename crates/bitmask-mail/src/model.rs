@@ -1303,6 +1303,31 @@ impl MailModel {
             return Ok(());
         }
         let copy: CopyDoc = parse(&document)?;
+        // The same copy with other contents or in another mailbox: two devices
+        // wrote it apart (an incoming item filed decrypted on one and as an
+        // explanation on the other) and sync settled on the other version. A
+        // message never changes under its UID: the old one is expunged here
+        // and the copy numbered again below.
+        let replaced = located.as_ref().is_some_and(|(mailbox_id, uid)| {
+            *mailbox_id != copy.mailbox
+                || state.mailboxes.get(mailbox_id).and_then(|mailbox| mailbox.entries.get(uid)).is_some_and(|entry| {
+                    *entry.message != *copy.message
+                        || entry.size != copy.size
+                        || entry.internal_date != copy.internal_date
+                })
+        });
+        let located = match located {
+            Some((mailbox_id, uid)) if replaced => {
+                if let Some(mailbox) = state.mailboxes.get_mut(&mailbox_id) {
+                    self.batch(vec![delete(&format!("uid/{}", document.id))]).await?;
+                    mailbox.entries.remove(&uid);
+                    mailbox.by_copy.remove(document.id.as_str());
+                    self.emit(MailEvent::Expunged { mailbox: mailbox.doc.name.clone(), uid });
+                }
+                None
+            }
+            located => located,
+        };
         match located {
             Some((mailbox_id, uid)) => {
                 let Some(mailbox) = state.mailboxes.get_mut(&mailbox_id) else { return Ok(()) };

@@ -179,3 +179,50 @@ async fn a_message_appended_on_one_device_while_the_other_collects_its_documents
         }
     }
 }
+
+/// One incoming item filed apart by two devices (decrypted on one, as an
+/// explanation on the other, before either synced): sync settles the copy
+/// on one version, and both devices show that one, each without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incoming_item_filed_apart_by_two_devices_ends_as_one_message_on_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = TestProvider::start(Arc::new(SledStorage::open(dir.path()).unwrap())).await;
+    let mut one = device(&provider, true).await;
+    sync(&mut one.store).await;
+    let mut two = device(&provider, false).await;
+    sync(&mut two.store).await;
+
+    let decrypted = b"Subject: hello\r\nX-Leap-Encryption: decrypted\r\n\r\nthe text\r\n";
+    let explanation = b"Subject: Undecryptable incoming message\r\nX-Leap-Encryption: failed\r\n\r\nsorry\r\n";
+    let copy = "copy/in-0123456789abcdef";
+    let filed = one.mail.file_incoming("INBOX", decrypted, (1_700_000_000, 0), copy, Vec::new()).await.unwrap();
+    assert!(filed.is_some());
+    let filed = two.mail.file_incoming("INBOX", explanation, (1_700_000_001, 0), copy, Vec::new()).await.unwrap();
+    assert!(filed.is_some());
+    for _ in 0..2 {
+        sync(&mut one.store).await;
+        sync(&mut two.store).await;
+    }
+    let read = async |device: &Device| {
+        let (_, entries) = device.mail.snapshot("INBOX").await.unwrap();
+        let mut raws = Vec::new();
+        for entry in entries {
+            raws.push(device.mail.raw(&entry.message).await.unwrap());
+        }
+        raws
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (on_one, on_two) = (read(&one).await, read(&two).await);
+        if on_one.len() == 1 && on_one == on_two {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the devices show {:?} and {:?}",
+            on_one.iter().map(|raw| String::from_utf8_lossy(raw).into_owned()).collect::<Vec<_>>(),
+            on_two.iter().map(|raw| String::from_utf8_lossy(raw).into_owned()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
