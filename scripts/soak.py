@@ -979,6 +979,23 @@ def main():
             json.dump({label: view if isinstance(view, str) else
                        {name: [[m[0], m[1], sorted(m[2])] for m in messages] for name, messages in view.items()}
                        for label, view in views.items()}, f, indent=1)
+        if result["diverged"] or result["unreadable"]:
+            # Whether the stores differ, or only what a running IMAP gateway shows.
+            for account in (alice1, alice2):
+                pid = account.services().get("imap", {}).get("pid")
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(1)
+            wait_services(accounts, 60, journal)
+            try:
+                again = {account.label: snapshot(account) for account in (alice1, alice2)}
+                same = again["alice1"] == again["alice2"]
+                result["details"].append(
+                    f"after a restart of both IMAP gateways the devices {'agree' if same else 'still differ'}"
+                    f" ({'alice1' if again['alice1'] == views['alice1'] else 'not alice1'},"
+                    f" {'alice2' if again['alice2'] == views['alice2'] else 'not alice2'} unchanged by the restart)")
+            except Exception as error:
+                result["details"].append(f"after a restart of both IMAP gateways: snapshot failed: {error!r}")
         operations = sum(v for k, v in soak.operations.items() if k not in ("skipped", "cut"))
         kills = sum(killer.kills.values())
         ok = not (result["lost"] or result["duplicated"] or result["unexpected"] or result["unreadable"]
@@ -987,6 +1004,7 @@ def main():
         print(f"soak: seed={args.seed} minutes={args.minutes:g} operations={operations} cut={soak.cut} "
               f"kills={kills} sent={result['sent']} delivered={result['delivered']}/{result['expected_deliveries']} "
               f"lost={result['lost']} duplicated={result['duplicated']} unexpected={result['unexpected']} "
+              f"unreadable={result['unreadable']} "
               f"diverged={result['diverged']} syncs_failing={result['failing']} "
               f"{'PASS' if ok else 'FAIL'}", flush=True)
         journal(f"operations {dict(soak.operations)} kills {dict(killer.kills)} settle rounds {rounds}")
