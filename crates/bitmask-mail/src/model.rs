@@ -1339,19 +1339,25 @@ impl MailModel {
         };
         let mut changes = self.client().watch(request).await?.into_inner();
         while let Some(change) = changes.message().await? {
-            self.applied.fetch_max(change.sequence, std::sync::atomic::Ordering::SeqCst);
             // Our own writes are applied already; replayed changes (origin
             // unknown) are applied again, which is harmless.
-            if change.origin() == pb::change::Origin::Local {
-                continue;
-            }
-            let Some(document) = change.document else { continue };
-            if let Err(error) = self.apply_synced(document).await {
+            if change.origin() != pb::change::Origin::Local
+                && let Some(document) = change.document
+                && let Err(error) = self.apply_synced(document).await
+            {
+                if matches!(error, MailError::Unavailable(_) | MailError::NoSpace(_)) {
+                    // Not applied for now (the store is starting again, or
+                    // its disk is full): the caller watches again from the
+                    // last change applied, this one included.
+                    tracing::info!(%error, "a synced mail change waits for the store");
+                    return Err(error);
+                }
                 // What is shown may now differ from the store: it is
                 // loaded again before its next use.
                 tracing::warn!(%error, "applying a synced mail change: loading the mail state again");
                 self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
             }
+            self.applied.fetch_max(change.sequence, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(())
     }
@@ -1413,6 +1419,18 @@ impl MailModel {
             self.batch(vec![delete(&document.id)]).await?;
             return Ok(());
         }
+        // The copy in another mailbox (two devices wrote it apart): it
+        // leaves the one it is shown in and is numbered in its own below.
+        let located = match located {
+            Some((mailbox_id, uid)) if mailbox_id != copy.mailbox => {
+                self.batch(vec![delete(&format!("uid/{}", document.id))]).await?;
+                if let Some((mailbox, _)) = state.remove(&mailbox_id, uid) {
+                    self.emit(MailEvent::Expunged { mailbox, uid });
+                }
+                None
+            }
+            located => located,
+        };
         match located {
             Some((mailbox_id, uid)) => self.synced_change(state, &mailbox_id, uid, document.id, copy).await?,
             None => {
@@ -1445,8 +1463,9 @@ impl MailModel {
 
     /// A copy shown here changed on another device: its flags, or (two
     /// devices filed one incoming item with different bytes, and the merge
-    /// kept the other's) its message, which clients see as another message
-    /// under a new UID.
+    /// kept the other's) its message, size or date, which clients see as
+    /// another message under a new UID (a message never changes under its
+    /// UID).
     async fn synced_change(
         &self,
         state: &mut State,
@@ -1457,7 +1476,7 @@ impl MailModel {
     ) -> Result<()> {
         let Some(mailbox) = state.mailboxes.get_mut(mailbox_id) else { return Ok(()) };
         let Some(entry) = mailbox.entries.get(&uid) else { return Ok(()) };
-        if *entry.message != copy.message {
+        if *entry.message != copy.message || entry.size != copy.size || entry.internal_date != copy.internal_date {
             self.batch(vec![delete(&format!("uid/{copy_id}"))]).await?;
             mailbox.entries.remove(&uid);
             mailbox.by_copy.remove(copy_id.as_str());

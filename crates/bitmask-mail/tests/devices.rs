@@ -116,3 +116,113 @@ async fn mail_filed_or_deleted_on_one_device_appears_or_disappears_on_the_other(
     })
     .await;
 }
+
+/// The same bytes (or another message with the same attachment) appended on
+/// one device while the other expunges its last copy of them: the second
+/// device's message must stay readable on both, whichever syncs first. The
+/// first device's expunge collects the content-addressed message and its
+/// parts, which the second device already had; had it not written them again,
+/// it would take their deletion and keep a copy without its message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_appended_on_one_device_while_the_other_collects_its_documents_stays_readable() {
+    let attachment = "QUJD".repeat(500);
+    let message = |text: &str| {
+        format!(
+            "Subject: twice\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\n{text}\r\n--b\r\nContent-Type: application/octet-stream\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{attachment}\r\n--b--\r\n"
+        )
+    };
+    let first = message("the first text");
+    for (again, first_to_sync) in [(first.clone(), 0), (first.clone(), 1), (message("another text"), 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let provider = TestProvider::start(Arc::new(SledStorage::open(dir.path()).unwrap())).await;
+        let mut one = device(&provider, true).await;
+        one.mail.append("INBOX", first.as_bytes(), &Flags::default(), None).await.unwrap();
+        sync(&mut one.store).await;
+        let mut two = device(&provider, false).await;
+        sync(&mut two.store).await;
+        until("the message is on the second device", async || two.mail.snapshot("INBOX").await.unwrap().1.len() == 1)
+            .await;
+
+        // The first device expunges its only copy (and collects its
+        // documents); the second files `again` in Drafts, before either syncs.
+        let deleted = Flags { deleted: true, ..Flags::default() };
+        one.mail.set_flags("INBOX", &[1], FlagOperation::Add, &deleted).await.unwrap();
+        one.mail.expunge("INBOX", None).await.unwrap();
+        let seen = Flags { seen: true, ..Flags::default() };
+        two.mail.append("Drafts", again.as_bytes(), &seen, Some((1_700_000_000, 60))).await.unwrap();
+
+        let mut devices = [&mut one, &mut two];
+        devices.rotate_left(first_to_sync);
+        for _ in 0..2 {
+            for device in devices.iter_mut() {
+                sync(&mut device.store).await;
+            }
+        }
+        for (name, device) in [("first", &one), ("second", &two)] {
+            until(&format!("the first device's copy is gone on the {name} device"), async || {
+                device.mail.snapshot("INBOX").await.unwrap().1.is_empty()
+            })
+            .await;
+            until(&format!("the second device's copy is on the {name} device"), async || {
+                device.mail.snapshot("Drafts").await.unwrap().1.len() == 1
+            })
+            .await;
+            let (_, entries) = device.mail.snapshot("Drafts").await.unwrap();
+            let read = device.mail.raw(&entries[0].message).await;
+            assert!(
+                read.as_deref().is_ok_and(|read| read == again.as_bytes()),
+                "the message is readable on the {name} device (device {first_to_sync} synced first): {:?}",
+                read.err()
+            );
+        }
+    }
+}
+
+/// One incoming item filed apart by two devices (decrypted on one, as an
+/// explanation on the other, before either synced): sync settles the copy
+/// on one version, and both devices show that one, each without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incoming_item_filed_apart_by_two_devices_ends_as_one_message_on_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = TestProvider::start(Arc::new(SledStorage::open(dir.path()).unwrap())).await;
+    let mut one = device(&provider, true).await;
+    sync(&mut one.store).await;
+    let mut two = device(&provider, false).await;
+    sync(&mut two.store).await;
+
+    let decrypted = b"Subject: hello\r\nX-Leap-Encryption: decrypted\r\n\r\nthe text\r\n";
+    let explanation = b"Subject: Undecryptable incoming message\r\nX-Leap-Encryption: failed\r\n\r\nsorry\r\n";
+    let copy = "copy/in-0123456789abcdef";
+    let filed = one.mail.file_incoming("INBOX", decrypted, (1_700_000_000, 0), copy, Vec::new()).await.unwrap();
+    assert!(filed.is_some());
+    let filed = two.mail.file_incoming("INBOX", explanation, (1_700_000_001, 0), copy, Vec::new()).await.unwrap();
+    assert!(filed.is_some());
+    for _ in 0..2 {
+        sync(&mut one.store).await;
+        sync(&mut two.store).await;
+    }
+    let read = async |device: &Device| {
+        let (_, entries) = device.mail.snapshot("INBOX").await.unwrap();
+        let mut raws = Vec::new();
+        for entry in entries {
+            raws.push(device.mail.raw(&entry.message).await.unwrap());
+        }
+        raws
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (on_one, on_two) = (read(&one).await, read(&two).await);
+        if on_one.len() == 1 && on_one == on_two {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the devices show {:?} and {:?}",
+            on_one.iter().map(|raw| String::from_utf8_lossy(raw).into_owned()).collect::<Vec<_>>(),
+            on_two.iter().map(|raw| String::from_utf8_lossy(raw).into_owned()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -466,6 +466,17 @@ impl Core for CoreService {
                     if let Err(status) = ensure_account_key(self.supervisor.paths(), &address).await {
                         tracing::warn!(account = %address, error = %status.message(), "no account key yet");
                     } else if let Some(provider) = &provider {
+                        // The key (made just now, on a first start) goes to the
+                        // provider before the start returns: a second device set up
+                        // right after would otherwise find no key, make its own
+                        // and publish it, and mail to it would not open here.
+                        let synced = match store_client(self.supervisor.paths(), &address).await {
+                            Ok(mut store) => provider::sync_now(&mut store).await,
+                            Err(status) => Err(status),
+                        };
+                        if let Err(status) = synced {
+                            tracing::warn!(account = %address, error = %status.message(), "account key not synced yet");
+                        }
                         // Others can write to the account once its key is published.
                         match provider::wait_for_published_key(provider, &address, PUBLISH_WAIT).await {
                             Ok(fingerprint) => {

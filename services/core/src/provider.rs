@@ -298,7 +298,7 @@ async fn tell_provider(
 }
 
 /// Runs a sync of the store and waits until it is done.
-async fn sync_now(store: &mut crate::StoreClient<crate::TracedChannel>) -> Result<(), Status> {
+pub(crate) async fn sync_now(store: &mut crate::StoreClient<crate::TracedChannel>) -> Result<(), Status> {
     let mut progress = store.sync(store_pb::SyncRequest { if_idle: false }).await?.into_inner();
     while progress.message().await?.is_some() {}
     Ok(())

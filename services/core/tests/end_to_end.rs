@@ -636,3 +636,26 @@ fn an_invite_only_provider_takes_a_new_account_with_a_code_and_a_second_device_w
     let restored = add(&second, &[]);
     assert!(restored.status.success(), "a second device needs no code: {}", text(&restored));
 }
+
+#[test]
+fn a_second_device_set_up_at_once_after_the_first_uses_the_same_account_key() {
+    let provider = provider();
+    let phone = Person::join(&provider, ALICE, "alice passphrase");
+    let laptop = Person::join(&provider, ALICE, "alice passphrase");
+    let secret_keys = |person: &Person| {
+        let keys = person.world.ctl_json(&["keys", "list", ALICE]);
+        let mut own: Vec<String> = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|key| key["has_secret"] == true)
+            .map(|key| key["fingerprint"].as_str().unwrap().to_owned())
+            .collect();
+        own.sort();
+        own
+    };
+    assert_eq!(secret_keys(&laptop), [phone.fingerprint()], "the second device made a key of its own");
+    let synced = phone.world.ctl(&["sync", ALICE]);
+    assert!(synced.status.success(), "{}", text(&synced));
+    assert_eq!(secret_keys(&phone), [phone.fingerprint()]);
+}

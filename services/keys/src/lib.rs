@@ -627,6 +627,34 @@ fn published_version(cert: &Certificate) -> String {
 impl KeysService {
     /// The background work: publishing the account key once the provider is
     /// known (woken by EnsureAccountKey), and the periodic refresh.
+    /// Forgets the loaded keys whenever sync brings a change to them (a key
+    /// made or imported on another device of the account), so that the next
+    /// use reads them again: mail encrypted to a key another device made opens
+    /// here too, without a restart. A broken watch (the store restarting or
+    /// still locked) is opened again a second later, and the keys are read
+    /// again then, since a change may have come in between.
+    pub async fn follow_synced_keys(self) {
+        loop {
+            let request = store_pb::WatchRequest {
+                collections: vec![COLLECTION.into()],
+                since_sequence: None,
+                include_content: false,
+            };
+            if let Ok(response) = self.store.clone().watch(request).await {
+                let mut changes = response.into_inner();
+                *self.keys.lock().await = None;
+                while let Ok(Some(change)) = changes.message().await {
+                    // Sync's, or a replay that cannot say whose (ours are known).
+                    if change.origin() != store_pb::change::Origin::Local {
+                        tracing::info!("keys changed on another device; reading them again");
+                        *self.keys.lock().await = None;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     pub async fn background(self) {
         loop {
             tokio::select! {

@@ -29,6 +29,7 @@ fn main() -> std::process::ExitCode {
         };
         let service = KeysService::new(args.account.to_lowercase(), store, http, refresh_every);
         tokio::spawn(service.clone().background());
+        tokio::spawn(service.clone().follow_synced_keys());
         let mut server = GrpcServer::new(&[KeysServer::<KeysService>::NAME])?;
         let limit = bitmask_keys_service::MAX_MESSAGE_BYTES + 1024 * 1024;
         server

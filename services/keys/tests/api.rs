@@ -270,3 +270,78 @@ async fn a_25_mb_message_streams_through_and_no_secret_reaches_the_logs() {
         assert!(!contains(&logs, line.as_bytes()), "a line of the secret key is in a log");
     }
 }
+
+/// A key that another device of the account made or imported reaches this
+/// device's key service by sync while it runs: mail encrypted to it opens
+/// here without a restart (it was taken for mail "encrypted to someone
+/// else" and filed as undecryptable until the key service restarted).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_key_synced_in_from_another_device_decrypts_at_once() {
+    use bitmask_testkit::TestProvider;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = std::sync::Arc::new(bitmask_sync_endpoint::SledStorage::open(dir.path()).unwrap());
+    let provider = TestProvider::start(storage).await;
+    let device = async |first: bool| {
+        let world = World::new();
+        let mut store_process = world.spawn_service("bitmask-store", ACCOUNT);
+        let socket = world.socket(ACCOUNT, "store");
+        world.wait_for_socket(&socket, &mut store_process);
+        let mut store = StoreClient::new(bitmask_runtime::client::connect_unix(&socket).await.unwrap());
+        store.configure_sync(provider.configure_request()).await.unwrap();
+        let initialize = store_pb::InitializeRequest { passphrase: "pass".into(), from_provider: !first };
+        store.initialize(initialize).await.unwrap();
+        let (keys_process, keys) = keys_process(&world).await;
+        (world, store_process, keys_process, store, keys)
+    };
+    let sync = async |store: &mut StoreClient<Channel>| {
+        let mut progress = store.sync(store_pb::SyncRequest { if_idle: false }).await.unwrap().into_inner();
+        while progress.message().await.unwrap().is_some() {}
+    };
+    let (_world_one, _store_one, _keys_one, mut store_one, mut keys_one) = device(true).await;
+    keys_one.ensure_account_key(pb::EnsureAccountKeyRequest::default()).await.unwrap();
+    sync(&mut store_one).await;
+    let (_world_two, _store_two, _keys_two, mut store_two, mut keys_two) = device(false).await;
+    sync(&mut store_two).await;
+    // The second device's key service has read its keys.
+    assert_eq!(keys_two.list_keys(pb::ListKeysRequest::default()).await.unwrap().into_inner().keys.len(), 1);
+
+    // The first device imports another secret key of the account; it syncs over.
+    let other = openpgp::generate(ACCOUNT, Algorithm::Cv25519).unwrap();
+    let secret = openpgp::to_storage(&other).unwrap().to_vec();
+    let imported = keys_one.import_key(import(secret, pb::KeySource::Generated)).await.unwrap().into_inner();
+    assert!(imported.results[0].imported, "{:?}", imported.results);
+    sync(&mut store_one).await;
+    sync(&mut store_two).await;
+
+    let ciphertext = {
+        let recipient = openpgp::export_public(&other, true).unwrap();
+        let world = World::new();
+        let mut store_process = world.spawn_service("bitmask-store", "carol@example.org");
+        let socket = world.socket("carol@example.org", "store");
+        world.wait_for_socket(&socket, &mut store_process);
+        let mut store = StoreClient::new(bitmask_runtime::client::connect_unix(&socket).await.unwrap());
+        store
+            .initialize(store_pb::InitializeRequest { passphrase: "pass".into(), from_provider: false })
+            .await
+            .unwrap();
+        let mut process = world.spawn_service("bitmask-keys", "carol@example.org");
+        let keys_socket = world.socket("carol@example.org", "keys");
+        world.wait_for_socket(&keys_socket, &mut process);
+        let mut carol = KeysClient::new(bitmask_runtime::client::connect_unix(&keys_socket).await.unwrap());
+        carol.ensure_account_key(pb::EnsureAccountKeyRequest::default()).await.unwrap();
+        let imported = carol.import_key(import(recipient, pb::KeySource::ProviderDirectory)).await.unwrap();
+        assert!(imported.into_inner().results[0].imported);
+        encrypt(&mut carol, &[ACCOUNT], b"to the other key").await.unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match decrypt(&mut keys_two, &ciphertext).await {
+            Ok((plain, _)) => {
+                assert_eq!(plain, b"to the other key");
+                break;
+            }
+            Err(status) => assert!(std::time::Instant::now() < deadline, "still refused: {status:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

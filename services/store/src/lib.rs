@@ -834,6 +834,13 @@ impl StoreApi for StoreService {
                 tokio::select! {
                     _ = sender.closed() => return,
                     received = live.recv() => match received {
+                        // A gap: a change committed before this one is published
+                        // after it (writes commit one at a time, but the tasks that
+                        // publish them finish in any order), or was superseded in
+                        // its batch. The log has everything committed up to this
+                        // change: read it there, or the earlier one would come too
+                        // late and be passed over for good.
+                        Ok((change, _)) if change.sequence > last + 1 => catch_up = true,
                         Ok((change, origin)) if change.sequence > last => {
                             last = change.sequence;
                             if wanted(&change) && sender.send(Ok(to_pb(change, origin))).await.is_err() {

@@ -338,3 +338,34 @@ async fn blobs_stream_up_and_down_and_a_wrong_size_is_refused() {
     let gone = client.get_blob(pb::GetBlobRequest { id: info.id, offset: 0, length: 0 }).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_sees_every_change_of_writers_that_race() {
+    // Writes commit one at a time, but the tasks that announce them finish in
+    // any order: a change announced after a later one was passed over.
+    let world = World::new();
+    let running = initialized(&world).await;
+    let mut client = running.client.clone();
+    let request = pb::WatchRequest { collections: vec!["flags".into()], since_sequence: None, include_content: false };
+    let mut stream = client.watch(request).await.unwrap().into_inner();
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let mut client = running.client.clone();
+            tokio::spawn(async move {
+                for n in 0..150 {
+                    let id = format!("f/{writer}-{n}");
+                    client.put(put(&id, "flags", serde_json::json!({ "n": n }))).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 600 {
+        let next = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+        let change = next.unwrap_or_else(|_| panic!("only {} of 600 changes were announced", seen.len()));
+        seen.insert(change.unwrap().unwrap().document.unwrap().id);
+    }
+}
