@@ -795,6 +795,9 @@ impl<M: Mailstore> Session<M> {
         } else {
             match self.store.claim_recent(&name).await {
                 Ok(floor) => Some(floor),
+                // A full disk cannot keep the claim: the mailbox opens
+                // without it, `\Recent` counted as EXAMINE counts it.
+                Err(MailError::NoSpace(_)) => None,
                 Err(error) => return vec![mail_error(tag, &error)],
             }
         };

@@ -221,7 +221,7 @@ pub enum MailError {
     #[error("the store is not available now: {0}")]
     Unavailable(String),
     /// The disk is full: nothing more can be written until space is freed.
-    #[error("no space left for mail: {0}")]
+    #[error("{0}")]
     NoSpace(String),
     #[error("stored mail is damaged: {0}")]
     Damaged(String),

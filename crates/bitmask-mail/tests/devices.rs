@@ -181,8 +181,8 @@ async fn a_message_appended_on_one_device_while_the_other_collects_its_documents
 }
 
 /// One incoming item filed apart by two devices (decrypted on one, as an
-/// explanation on the other, before either synced): sync settles the copy
-/// on one version, and both devices show that one, each without a restart.
+/// explanation on the other, before either synced): both devices end with
+/// the decrypted message only, each without a restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_incoming_item_filed_apart_by_two_devices_ends_as_one_message_on_both() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,10 +194,10 @@ async fn an_incoming_item_filed_apart_by_two_devices_ends_as_one_message_on_both
 
     let decrypted = b"Subject: hello\r\nX-Leap-Encryption: decrypted\r\n\r\nthe text\r\n";
     let explanation = b"Subject: Undecryptable incoming message\r\nX-Leap-Encryption: failed\r\n\r\nsorry\r\n";
-    let copy = "copy/in-0123456789abcdef";
-    let filed = one.mail.file_incoming("INBOX", decrypted, (1_700_000_000, 0), copy, Vec::new()).await.unwrap();
+    let item = "0123456789abcdef";
+    let filed = one.mail.file_incoming("INBOX", decrypted, (1_700_000_000, 0), item, false, Vec::new()).await.unwrap();
     assert!(filed.is_some());
-    let filed = two.mail.file_incoming("INBOX", explanation, (1_700_000_001, 0), copy, Vec::new()).await.unwrap();
+    let filed = two.mail.file_incoming("INBOX", explanation, (1_700_000_001, 0), item, true, Vec::new()).await.unwrap();
     assert!(filed.is_some());
     for _ in 0..2 {
         sync(&mut one.store).await;
@@ -215,6 +215,7 @@ async fn an_incoming_item_filed_apart_by_two_devices_ends_as_one_message_on_both
     loop {
         let (on_one, on_two) = (read(&one).await, read(&two).await);
         if on_one.len() == 1 && on_one == on_two {
+            assert_eq!(on_one[0], decrypted, "the decrypted copy wins");
             break;
         }
         assert!(

@@ -64,6 +64,7 @@ fn decode_id(id: &str) -> Result<Vec<u8>, StoreError> {
 impl Store {
     pub fn begin_blob(&self, content_type: &str, local_only: bool) -> Result<BlobUpload, StoreError> {
         self.unlocked()?;
+        self.check_room()?;
         let mut prefix = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut prefix);
         Ok(BlobUpload {
@@ -93,10 +94,11 @@ impl Store {
     }
 
     fn write_chunk(&self, upload: &mut BlobUpload) -> Result<(), StoreError> {
+        self.check_room()?;
         let unlocked = self.unlocked()?;
         let unlocked = crate::store::read(&unlocked);
         let key = chunk_key(&upload.prefix, upload.chunks);
-        self.chunks_tree().insert(key, unlocked.keys.seal(&key, CHUNK_CONTEXT, &upload.buffer))?;
+        self.chunks_tree()?.insert(key, unlocked.keys.seal(&key, CHUNK_CONTEXT, &upload.buffer))?;
         upload.chunks += 1;
         upload.buffer.clear();
         Ok(())
@@ -125,7 +127,7 @@ impl Store {
             content_type: upload.content_type.clone(),
             local_only: upload.local_only,
         };
-        if self.blobs_tree().contains_key(id)? {
+        if self.blobs_tree()?.contains_key(id)? {
             drop(unlocked);
             self.abort_blob(upload)?;
             return Ok(info);
@@ -138,7 +140,7 @@ impl Store {
             local_only: upload.local_only,
         };
         let plain = serde_json::to_vec(&meta).map_err(|_| StoreError::Corrupt("blob"))?;
-        self.blobs_tree().insert(id, unlocked.keys.seal(&id, META_CONTEXT, &plain))?;
+        self.blobs_tree()?.insert(id, unlocked.keys.seal(&id, META_CONTEXT, &plain))?;
         self.flush()?;
         Ok(info)
     }
@@ -146,7 +148,7 @@ impl Store {
     /// Removes the chunks of an unfinished upload.
     pub fn abort_blob(&self, upload: BlobUpload) -> Result<(), StoreError> {
         for index in 0..=upload.chunks {
-            self.chunks_tree().remove(chunk_key(&upload.prefix, index))?;
+            self.chunks_tree()?.remove(chunk_key(&upload.prefix, index))?;
         }
         Ok(())
     }
@@ -155,7 +157,7 @@ impl Store {
         let key = decode_id(id)?;
         let unlocked = self.unlocked()?;
         let unlocked = crate::store::read(&unlocked);
-        let Some(sealed) = self.blobs_tree().get(&key)? else { return Ok(None) };
+        let Some(sealed) = self.blobs_tree()?.get(&key)? else { return Ok(None) };
         let plain = unlocked.keys.open(&key, META_CONTEXT, &sealed).map_err(|_| StoreError::Corrupt("blob"))?;
         let meta = serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("blob"))?;
         Ok(Some((key, meta)))
@@ -193,7 +195,7 @@ impl Store {
         }
         for index in first..=last {
             let key = chunk_key(&meta.prefix, index);
-            let sealed = self.chunks_tree().get(key)?.ok_or(StoreError::Corrupt("blob chunk"))?;
+            let sealed = self.chunks_tree()?.get(key)?.ok_or(StoreError::Corrupt("blob chunk"))?;
             let chunk =
                 unlocked.keys.open(&key, CHUNK_CONTEXT, &sealed).map_err(|_| StoreError::Corrupt("blob chunk"))?;
             let chunk_start = u64::from(index) * CHUNK_BYTES as u64;
@@ -208,10 +210,10 @@ impl Store {
 
     pub fn delete_blob(&self, id: &str) -> Result<bool, StoreError> {
         let Some((key, meta)) = self.blob_meta(id)? else { return Ok(false) };
-        self.synced_blobs_tree().remove(&key)?;
-        self.blobs_tree().remove(key)?;
+        self.synced_blobs_tree()?.remove(&key)?;
+        self.blobs_tree()?.remove(key)?;
         for index in 0..meta.chunks {
-            self.chunks_tree().remove(chunk_key(&meta.prefix, index))?;
+            self.chunks_tree()?.remove(chunk_key(&meta.prefix, index))?;
         }
         self.flush()?;
         Ok(true)
@@ -224,9 +226,9 @@ impl Store {
     /// Blobs this device has and the provider does not (local-only ones excluded).
     pub fn unsynced_blobs(&self) -> Result<Vec<String>, StoreError> {
         let mut ids = Vec::new();
-        for entry in self.blobs_tree().iter() {
+        for entry in self.blobs_tree()?.iter() {
             let (key, _) = entry?;
-            if self.synced_blobs_tree().contains_key(&key)? {
+            if self.synced_blobs_tree()?.contains_key(&key)? {
                 continue;
             }
             let id = data_encoding::HEXLOWER.encode(&key);
@@ -240,14 +242,14 @@ impl Store {
     }
 
     pub fn mark_blob_synced(&self, id: &str) -> Result<(), StoreError> {
-        self.synced_blobs_tree().insert(decode_id(id)?, &[])?;
+        self.synced_blobs_tree()?.insert(decode_id(id)?, &[])?;
         self.flush()
     }
 
     /// The blob sealed as stored, for the provider (it opens nothing).
     pub fn export_blob(&self, id: &str) -> Result<Vec<u8>, StoreError> {
         let (key, meta) = self.blob_meta(id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-        let sealed_meta = self.blobs_tree().get(&key)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let sealed_meta = self.blobs_tree()?.get(&key)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         let mut out = Vec::new();
         let mut frame = |bytes: &[u8]| {
             out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
@@ -256,7 +258,7 @@ impl Store {
         frame(&sealed_meta);
         for index in 0..meta.chunks {
             let chunk =
-                self.chunks_tree().get(chunk_key(&meta.prefix, index))?.ok_or(StoreError::Corrupt("blob chunk"))?;
+                self.chunks_tree()?.get(chunk_key(&meta.prefix, index))?.ok_or(StoreError::Corrupt("blob chunk"))?;
             frame(&chunk);
         }
         Ok(out)
@@ -266,6 +268,7 @@ impl Store {
     /// and every chunk open under this account's keys and its id.
     pub fn import_blob(&self, id: &str, exported: &[u8]) -> Result<BlobInfo, StoreError> {
         let key = decode_id(id)?;
+        self.check_room()?;
         let corrupt = || StoreError::Corrupt("synced blob");
         let mut frames = Vec::new();
         let mut rest = exported;
@@ -290,9 +293,9 @@ impl Store {
             unlocked.keys.open(&chunk, CHUNK_CONTEXT, sealed).map_err(|_| corrupt())?;
             batch.insert(&chunk[..], *sealed);
         }
-        self.chunks_tree().apply_batch(batch)?;
-        self.blobs_tree().insert(&key, *sealed_meta)?;
-        self.synced_blobs_tree().insert(&key, &[])?;
+        self.chunks_tree()?.apply_batch(batch)?;
+        self.blobs_tree()?.insert(&key, *sealed_meta)?;
+        self.synced_blobs_tree()?.insert(&key, &[])?;
         self.flush()?;
         Ok(BlobInfo {
             id: id.to_owned(),

@@ -18,6 +18,7 @@
 
 mod blobs;
 pub mod crypto;
+mod reserve;
 pub mod secrets;
 mod store;
 mod sync;

@@ -92,22 +92,68 @@ pub(crate) struct Unlocked {
     pub(crate) schema: Schema,
 }
 
+/// The sled database and its trees. A failed write may leave sled with
+/// changes in memory that are not on disk (and sled refuses every flush after
+/// one failed), so the store closes it (see [`Store::close_after_failure`]).
+#[derive(Debug)]
+pub(crate) struct Trees {
+    db: sled::Db,
+    pub(crate) meta: sled::Tree,
+    pub(crate) documents: sled::Tree,
+    pub(crate) changes: sled::Tree,
+    pub(crate) index: sled::Tree,
+    pub(crate) counters: sled::Tree,
+    pub(crate) schema: sled::Tree,
+    pub(crate) blobs: sled::Tree,
+    pub(crate) chunks: sled::Tree,
+    /// Ids of blobs the provider has.
+    pub(crate) synced_blobs: sled::Tree,
+}
+
+impl Trees {
+    fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(CACHE_BYTES).open()?;
+        Ok(Self {
+            meta: db.open_tree("meta")?,
+            documents: db.open_tree("documents")?,
+            changes: db.open_tree("changes")?,
+            index: db.open_tree("index")?,
+            counters: db.open_tree("counters")?,
+            schema: db.open_tree("schema")?,
+            blobs: db.open_tree("blobs")?,
+            chunks: db.open_tree("chunks")?,
+            synced_blobs: db.open_tree("synced_blobs")?,
+            db,
+        })
+    }
+
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn load(&self, keys: &Keys, storage_key: &[u8]) -> Result<Option<DocumentRecord>, StoreError> {
+        match self.documents.get(storage_key)? {
+            Some(sealed) => Ok(Some(open_document(keys, storage_key, &sealed)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn sequence(&self) -> Result<u64, StoreError> {
+        Ok(self.meta.get(SEQUENCE)?.map(|bytes| u64_from(&bytes)).unwrap_or(0))
+    }
+}
+
 /// One account's store. Thread-safe; every method blocks on disk I/O, so
 /// async callers run it on a blocking thread.
 #[derive(Debug)]
 pub struct Store {
     account: String,
-    db: sled::Db,
-    meta: sled::Tree,
-    documents: sled::Tree,
-    changes: sled::Tree,
-    index: sled::Tree,
-    counters: sled::Tree,
-    schema: sled::Tree,
-    blobs: sled::Tree,
-    chunks: sled::Tree,
-    /// Ids of blobs the provider has.
-    synced_blobs: sled::Tree,
+    dir: std::path::PathBuf,
+    /// None once closed after a write failed on disk.
+    trees: RwLock<Option<Arc<Trees>>>,
+    /// Writes are refused until the disk has room again (`reserve.rs`).
+    full: std::sync::atomic::AtomicBool,
     unlocked: RwLock<Option<Arc<RwLock<Unlocked>>>>,
     /// Serializes writers: one write (or batch) at a time computes and commits.
     writer: Mutex<()>,
@@ -168,29 +214,66 @@ impl Store {
 
     /// Like [`Store::open`], with the KDF cost for a new passphrase.
     pub fn open_with_kdf(dir: &std::path::Path, account: &str, kdf: KdfParams) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(CACHE_BYTES).open()?;
+        let trees = Trees::open(dir)?;
+        // Without the reserve (the first start, or after a write failed on
+        // disk) and no room for it, writes wait until there is some.
+        let full = !crate::reserve::ensure(dir);
         Ok(Self {
             account: account.to_owned(),
-            meta: db.open_tree("meta")?,
-            documents: db.open_tree("documents")?,
-            changes: db.open_tree("changes")?,
-            index: db.open_tree("index")?,
-            counters: db.open_tree("counters")?,
-            schema: db.open_tree("schema")?,
-            blobs: db.open_tree("blobs")?,
-            chunks: db.open_tree("chunks")?,
-            synced_blobs: db.open_tree("synced_blobs")?,
-            db,
+            dir: dir.to_owned(),
+            trees: RwLock::new(Some(Arc::new(trees))),
+            full: std::sync::atomic::AtomicBool::new(full),
             unlocked: RwLock::new(None),
             writer: Mutex::new(()),
             kdf,
         })
     }
 
+    /// The database (closed after a write failed on disk).
+    pub(crate) fn trees(&self) -> Result<Arc<Trees>, StoreError> {
+        read(&self.trees).as_ref().map(Arc::clone).ok_or(StoreError::Closed)
+    }
+
+    /// After an error: if it was the disk's (a full disk, an I/O error), sled
+    /// may hold in memory what never reached the disk, it refuses every flush
+    /// from then on, and dropping it waits for a flush that never ends. The
+    /// database is closed for good (every later call answers
+    /// [`StoreError::Closed`]) and the reserve is given back, so the process
+    /// that owns the store can start again and open exactly what is on disk,
+    /// which is everything that was acknowledged (`reserve.rs`). Returns
+    /// whether it closed the store.
+    pub fn close_after_failure(&self, error: &StoreError) -> bool {
+        if !matches!(error, StoreError::Storage(sled::Error::Io(_))) {
+            return false;
+        }
+        let Some(trees) = write(&self.trees).take() else { return false };
+        // Never dropped: sled's drop would wait for the failed flush. The
+        // process ends soon and the kernel closes the files.
+        std::mem::forget(trees);
+        crate::reserve::release(&self.dir);
+        tracing::error!(%error, "a write failed on disk: the store is closed and must be opened again");
+        true
+    }
+
+    /// Whether a write may go to sled now: not while the disk is full. Once
+    /// it has [`crate::reserve::RESUME_BYTES`] free, the reserve is allocated
+    /// again and writes are taken.
+    pub(crate) fn check_room(&self) -> Result<(), StoreError> {
+        if !self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        if !crate::reserve::ensure(&self.dir) {
+            return Err(StoreError::DiskFull);
+        }
+        self.full.store(false, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!("the disk has room again: writes are taken");
+        Ok(())
+    }
+
     pub fn state(&self) -> Result<StoreState, StoreError> {
         if read(&self.unlocked).is_some() {
             Ok(StoreState::Unlocked)
-        } else if self.meta.contains_key(SECRETS)? {
+        } else if self.trees()?.meta.contains_key(SECRETS)? {
             Ok(StoreState::Locked)
         } else {
             Ok(StoreState::Uninitialized)
@@ -198,14 +281,15 @@ impl Store {
     }
 
     fn secrets(&self) -> Result<SecretsRecord, StoreError> {
-        let bytes = self.meta.get(SECRETS)?.ok_or(StoreError::Uninitialized)?;
+        let bytes = self.trees()?.meta.get(SECRETS)?.ok_or(StoreError::Uninitialized)?;
         serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt("secrets record"))
     }
 
     fn save_secrets(&self, record: &SecretsRecord) -> Result<(), StoreError> {
+        self.check_room()?;
         let bytes = serde_json::to_vec(record).map_err(|_| StoreError::Corrupt("secrets record"))?;
-        self.meta.insert(SECRETS, bytes)?;
-        self.db.flush()?;
+        self.trees()?.meta.insert(SECRETS, bytes)?;
+        self.flush()?;
         Ok(())
     }
 
@@ -213,7 +297,7 @@ impl Store {
     /// recovery code, to be shown to the user once.
     pub fn initialize(&self, passphrase: &str) -> Result<zeroize::Zeroizing<String>, StoreError> {
         let _writer = lock(&self.writer);
-        if self.meta.contains_key(SECRETS)? {
+        if self.trees()?.meta.contains_key(SECRETS)? {
             return Err(StoreError::AlreadyInitialized);
         }
         let master = MasterKey::generate();
@@ -225,11 +309,12 @@ impl Store {
 
     /// Stores a small sealed setting of this device (e.g. where to sync).
     pub fn set_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.check_room()?;
         let unlocked = self.unlocked()?;
         let unlocked = read(&unlocked);
         let key = unlocked.keys.schema_key("setting", name);
-        self.meta.insert(key, unlocked.keys.seal(&key, b"setting", value))?;
-        self.db.flush()?;
+        self.trees()?.meta.insert(key, unlocked.keys.seal(&key, b"setting", value))?;
+        self.flush()?;
         Ok(())
     }
 
@@ -237,7 +322,7 @@ impl Store {
         let unlocked = self.unlocked()?;
         let unlocked = read(&unlocked);
         let key = unlocked.keys.schema_key("setting", name);
-        match self.meta.get(key)? {
+        match self.trees()?.meta.get(key)? {
             Some(sealed) => {
                 let plain =
                     unlocked.keys.open(&key, b"setting", &sealed).map_err(|_| StoreError::Corrupt("setting"))?;
@@ -250,14 +335,14 @@ impl Store {
     /// The sealed secrets record, to back up at the provider (it opens only
     /// with the passphrase or the recovery code).
     pub fn export_secrets(&self) -> Result<Vec<u8>, StoreError> {
-        Ok(self.meta.get(SECRETS)?.ok_or(StoreError::Uninitialized)?.to_vec())
+        Ok(self.trees()?.meta.get(SECRETS)?.ok_or(StoreError::Uninitialized)?.to_vec())
     }
 
     /// A second device: takes the secrets backed up by the first one and
     /// unlocks with the passphrase; a wrong passphrase stores nothing.
     pub fn initialize_from_backup(&self, backup: &[u8], passphrase: &str) -> Result<(), StoreError> {
         let _writer = lock(&self.writer);
-        if self.meta.contains_key(SECRETS)? {
+        if self.trees()?.meta.contains_key(SECRETS)? {
             return Err(StoreError::AlreadyInitialized);
         }
         let record: SecretsRecord =
@@ -298,7 +383,7 @@ impl Store {
     fn install(&self, master: &MasterKey) -> Result<(), StoreError> {
         let keys = Keys::derive(master, &self.account);
         let mut schema = Schema::default();
-        for entry in self.schema.iter() {
+        for entry in self.trees()?.schema.iter() {
             let (key, sealed) = entry?;
             let plain = keys.open(&key, SCHEMA_CONTEXT, &sealed).map_err(|_| StoreError::Corrupt("schema"))?;
             match serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("schema"))? {
@@ -314,39 +399,38 @@ impl Store {
         lock(&self.writer)
     }
 
-    pub(crate) fn changes_tree(&self) -> &sled::Tree {
-        &self.changes
+    pub(crate) fn changes_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.trees()?.changes.clone())
     }
 
-    pub(crate) fn documents_tree(&self) -> &sled::Tree {
-        &self.documents
+    pub(crate) fn documents_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.trees()?.documents.clone())
     }
 
-    pub(crate) fn meta_tree(&self) -> &sled::Tree {
-        &self.meta
+    pub(crate) fn meta_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.trees()?.meta.clone())
     }
 
-    pub(crate) fn blobs_tree(&self) -> &sled::Tree {
-        &self.blobs
+    pub(crate) fn blobs_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.trees()?.blobs.clone())
     }
 
-    pub(crate) fn synced_blobs_tree(&self) -> &sled::Tree {
-        &self.synced_blobs
+    pub(crate) fn synced_blobs_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.trees()?.synced_blobs.clone())
     }
 
-    pub(crate) fn chunks_tree(&self) -> &sled::Tree {
-        &self.chunks
+    pub(crate) fn chunks_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.trees()?.chunks.clone())
     }
 
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.trees()?.flush()
     }
 
     pub(crate) fn unlocked(&self) -> Result<Arc<RwLock<Unlocked>>, StoreError> {
         match &*read(&self.unlocked) {
             Some(unlocked) => Ok(Arc::clone(unlocked)),
-            None if self.meta.contains_key(SECRETS)? => Err(StoreError::Locked),
+            None if self.trees()?.meta.contains_key(SECRETS)? => Err(StoreError::Locked),
             None => Err(StoreError::Uninitialized),
         }
     }
@@ -373,8 +457,8 @@ impl Store {
         let key = unlocked.keys.schema_key("collection", &def.name);
         let record =
             serde_json::to_vec(&SchemaRecord::Collection(def.clone())).map_err(|_| StoreError::Corrupt("schema"))?;
-        self.schema.insert(key, unlocked.keys.seal(&key, SCHEMA_CONTEXT, &record))?;
-        self.db.flush()?;
+        self.trees()?.schema.insert(key, unlocked.keys.seal(&key, SCHEMA_CONTEXT, &record))?;
+        self.flush()?;
         unlocked.schema.collections.insert(def.name.clone(), def);
         Ok(())
     }
@@ -402,7 +486,7 @@ impl Store {
         }
         // Index what is there.
         let mut entries = BTreeMap::new();
-        for entry in self.documents.iter() {
+        for entry in self.trees()?.documents.iter() {
             let (storage_key, sealed) = entry?;
             let record = open_document(&unlocked.keys, &storage_key, &sealed)?;
             if record.live() && record.collection == def.collection {
@@ -422,9 +506,9 @@ impl Store {
         for entry in entries.into_keys() {
             batch.insert(entry, &[]);
         }
-        self.index.apply_batch(batch)?;
-        self.schema.insert(key, unlocked.keys.seal(&key, SCHEMA_CONTEXT, &record))?;
-        self.db.flush()?;
+        self.trees()?.index.apply_batch(batch)?;
+        self.trees()?.schema.insert(key, unlocked.keys.seal(&key, SCHEMA_CONTEXT, &record))?;
+        self.flush()?;
         unlocked.schema.indexes.insert(def.name.clone(), def);
         Ok(())
     }
@@ -442,7 +526,7 @@ impl Store {
     // --- reads ----------------------------------------------------------------
 
     fn load(&self, keys: &Keys, storage_key: &[u8]) -> Result<Option<DocumentRecord>, StoreError> {
-        match self.documents.get(storage_key)? {
+        match self.trees()?.documents.get(storage_key)? {
             Some(sealed) => open_document(keys, storage_key, &sealed).map(Some),
             None => Ok(None),
         }
@@ -458,12 +542,17 @@ impl Store {
 
     /// How many records each part of the store holds.
     pub fn stats(&self) -> StoreStats {
-        StoreStats { documents: self.documents.len(), blobs: self.blobs.len(), chunks: self.chunks.len() }
+        match self.trees() {
+            Ok(trees) => {
+                StoreStats { documents: trees.documents.len(), blobs: trees.blobs.len(), chunks: trees.chunks.len() }
+            }
+            Err(_) => StoreStats::default(),
+        }
     }
 
     /// The current sequence number (of the last committed change).
     pub fn sequence(&self) -> Result<u64, StoreError> {
-        Ok(self.meta.get(SEQUENCE)?.map(|bytes| u64_from(&bytes)).unwrap_or(0))
+        self.trees()?.sequence()
     }
 
     /// The latest change of every document changed after `since`, in order.
@@ -471,7 +560,7 @@ impl Store {
         let unlocked = self.unlocked()?;
         let unlocked = read(&unlocked);
         let mut changes = Vec::new();
-        for entry in self.changes.range(since.saturating_add(1).to_be_bytes()..) {
+        for entry in self.trees()?.changes.range(since.saturating_add(1).to_be_bytes()..) {
             if limit != 0 && changes.len() >= limit {
                 break;
             }
@@ -539,8 +628,8 @@ impl Store {
         }
         let range = match end {
             Some(end) if end <= start => return Ok(QueryPage { documents: Vec::new(), next_page_token: None }),
-            Some(end) => self.index.range(start..end),
-            None => self.index.range(start..),
+            Some(end) => self.trees()?.index.range(start..end),
+            None => self.trees()?.index.range(start..),
         };
         let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             if query.descending { Box::new(range.rev()) } else { Box::new(range) };
@@ -567,7 +656,7 @@ impl Store {
         let unlocked = self.unlocked()?;
         let unlocked = read(&unlocked);
         let key = unlocked.keys.counter_key(name);
-        read_counter(&unlocked.keys, &self.counters, &key)
+        read_counter(&unlocked.keys, &self.trees()?.counters, &key)
     }
 
     // --- writes ---------------------------------------------------------------
@@ -589,6 +678,10 @@ impl Store {
     }
 
     pub fn add_to_counter(&self, name: &str, delta: i64) -> Result<i64, StoreError> {
+        // Adding nothing reads: it needs no room on the disk.
+        if delta == 0 {
+            return self.counter(name);
+        }
         match self.apply(vec![Write::AddToCounter { name: name.to_owned(), delta }])?.0.pop() {
             Some(WriteResult::Counter(value)) => Ok(value),
             _ => Err(StoreError::Corrupt("write result")),
@@ -710,7 +803,8 @@ pub(crate) fn null() -> Box<RawValue> {
 /// The state of one batch while it is computed: what it read, and what it
 /// will write. Nothing touches the disk until `commit`.
 pub(crate) struct Pending<'a> {
-    store: &'a Store,
+    /// The database as the batch began: it commits there or not at all.
+    trees: Arc<Trees>,
     unlocked: &'a Unlocked,
     sequence: u64,
     /// Documents as this batch has left them (None: absent).
@@ -724,11 +818,13 @@ pub(crate) struct Pending<'a> {
 }
 
 impl<'a> Pending<'a> {
-    pub(crate) fn new(store: &'a Store, unlocked: &'a Unlocked) -> Result<Self, StoreError> {
+    pub(crate) fn new(store: &Store, unlocked: &'a Unlocked) -> Result<Self, StoreError> {
+        store.check_room()?;
+        let trees = store.trees()?;
         Ok(Self {
-            store,
+            sequence: trees.sequence()?,
+            trees,
             unlocked,
-            sequence: store.sequence()?,
             documents: HashMap::new(),
             original_sequences: HashMap::new(),
             counters: HashMap::new(),
@@ -739,7 +835,7 @@ impl<'a> Pending<'a> {
 
     pub(crate) fn current(&mut self, storage_key: [u8; 32]) -> Result<Option<&DocumentRecord>, StoreError> {
         if !self.documents.contains_key(&storage_key) {
-            let record = self.store.load(&self.unlocked.keys, &storage_key)?;
+            let record = self.trees.load(&self.unlocked.keys, &storage_key)?;
             self.original_sequences.insert(storage_key, record.as_ref().map(|record| record.sequence));
             self.documents.insert(storage_key, record);
         }
@@ -768,7 +864,7 @@ impl<'a> Pending<'a> {
                 let key = self.unlocked.keys.counter_key(&name);
                 let current = match self.counters.get(&key) {
                     Some(value) => *value,
-                    None => read_counter(&self.unlocked.keys, &self.store.counters, &key)?,
+                    None => read_counter(&self.unlocked.keys, &self.trees.counters, &key)?,
                 };
                 let value = current.checked_add(delta).ok_or_else(|| StoreError::InvalidDocument {
                     id: name.clone(),
@@ -894,7 +990,7 @@ impl<'a> Pending<'a> {
             .take_while(|(other, _)| other.starts_with(prefix))
             .any(|(other, insert)| *insert && !other.ends_with(own));
         let mut other_on_disk = false;
-        for entry in self.store.index.scan_prefix(prefix) {
+        for entry in self.trees.index.scan_prefix(prefix) {
             let (other, _) = entry?;
             let removed_by_batch = self.index.get(other.as_ref()) == Some(&false);
             other_on_disk |= !other.ends_with(own) && !removed_by_batch;
@@ -925,8 +1021,8 @@ impl<'a> Pending<'a> {
         if documents.is_empty() && counters.is_empty() {
             return Ok(changes);
         }
-        let store = self.store;
-        (&store.documents, &store.changes, &store.index, &store.counters, &store.meta)
+        let trees = &self.trees;
+        (&trees.documents, &trees.changes, &trees.index, &trees.counters, &trees.meta)
             .transaction(|(tx_documents, tx_changes, tx_index, tx_counters, tx_meta)| {
                 for (storage_key, sealed) in &documents {
                     if let Some(Some(old)) = self.original_sequences.get(storage_key) {
@@ -955,7 +1051,7 @@ impl<'a> Pending<'a> {
                 sled::transaction::TransactionError::Storage(error) => StoreError::Storage(error),
                 sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt("transaction"),
             })?;
-        store.db.flush()?;
+        trees.flush()?;
         Ok(changes)
     }
 }

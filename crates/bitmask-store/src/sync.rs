@@ -143,7 +143,7 @@ struct Payload {
 }
 
 fn meta_u64(store: &Store, key: &[u8]) -> Result<u64, StoreError> {
-    Ok(store.meta_tree().get(key)?.map(|bytes| u64_from(&bytes)).unwrap_or(0))
+    Ok(store.meta_tree()?.get(key)?.map(|bytes| u64_from(&bytes)).unwrap_or(0))
 }
 
 impl Store {
@@ -154,20 +154,20 @@ impl Store {
     /// The SHA-256 of the sealed secrets this device and the provider's
     /// backup last agreed on (None: never recorded).
     pub fn secrets_agreed(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.meta_tree().get(SECRETS_AGREED)?.map(|bytes| bytes.to_vec()))
+        Ok(self.meta_tree()?.get(SECRETS_AGREED)?.map(|bytes| bytes.to_vec()))
     }
 
     /// Records that the provider's backup holds `secrets` (sealed) as they
     /// are here.
     pub fn set_secrets_agreed(&self, secrets: &[u8]) -> Result<(), StoreError> {
         use sha2::Digest as _;
-        self.meta_tree().insert(SECRETS_AGREED, sha2::Sha256::digest(secrets).as_slice())?;
+        self.meta_tree()?.insert(SECRETS_AGREED, sha2::Sha256::digest(secrets).as_slice())?;
         self.flush()
     }
 
     /// Records that the provider's changes up to `generation` are applied.
     pub fn set_pulled_generation(&self, generation: u64) -> Result<(), StoreError> {
-        self.meta_tree().insert(PULLED, &generation.to_be_bytes())?;
+        self.meta_tree()?.insert(PULLED, &generation.to_be_bytes())?;
         self.flush()
     }
 
@@ -179,12 +179,12 @@ impl Store {
         let keys = &unlocked.keys;
         let since = meta_u64(self, PUSHED)?;
         let mut out = Vec::new();
-        for entry in self.changes_tree().range(since.saturating_add(1).to_be_bytes()..) {
+        for entry in self.changes_tree()?.range(since.saturating_add(1).to_be_bytes()..) {
             if limit != 0 && out.len() >= limit {
                 break;
             }
             let (_, storage_key) = entry?;
-            let Some(record) = self.documents_tree().get(&storage_key)? else { continue };
+            let Some(record) = self.documents_tree()?.get(&storage_key)? else { continue };
             let record = open_document(keys, &storage_key, &record)?;
             let local_only = unlocked.schema.collections.get(&record.collection).is_some_and(|def| def.local_only);
             if local_only {
@@ -232,7 +232,7 @@ impl Store {
         let keys = &unlocked.keys;
         let mut batch = sled::Batch::default();
         for document in accepted {
-            let Some(sealed) = self.documents_tree().get(&document.id)? else { continue };
+            let Some(sealed) = self.documents_tree()?.get(&document.id)? else { continue };
             let mut record = open_document(keys, &document.id, &sealed)?;
             // Written again since it was offered: that version is still to push.
             if record.rev != document.local_rev {
@@ -244,9 +244,9 @@ impl Store {
                 zeroize::Zeroizing::new(serde_json::to_vec(&record).map_err(|_| StoreError::Corrupt("document"))?);
             batch.insert(document.id.as_slice(), keys.seal(&document.id, b"document", &plain));
         }
-        self.documents_tree().apply_batch(batch)?;
+        self.documents_tree()?.apply_batch(batch)?;
         let pushed = meta_u64(self, PUSHED)?.max(up_to_sequence);
-        self.meta_tree().insert(PUSHED, &pushed.to_be_bytes())?;
+        self.meta_tree()?.insert(PUSHED, &pushed.to_be_bytes())?;
         self.flush()
     }
 
@@ -316,7 +316,7 @@ impl Store {
 
     fn read_quarantine(&self, keys: &Keys) -> Result<Vec<Quarantined>, StoreError> {
         let key = keys.schema_key("sync", "quarantine");
-        let Some(sealed) = self.meta_tree().get(key)? else { return Ok(Vec::new()) };
+        let Some(sealed) = self.meta_tree()?.get(key)? else { return Ok(Vec::new()) };
         let plain = keys.open(&key, QUARANTINE_CONTEXT, &sealed).map_err(|_| StoreError::Corrupt("quarantine"))?;
         serde_json::from_slice(&plain).map_err(|_| StoreError::Corrupt("quarantine"))
     }
@@ -344,7 +344,7 @@ impl Store {
         let key = keys.schema_key("sync", "quarantine");
         let plain =
             zeroize::Zeroizing::new(serde_json::to_vec(&records).map_err(|_| StoreError::Corrupt("quarantine"))?);
-        self.meta_tree().insert(key, keys.seal(&key, QUARANTINE_CONTEXT, &plain))?;
+        self.meta_tree()?.insert(key, keys.seal(&key, QUARANTINE_CONTEXT, &plain))?;
         self.flush()
     }
 }
@@ -410,8 +410,10 @@ fn take_remote(pending: &mut Pending<'_>, unlocked: &Unlocked, remote: &RemoteDo
                     // was written again for a new reference (see the module
                     // docs), and must stay a newer revision than the one a
                     // deletion elsewhere may descend from.
-                    let (local_rank, remote_rank) =
-                        (immutable_rank(local.deleted, &local.content), immutable_rank(payload.deleted, &payload.content));
+                    let (local_rank, remote_rank) = (
+                        immutable_rank(local.deleted, &local.content),
+                        immutable_rank(payload.deleted, &payload.content),
+                    );
                     local_rank > remote_rank || (!local.deleted && local_rank == remote_rank)
                 }
                 _ => (payload.updated_ms, payload.rev.as_str()) <= (local.updated_ms, local.rev.as_str()),

@@ -122,7 +122,7 @@ pub struct QueryPage {
 }
 
 /// Record counts (documents include tombstones).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub documents: usize,
     pub blobs: usize,
@@ -178,12 +178,24 @@ pub enum StoreError {
     Kdf(String),
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
+    /// Refused before anything was written: the disk has too little room
+    /// left (see `reserve.rs`).
+    #[error("the disk is full")]
+    DiskFull,
+    /// A write failed on disk and the store closed its database: the process
+    /// must start again (see `Store::close_after_failure`).
+    #[error("the store is starting again after a write failed on disk")]
+    Closed,
 }
 
 impl StoreError {
     /// The disk is full: nothing can be written until space is freed.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, Self::Storage(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull)
+        match self {
+            Self::DiskFull => true,
+            Self::Storage(sled::Error::Io(io)) => io.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
     }
 
     /// Whether the error concerns one document only (sync quarantines such a
@@ -208,7 +220,9 @@ impl StoreError {
             | Self::SchemaChanged(_)
             | Self::InvalidQuery(_)
             | Self::Kdf(_)
-            | Self::Storage(_) => false,
+            | Self::Storage(_)
+            | Self::DiskFull
+            | Self::Closed => false,
         }
     }
 }

@@ -145,6 +145,11 @@ impl Decisions for Submission<'_> {
                         worker.wake.notify_one();
                         Ok(entry.id)
                     }
+                    // RFC 3463 X.3.1: mail system full; the client keeps the
+                    // message and tries again later.
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                        Err(Reply::new(452, [4, 3, 1], format!("cannot queue the message: {}", status.message())))
+                    }
                     Err(status) => {
                         Err(Reply::new(451, [4, 3, 0], format!("cannot queue the message: {}", status.message())))
                     }

@@ -31,6 +31,8 @@ pub mod incoming;
 /// How long the incoming-mail follower waits after a failure (doubling).
 const INCOMING_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
 const INCOMING_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the follower tries again while the disk is full.
+const INCOMING_DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 pub mod sync;
 
 #[derive(Debug, Clone)]
@@ -68,6 +70,16 @@ impl StoreService {
                     } else {
                         continue;
                     }
+                }
+                // The disk is full: the mail waits at the provider, and
+                // `bitmaskctl status` says so until it can be fetched.
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    tracing::warn!(error = %status.message(), "incoming mail waits at the provider");
+                    let mut state = self.sync.state();
+                    state.last_time = Some(std::time::SystemTime::now());
+                    state.last_result = format!("incoming mail waits at the provider: {}", status.message());
+                    // Soon fetched once space is freed.
+                    backoff = backoff.min(INCOMING_DISK_FULL_RETRY);
                 }
                 Err(status) => tracing::debug!(error = %status.message(), "incoming mail notices interrupted"),
             }
@@ -176,7 +188,7 @@ impl StoreService {
         work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || work(&store))
+        tokio::task::spawn_blocking(move || recovering(&store, work))
             .await
             .map_err(|error| Status::internal(format!("store task failed: {error}")))?
             .map_err(status_of)
@@ -211,6 +223,39 @@ impl StoreService {
     }
 }
 
+/// Runs store work. When it failed on disk (a full disk), sled may hold what
+/// was refused in memory and cannot be trusted or closed any more: the store
+/// closes its database (every call from then on answers UNAVAILABLE), this
+/// answer is sent, and the process exits soon after, so bitmaskd starts it
+/// again at once and unlocks it, and it opens exactly what is on disk,
+/// everything acknowledged (see `Store::close_after_failure`).
+pub(crate) fn recovering<T>(
+    store: &Store,
+    work: impl FnOnce(&Store) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let result = work(store);
+    if let Err(error) = &result
+        && store.close_after_failure(error)
+    {
+        std::thread::spawn(|| {
+            std::thread::sleep(EXIT_AFTER_FAILURE);
+            tracing::warn!("exiting to open the store again from the disk");
+            std::process::exit(EXIT_TO_REOPEN);
+        });
+    }
+    result
+}
+
+/// Time for the answers under way to reach their callers before the exit.
+const EXIT_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_millis(300);
+/// EX_TEMPFAIL: bitmaskd starts the service again.
+const EXIT_TO_REOPEN: i32 = 75;
+
+/// What every write answers while the disk is full (the store has put
+/// itself back to what is on disk: nothing of the refused write remains).
+pub const DISK_FULL: &str =
+    "the disk is full (no space left on device): nothing was written; free some space and try again";
+
 /// The gRPC status of each store error.
 pub fn status_of(error: StoreError) -> Status {
     let message = error.to_string();
@@ -232,7 +277,9 @@ pub fn status_of(error: StoreError) -> Status {
         StoreError::Conflict { .. } => Status::aborted(message),
         StoreError::Corrupt(_) | StoreError::RolledBack { .. } => Status::data_loss(message),
         // A full disk: nothing can be written until space is freed.
-        error if error.is_disk_full() => Status::resource_exhausted(format!("the disk is full: {message}")),
+        StoreError::DiskFull => Status::resource_exhausted(DISK_FULL),
+        StoreError::Closed => Status::unavailable(message),
+        error if error.is_disk_full() => Status::resource_exhausted(DISK_FULL),
         StoreError::Kdf(_) | StoreError::Storage(_) => Status::internal(message),
     }
 }
@@ -704,7 +751,7 @@ impl StoreApi for StoreService {
             let (returned, result) = {
                 let store = Arc::clone(&self.store);
                 tokio::task::spawn_blocking(move || {
-                    let result = store.write_blob(&mut upload, &chunk);
+                    let result = recovering(&store, |store| store.write_blob(&mut upload, &chunk));
                     (upload, result)
                 })
                 .await

@@ -115,7 +115,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
     let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || work(&store)).await.map_err(blocking_error)?.map_err(crate::status_of)
+    tokio::task::spawn_blocking(move || crate::recovering(&store, work))
+        .await
+        .map_err(blocking_error)?
+        .map_err(crate::status_of)
 }
 
 fn progress(phase: pb::sync_progress::Phase, done: u64, total: u64, message: impl Into<String>) -> pb::SyncProgress {
