@@ -558,6 +558,9 @@ class Soak:
             choices.append("rename")
         if present:
             choices.append("delete")
+        if not choices:
+            # Every name of the pool is in doubt (cut mid-command): nothing to choose until a sync says.
+            return
         action = self.rng.choice(choices)
         if action == "create":
             name = self.rng.choice(absent)
