@@ -193,6 +193,13 @@ pub async fn run(
             if outgoing.is_empty() {
                 break;
             }
+            // The blobs first: a blob is kept before any document that names
+            // it is written, so every blob these documents name goes up now,
+            // and no document reaches the provider (and other devices)
+            // before its blob; a push cut in between could otherwise leave
+            // the blob on this device only, to be deleted here while another
+            // device keeps the document alive.
+            blobs_sent += push_blobs(store, &mut client).await?;
             let up_to = outgoing.iter().map(|document| document.sequence).max().unwrap_or(0);
             let header = sync_pb::PushRequest {
                 item: Some(sync_pb::push_request::Item::Header(sync_pb::PushHeader { device: String::new() })),
@@ -217,6 +224,7 @@ pub async fn run(
             conflicts.extend(reply.conflicts);
             report(progress(pb::sync_progress::Phase::Sending, sent, 0, "")).await;
         }
+        // Blobs no pushed document names yet (kept before their document).
         blobs_sent += push_blobs(store, &mut client).await?;
         // Conflicts come back merged as new local changes, pushed next round.
         let current: Vec<_> = conflicts.into_iter().filter_map(|conflict| conflict.current).collect();

@@ -401,3 +401,43 @@ async fn a_document_the_store_refuses_is_skipped_reported_and_the_rest_syncs() {
     sync(&mut two.client).await.unwrap();
     assert!(all(&mut two.client).await.iter().any(|(id, _)| id == "m/new"));
 }
+
+/// A document that names a blob never reaches the provider before the blob:
+/// a push cut between the two left the document there and the blob only on
+/// the device that wrote it, which could then delete it (its message
+/// collected) while another device kept the document alive: the blob was
+/// gone everywhere (found by the sync model test).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_reaches_the_provider_before_the_documents_that_name_it() {
+    let provider = provider().await;
+    let mut one = device(&provider).await;
+    one.client.initialize(pb::InitializeRequest { passphrase: PASSPHRASE.into(), from_provider: false }).await.unwrap();
+    declare(&mut one.client).await;
+    // Every push breaks after the first document (set first: the
+    // background sync may start pushing while they are written).
+    provider.storage.pushes_left.store(1, Ordering::SeqCst);
+    let data = vec![7u8; 200_000];
+    let upload = pb::PutBlobRequest {
+        data: data.clone(),
+        size: data.len() as u64,
+        content_type: "application/octet-stream".into(),
+        ..Default::default()
+    };
+    let info = one.client.put_blob(futures::stream::iter([upload])).await.unwrap().into_inner();
+    one.client.put(put("m/content", serde_json::json!({ "blob": info.id }))).await.unwrap();
+    one.client.put(put("m/other", serde_json::json!({ "n": 1 }))).await.unwrap();
+    assert!(sync(&mut one.client).await.is_err(), "the push is cut after one document");
+    // The device lets the blob go (its message collected) before it syncs again.
+    one.client.delete_blob(pb::DeleteBlobRequest { id: info.id.clone() }).await.unwrap();
+    provider.storage.pushes_left.store(usize::MAX, Ordering::SeqCst);
+    sync(&mut one.client).await.unwrap();
+
+    let mut two = device(&provider).await;
+    two.client.initialize(pb::InitializeRequest { passphrase: PASSPHRASE.into(), from_provider: true }).await.unwrap();
+    declare(&mut two.client).await;
+    sync(&mut two.client).await.unwrap();
+    let documents = all(&mut two.client).await;
+    assert!(documents.iter().any(|(id, _)| id == "m/content"), "{documents:?}");
+    let read = blob(&mut two.client, &info.id).await;
+    assert!(read.as_ref().is_ok_and(|read| *read == data), "the blob a document names: {:?}", read.map(|r| r.len()));
+}
